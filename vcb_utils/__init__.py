@@ -1,0 +1,1 @@
+"""Video-ColBERT: late-interaction text-to-video retrieval on open_clip."""

@@ -1,0 +1,430 @@
+"""Video-ColBERT on an open_clip backbone.
+
+Text is kept as one vector per token position. A video is kept as two sets of vectors:
+F, one pooled (CLS) vector per frame, and V, the frames contextualised by a small
+temporal transformer plus the outputs of learnable visual expansion tokens. The score
+is ``MMS_F + MMS_V`` (MeanMaxSim, ``vcb_utils.scoring.maxsim``) and each branch has
+its own contrastive loss.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from vcb_utils.config import Config, ModelConfig
+from vcb_utils.losses import make_loss
+from vcb_utils.scoring import maxsim
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+@dataclass
+class TextEmbedding:
+    """Per-token query vectors and the mask of those that take part in the score."""
+
+    vectors: torch.Tensor  # [B, L, D], L2-normalised
+    mask: torch.Tensor  # [B, L] bool
+    ids: torch.Tensor  # [B, max_words] token ids (for display)
+
+
+@dataclass
+class VideoEmbedding:
+    """F (one vector per frame) and V (contextualised frames + expansion tokens)."""
+
+    frames: torch.Tensor  # [B, T, D], L2-normalised
+    frame_mask: torch.Tensor  # [B, T] bool
+    video: torch.Tensor | None  # [B, T + E, D], None when the mode does not use V
+    video_mask: torch.Tensor | None  # [B, T + E] bool
+
+
+@dataclass
+class Scores:
+    """Score matrices [texts, videos]: MMS_F, MMS_V (None when unused) and the total."""
+
+    frame: torch.Tensor | None
+    video: torch.Tensor | None
+    total: torch.Tensor
+
+
+def create_backbone(cfg: ModelConfig, load_weights: bool = True) -> nn.Module:
+    """The open_clip CLIP model named by ``cfg.backbone``.
+
+    ``cfg.pretrained`` is an open_clip tag (downloads), a local checkpoint file, or None
+    (random init). With ``load_weights=False`` nothing is loaded or downloaded: the
+    weights are about to come from a Video-ColBERT checkpoint.
+    """
+    if cfg.backbone not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model {cfg.backbone!r} (see open_clip.list_models())")
+    pretrained = cfg.pretrained if load_weights else None
+    is_file_path = pretrained and Path(pretrained).suffix in {".pt", ".pth", ".bin", ".safetensors"}
+    if is_file_path and not Path(pretrained).is_file():
+        raise FileNotFoundError(f"backbone checkpoint not found: {pretrained}")
+    return open_clip.create_model(
+        cfg.backbone,
+        pretrained=pretrained,
+        force_quick_gelu=cfg.pretrained == "openai",
+    )
+
+
+def text_tower(clip: nn.Module) -> nn.Module:
+    """The module holding the text transformer (the CLIP itself, or ``clip.text``)."""
+    tower = getattr(clip, "text", clip)
+    needed = ("token_embedding", "positional_embedding", "transformer", "ln_final")
+    if not all(hasattr(tower, name) for name in needed):
+        raise ValueError(f"{type(tower).__name__}: per-token text features need a CLIP text tower")
+    return tower
+
+
+def text_token_features(clip: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Projected text features at every token position ``[B, L, D]`` (not normalised).
+
+    The same computation as open_clip's ``encode_text`` without the pooling, so the
+    row at the end-of-text token equals ``encode_text``.
+    """
+    tower = text_tower(clip)
+    length = ids.shape[1]
+    cast_dtype = tower.transformer.get_cast_dtype()
+    x = tower.token_embedding(ids).to(cast_dtype)
+    x = x + tower.positional_embedding[:length].to(cast_dtype)
+    attn_mask = tower.attn_mask
+    x = tower.transformer(x, attn_mask=None if attn_mask is None else attn_mask[:length, :length])
+    x = tower.ln_final(x)
+    projection = tower.text_projection
+    if isinstance(projection, nn.Linear):
+        return projection(x)
+    return x if projection is None else x @ projection
+
+
+class TemporalTransformer(nn.Module):
+    """Contextualises frame vectors; appends ``n_expansion`` learnable tokens.
+
+    Input ``[B, T, D]`` frames and a ``[B, T]`` mask; output ``[B, T + E, D]`` (the input
+    plus the transformer's output, a residual as in CLIP4Clip/DRL) and its mask.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        max_frames: int,
+        n_expansion: int,
+        layers: int,
+        heads: int,
+        width: int | None = None,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.1,
+        activation: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        width = width or dim
+        self.max_frames = max_frames
+        self.frame_position = nn.Parameter(torch.randn(max_frames, dim) * 0.01)
+        self.expansion = nn.Parameter(torch.randn(n_expansion, dim) * dim**-0.5)
+        self.proj_in = nn.Identity() if width == dim else nn.Linear(dim, width)
+        self.proj_out = nn.Identity() if width == dim else nn.Linear(width, dim)
+        layer = nn.TransformerEncoderLayer(
+            width,
+            heads,
+            dim_feedforward=int(width * mlp_ratio),
+            dropout=dropout,
+            activation=activation or nn.GELU(),
+            batch_first=True,
+            norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+    def forward(
+        self, frames: torch.Tensor, frame_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, n_frames, _ = frames.shape
+        if n_frames > self.max_frames:
+            raise ValueError(f"{n_frames} frames given; the model was built for {self.max_frames}")
+        expansion = self.expansion.to(frames.dtype).expand(batch, -1, -1)
+        inputs = torch.cat([frames, expansion], dim=1)
+        position = F.pad(self.frame_position[:n_frames], (0, 0, 0, expansion.shape[1]))
+        mask = F.pad(frame_mask.bool(), (0, expansion.shape[1]), value=True)
+        hidden = self.encoder(
+            self.proj_in(inputs + position.to(frames.dtype)), src_key_padding_mask=~mask
+        )
+        return inputs + self.proj_out(hidden), mask
+
+    def init_from_text(self, clip: nn.Module) -> bool:
+        """Copy the first CLIP text blocks (and positions) in; False if shapes differ."""
+        tower = text_tower(clip)
+        blocks = list(tower.transformer.resblocks)[: len(self.encoder.layers)]
+        if len(blocks) < len(self.encoder.layers):
+            return False
+        pairs = {
+            "self_attn.in_proj_weight": "attn.in_proj_weight",
+            "self_attn.in_proj_bias": "attn.in_proj_bias",
+            "self_attn.out_proj.weight": "attn.out_proj.weight",
+            "self_attn.out_proj.bias": "attn.out_proj.bias",
+            "linear1.weight": "mlp.c_fc.weight",
+            "linear1.bias": "mlp.c_fc.bias",
+            "linear2.weight": "mlp.c_proj.weight",
+            "linear2.bias": "mlp.c_proj.bias",
+            "norm1.weight": "ln_1.weight",
+            "norm1.bias": "ln_1.bias",
+            "norm2.weight": "ln_2.weight",
+            "norm2.bias": "ln_2.bias",
+        }
+        states = []
+        for layer, block in zip(self.encoder.layers, blocks, strict=True):
+            source = block.state_dict()
+            target = layer.state_dict()
+            if any(s not in source or source[s].shape != target[t].shape for t, s in pairs.items()):
+                return False
+            states.append({t: source[s] for t, s in pairs.items()})
+        for layer, state in zip(self.encoder.layers, states, strict=True):
+            layer.load_state_dict(state)
+        positions = tower.positional_embedding[: self.max_frames]
+        if positions.shape == self.frame_position.shape:
+            self.frame_position.data.copy_(positions)
+        return True
+
+
+class VideoColBERT(nn.Module):
+    """Text and video encoders on an open_clip CLIP, MeanMaxSim scores, dual loss."""
+
+    def __init__(self, cfg: ModelConfig, load_backbone_weights: bool = True) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.clip = create_backbone(cfg, load_weights=load_backbone_weights)
+        self.tokenizer = open_clip.get_tokenizer(cfg.backbone, context_length=cfg.max_words)
+        context = text_tower(self.clip).positional_embedding.shape[0]
+        if cfg.max_words > context:
+            raise ValueError(
+                f"max_words={cfg.max_words} exceeds {cfg.backbone}'s context {context}"
+            )
+        self._freeze(cfg.frozen)
+
+        dim = self.embed_dim
+        self.temporal: TemporalTransformer | None = None
+        if self.uses_video_branch:
+            blocks = text_tower(self.clip).transformer.resblocks
+            self.temporal = TemporalTransformer(
+                dim,
+                cfg.max_frames,
+                cfg.n_visual_expansion,
+                cfg.temporal_layers,
+                cfg.temporal_heads,
+                width=cfg.temporal_width,
+                mlp_ratio=cfg.temporal_mlp_ratio,
+                dropout=cfg.temporal_dropout,
+                activation=copy.deepcopy(blocks[0].mlp.gelu),
+            )
+            if cfg.init_temporal_from_text and not self.temporal.init_from_text(self.clip):
+                log.info("temporal transformer: random init (shapes differ from the text layers)")
+        scale, bias = cfg.logit_scale_init, cfg.logit_bias_init
+        self.loss_f = make_loss(cfg.loss, scale, bias) if self.uses_frame_branch else None
+        self.loss_v = make_loss(cfg.loss, scale, bias) if self.uses_video_branch else None
+
+    # ---- properties the data pipeline and the notebooks read -------------------------------
+    @property
+    def embed_dim(self) -> int:
+        return (
+            int(self.clip.text_projection.shape[-1])
+            if hasattr(self.clip, "text_projection")
+            else int(self.clip.visual.output_dim)
+        )
+
+    @property
+    def image_size(self) -> int:
+        size = self.clip.visual.preprocess_cfg["size"]
+        return int(size if isinstance(size, int) else size[0])
+
+    @property
+    def image_mean(self) -> tuple[float, ...]:
+        return tuple(self.clip.visual.preprocess_cfg["mean"])
+
+    @property
+    def image_std(self) -> tuple[float, ...]:
+        return tuple(self.clip.visual.preprocess_cfg["std"])
+
+    @property
+    def uses_frame_branch(self) -> bool:
+        return self.cfg.mode in ("both", "spatial", "meanP")
+
+    @property
+    def uses_video_branch(self) -> bool:
+        return self.cfg.mode in ("both", "temporal")
+
+    def _freeze(self, prefixes: Sequence[str]) -> None:
+        for name, param in self.clip.named_parameters():
+            name = name.removeprefix("text.")
+            if any(name == p or name.startswith(p + ".") for p in prefixes):
+                param.requires_grad_(False)
+
+    # ---- encoders ----------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids ``[B, max_words]`` and the mask of real tokens (start, words, end)."""
+        if isinstance(texts, str):
+            raise TypeError("tokenize expects a list of strings, not one string")
+        ids = self.tokenizer(list(texts))
+        return ids, real_token_mask(ids)
+
+    def encode_text(
+        self, texts: Sequence[str] | torch.Tensor, mask: torch.Tensor | None = None
+    ) -> TextEmbedding:
+        """Query vectors for a list of strings or token ids ``[B, L]``."""
+        if isinstance(texts, torch.Tensor):
+            ids = texts
+            mask = real_token_mask(ids) if mask is None else mask.bool()
+        else:
+            ids, mask = self.tokenize(texts)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        vectors = F.normalize(text_token_features(self.clip, ids), dim=-1)
+        if self.cfg.mode == "meanP":
+            end = mask.long().sum(dim=1) - 1
+            pooled = vectors[torch.arange(len(ids), device=ids.device), end]
+            return TextEmbedding(pooled[:, None], torch.ones_like(mask[:, :1]), ids)
+        if self.cfg.query_expansion:
+            mask = torch.ones_like(mask)
+        return TextEmbedding(vectors, mask, ids)
+
+    def encode_video(
+        self, video: torch.Tensor, video_mask: torch.Tensor | None = None
+    ) -> VideoEmbedding:
+        """F and V for preprocessed frames ``[B, T, 3, H, W]`` (padded frames masked out)."""
+        batch, n_frames = video.shape[:2]
+        if video_mask is None:
+            video_mask = torch.ones(batch, n_frames, dtype=torch.bool, device=video.device)
+        video_mask = video_mask.bool().to(video.device)
+        if not bool(video_mask.any(dim=1).all()):
+            raise ValueError(
+                "every video needs at least one real frame (a row of video_mask is empty)"
+            )
+        pooled = self.clip.encode_image(video[video_mask], normalize=True)
+        frames = pooled.new_zeros(batch, n_frames, pooled.shape[-1])
+        frames[video_mask] = pooled
+        if self.temporal is None:
+            return VideoEmbedding(frames, video_mask, None, None)
+        contextual, mask = self.temporal(frames, video_mask)
+        return VideoEmbedding(frames, video_mask, F.normalize(contextual, dim=-1), mask)
+
+    # ---- score and loss ----------------------------------------------------------------------
+    def score(
+        self, text: TextEmbedding, video: VideoEmbedding, chunk_size: int | None = None
+    ) -> Scores:
+        """MMS_F, MMS_V and the retrieval score for every text against every video."""
+        if self.cfg.mode == "meanP":
+            weights = video.frame_mask.unsqueeze(-1).to(video.frames.dtype)
+            pooled = F.normalize((video.frames * weights).sum(dim=1), dim=-1)
+            total = text.vectors[:, 0].float() @ pooled.float().T
+            return Scores(None, None, total)
+        frame = video_score = None
+        if self.uses_frame_branch:
+            frame = maxsim(text.vectors, video.frames, text.mask, video.frame_mask, chunk_size)
+        if self.uses_video_branch:
+            video_score = maxsim(text.vectors, video.video, text.mask, video.video_mask, chunk_size)
+        if frame is None:
+            return Scores(None, video_score, video_score)
+        total = frame if video_score is None else frame + video_score
+        return Scores(frame, video_score, total)
+
+    def loss(self, scores: Scores) -> dict[str, torch.Tensor]:
+        """``lambda_F * L(MMS_F) + lambda_V * L(MMS_V)`` (one branch in the ablation modes)."""
+        parts = {}
+        if self.cfg.mode == "meanP":
+            parts["loss_f"] = self.loss_f(scores.total)
+            return {"loss": parts["loss_f"], **parts}
+        total = 0.0
+        if scores.frame is not None:
+            parts["loss_f"] = self.loss_f(scores.frame)
+            total = total + self.cfg.lambda_f * parts["loss_f"]
+        if scores.video is not None:
+            parts["loss_v"] = self.loss_v(scores.video)
+            total = total + self.cfg.lambda_v * parts["loss_v"]
+        return {"loss": total, **parts}
+
+    def forward(
+        self,
+        text_ids: torch.Tensor,
+        text_mask: torch.Tensor,
+        video: torch.Tensor,
+        video_mask: torch.Tensor,
+        gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Training step: encode a batch, optionally gather it globally, return the losses.
+
+        ``gather`` concatenates a tensor across processes (keeping the gradient of the
+        local part), so the B x B matrices cover the global batch.
+        """
+        text = self.encode_text(text_ids, text_mask)
+        clips = self.encode_video(video, video_mask)
+        if gather is not None:
+            text = TextEmbedding(*(gather(t) for t in (text.vectors, text.mask, text.ids)))
+            clips = VideoEmbedding(
+                *(
+                    None if t is None else gather(t)
+                    for t in (clips.frames, clips.frame_mask, clips.video, clips.video_mask)
+                )
+            )
+        return self.loss(self.score(text, clips))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+def real_token_mask(ids: torch.Tensor) -> torch.Tensor:
+    """True for start, word and end tokens (CLIP BPE: end-of-text has the highest id)."""
+    positions = torch.arange(ids.shape[1], device=ids.device)
+    return positions[None, :] <= ids.argmax(dim=1, keepdim=True)
+
+
+def build_model(cfg: ModelConfig | Config) -> VideoColBERT:
+    """A fresh model from a config (loads the backbone weights it names)."""
+    return VideoColBERT(cfg.model if isinstance(cfg, Config) else cfg)
+
+
+def save_checkpoint(model: VideoColBERT, path: str | Path, config: Config | None = None) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` (the full run config) into ``path``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    config = config or Config(model=model.cfg)
+    raw = config.to_dict()
+    raw["model"] = asdict(model.cfg)
+    save_model(model, str(path / WEIGHTS_FILE))
+    (path / CONFIG_FILE).write_text(json.dumps(raw, indent=2) + "\n")
+    return path
+
+
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[VideoColBERT, Config]:
+    """Rebuild the model saved by ``save_checkpoint`` (no download, no unpickling)."""
+    path = Path(path)
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path}: not a Video-ColBERT checkpoint ({name} is missing)")
+    try:
+        config = Config.from_dict(json.loads((path / CONFIG_FILE).read_text()))
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path / CONFIG_FILE}: {err}") from err
+    model = VideoColBERT(config.model, load_backbone_weights=False)
+    missing, unexpected = load_model(
+        model, str(path / WEIGHTS_FILE), strict=False, device=str(device)
+    )
+    if missing or unexpected:
+        raise ValueError(
+            f"{path / WEIGHTS_FILE} does not match its config: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    return model.to(device), config
