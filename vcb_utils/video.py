@@ -1,0 +1,440 @@
+"""Video decoding, frame sampling and CLIP preprocessing on tensors.
+
+Two decoders give identical frames: decord (the default, fast random access) and PyAV (the
+fallback, chosen with ``backend="pyav"``, the ``VCB_VIDEO_BACKEND`` environment variable, or
+automatically when decord is not importable). Frame sampling follows the reference code
+(DRL, TS2-Net): one position every ``round(fps / framerate)`` frames between ``start`` and
+``end``, then ``linspace`` down to ``max_frames``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("decord", "pyav")
+
+
+class VideoReadError(RuntimeError):
+    """A video file is missing, empty, corrupt, has no frames, or lacks a requested frame.
+
+    ``path`` and ``cause`` hold the two parts of the message (None when the error was re-raised
+    from a data-loader worker, which keeps only the message).
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, cause: str | None = None):
+        super().__init__(message)
+        self.path = path
+        self.cause = cause
+
+    @classmethod
+    def at(cls, path: str | os.PathLike, cause: str) -> VideoReadError:
+        """The error for ``path``: ``cannot read video <path>: <cause>``."""
+        return cls(f"cannot read video {path}: {cause}", path=str(path), cause=cause)
+
+
+@dataclass(frozen=True)
+class VideoRef:
+    """A video to sample frames from: the file, and optionally a window in seconds."""
+
+    video_id: str
+    path: Path
+    start: float | None = None
+    end: float | None = None
+
+
+@dataclass(frozen=True)
+class FrameSampling:
+    """How a video becomes model frames: sampling rate and count, input size, decode size."""
+
+    max_frames: int = 12
+    image_size: int = 224
+    framerate: float = 1.0
+    decode_size: int | None = None
+    """Decode with the short side at this size (None = full size) before the CLIP resize."""
+
+    def load(
+        self,
+        video: VideoRef,
+        *,
+        jitter: bool = False,
+        rng: np.random.Generator | None = None,
+        backend: str | None = None,
+    ) -> torch.Tensor:
+        """Sampled frames after resize and centre crop: uint8 ``[t, 3, S, S]``, t <= max_frames."""
+        clip = read_clip(
+            video.path, framerate=self.framerate, max_frames=self.max_frames,
+            start=video.start, end=video.end, size=self.decode_size, jitter=jitter, rng=rng,
+            backend=backend,
+        )
+        return resize_center_crop(clip.frames, self.image_size)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the decoder reports about a file: frame count, frames per second, frame size."""
+
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Clip:
+    """Frames read from one video (uint8 ``[T, H, W, 3]``), the frame indices and the file info."""
+
+    frames: np.ndarray
+    indices: list[int]
+    info: VideoInfo
+
+
+def default_backend() -> str:
+    """``VCB_VIDEO_BACKEND`` when set, else decord when importable, else PyAV."""
+    name = os.environ.get("VCB_VIDEO_BACKEND")
+    if name:
+        return _check_backend(name)
+    return "decord" if importlib.util.find_spec("decord") is not None else "pyav"
+
+
+def _check_backend(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown video backend {name!r}; choose one of {BACKENDS}")
+    return name
+
+
+def sample_frame_indices(
+    num_frames: int,
+    fps: float,
+    framerate: float = 1.0,
+    max_frames: int = 12,
+    start: float | None = None,
+    end: float | None = None,
+    *,
+    jitter: bool = False,
+    rng: np.random.Generator | None = None,
+) -> list[int]:
+    """Frame indices to sample from a clip, with the reference semantics.
+
+    Positions run from ``start`` to ``end`` (seconds; default the whole clip, ``end`` clipped
+    to the last frame) every ``round(fps / framerate)`` frames (at least 1); when there are more
+    than ``max_frames``, ``linspace(0, n - 1, max_frames)`` of them are kept (truncated to int).
+    An empty list means the window holds no frame.
+
+    With ``jitter`` (training only), each kept position moves to a random frame of its segment,
+    the frames up to the next kept position (or one stride past the last), drawn from ``rng``.
+    """
+    if fps <= 0 or framerate <= 0 or max_frames < 1:
+        raise ValueError(
+            f"need fps > 0, framerate > 0 and max_frames >= 1; got fps={fps}, "
+            f"framerate={framerate}, max_frames={max_frames}"
+        )
+    if (start is not None and start < 0) or (end is not None and end < 0):
+        raise ValueError(f"start and end must be >= 0 seconds (got {start}, {end})")
+    first = 0 if start is None else int(start * fps)
+    last = num_frames - 1 if end is None else int(min(end * fps, num_frames - 1))
+    stride = max(1, int(round(fps / framerate)))
+    positions = list(range(first, last + 1, stride))
+    if len(positions) > max_frames:
+        keep = np.linspace(0, len(positions) - 1, num=max_frames, dtype=int)
+        positions = [positions[k] for k in keep]
+    if jitter and positions:
+        positions = _jitter(positions, min(positions[-1] + stride, last + 1), rng)
+    return positions
+
+
+def _jitter(positions: list[int], stop: int, rng: np.random.Generator | None) -> list[int]:
+    rng = rng if rng is not None else np.random.default_rng()
+    bounds = [*positions[1:], stop]
+    return [int(rng.integers(lo, hi)) for lo, hi in zip(positions, bounds, strict=True)]
+
+
+def probe(path: str | os.PathLike, backend: str | None = None) -> VideoInfo:
+    """Frame count, fps and frame size of a video, as the chosen backend sees them."""
+    path = _existing(path)
+    if (backend or default_backend()) == "decord":
+        return _DecordFile(path, None).info
+    with _PyAVFile(path) as video:
+        return video.info
+
+
+def read_frames(
+    path: str | os.PathLike,
+    indices: Sequence[int],
+    *,
+    size: int | None = None,
+    backend: str | None = None,
+) -> np.ndarray:
+    """Decode the frames at ``indices`` as uint8 RGB ``[T, H, W, 3]``.
+
+    ``size`` decodes at a reduced size: the short side becomes ``size`` pixels (bilinear, inside
+    the decoder) when it is larger; smaller frames come back as they are. Raises
+    ``VideoReadError`` naming the file for a missing, empty, corrupt or too short file.
+    """
+    path = _existing(path)
+    name = _check_backend(backend or default_backend())
+    if name == "decord":
+        return _DecordFile(path, size).read(indices)
+    with _PyAVFile(path, size) as video:
+        return video.read(indices)
+
+
+def read_clip(
+    path: str | os.PathLike,
+    *,
+    framerate: float = 1.0,
+    max_frames: int = 12,
+    start: float | None = None,
+    end: float | None = None,
+    size: int | None = None,
+    jitter: bool = False,
+    rng: np.random.Generator | None = None,
+    backend: str | None = None,
+) -> Clip:
+    """Open a video once, sample its frame indices and decode them (see the two functions)."""
+    path = _existing(path)
+    name = _check_backend(backend or default_backend())
+    if name == "decord":
+        return _sample_and_read(_DecordFile(path, size), framerate, max_frames, start, end,
+                                jitter, rng)
+    with _PyAVFile(path, size) as video:
+        return _sample_and_read(video, framerate, max_frames, start, end, jitter, rng)
+
+
+def _sample_and_read(video, framerate, max_frames, start, end, jitter, rng) -> Clip:
+    info = video.info
+    indices = sample_frame_indices(info.num_frames, info.fps, framerate, max_frames, start, end,
+                                   jitter=jitter, rng=rng)
+    if not indices:
+        raise VideoReadError.at(
+            video.path, f"no frame between start={start} and end={end} "
+            f"({info.num_frames} frames at {info.fps:g} fps)"
+        )
+    return Clip(video.read(indices), indices, info)
+
+
+def _existing(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise VideoReadError.at(path, "file not found")
+    if path.stat().st_size == 0:
+        raise VideoReadError.at(path, "empty file (0 bytes)")
+    return path
+
+
+def _scaled_size(width: int, height: int, size: int | None) -> tuple[int, int] | None:
+    """(width, height) with the short side at ``size``, or None when no downscaling is needed."""
+    if size is None or min(width, height) <= size:
+        return None
+    if height <= width:
+        return max(1, round(width * size / height)), size
+    return size, max(1, round(height * size / width))
+
+
+def _check_indices(path: Path, indices: Sequence[int], num_frames: int) -> list[int]:
+    indices = [int(i) for i in indices]
+    if not indices:
+        raise VideoReadError.at(path, "no frame indices requested")
+    bad = [i for i in indices if not 0 <= i < num_frames]
+    if bad:
+        raise VideoReadError.at(path, f"frame index {bad[0]} out of range ({num_frames} frames)")
+    return indices
+
+
+class _DecordFile:
+    """A decord reader (single-threaded: data-loader workers parallelise across files)."""
+
+    def __init__(self, path: Path, size: int | None) -> None:
+        import decord
+
+        self.path = path
+        with _PyAVFile(path) as header:
+            width, height = header.info.width, header.info.height
+        scaled = _scaled_size(width, height, size)
+        if scaled is not None:
+            width, height = scaled
+        try:
+            self.reader = decord.VideoReader(
+                str(path), num_threads=1, width=width if scaled else -1,
+                height=height if scaled else -1,
+            )
+        except Exception as err:  # decord raises bare RuntimeError / DECORDError
+            raise VideoReadError.at(path, _short(err)) from err
+        num_frames = len(self.reader)
+        if num_frames == 0:
+            raise VideoReadError.at(path, "no video frames")
+        self.info = VideoInfo(num_frames, float(self.reader.get_avg_fps()), width, height)
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        indices = _check_indices(self.path, indices, self.info.num_frames)
+        try:
+            return self.reader.get_batch(indices).asnumpy()
+        except Exception as err:
+            raise VideoReadError.at(self.path, f"decoding failed: {_short(err)}") from err
+
+
+class _PyAVFile:
+    """A PyAV reader that decodes sequentially; scaling matches decord's (bilinear on YUV)."""
+
+    def __init__(self, path: Path, size: int | None = None) -> None:
+        import av
+
+        self.path = path
+        try:
+            self.container = av.open(str(path))
+        except (av.FFmpegError, OSError) as err:
+            raise VideoReadError.at(path, _short(err)) from err
+        if not self.container.streams.video:
+            self.container.close()
+            raise VideoReadError.at(path, "no video stream")
+        self.stream = self.container.streams.video[0]
+        self.stream.thread_type = "AUTO"
+        self.info = self._info()
+        self.scaled = _scaled_size(self.info.width, self.info.height, size)
+
+    def _info(self) -> VideoInfo:
+        stream = self.stream
+        num_frames = stream.frames or self._count_frames()
+        if num_frames == 0:
+            self.container.close()
+            raise VideoReadError.at(self.path, "no video frames")
+        rate = stream.average_rate or stream.guessed_rate
+        if not rate:
+            self.container.close()
+            raise VideoReadError.at(self.path, "unknown frame rate")
+        ctx = stream.codec_context
+        return VideoInfo(num_frames, float(rate), ctx.width, ctx.height)
+
+    def _count_frames(self) -> int:
+        count = sum(1 for packet in self.container.demux(self.stream) if packet.size)
+        self.container.seek(0)
+        return count
+
+    def __enter__(self) -> _PyAVFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.container.close()
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        import av
+
+        indices = _check_indices(self.path, indices, self.info.num_frames)
+        wanted, last = set(indices), max(indices)
+        convert = self._converter()
+        frames: dict[int, np.ndarray] = {}
+        decoded = 0
+        try:
+            for frame in self.container.decode(self.stream):
+                if decoded in wanted:
+                    frames[decoded] = convert(frame)
+                decoded += 1
+                if decoded > last:
+                    break
+        except av.FFmpegError as err:
+            raise VideoReadError.at(self.path, f"decoding failed: {_short(err)}") from err
+        if len(frames) < len(wanted):
+            raise VideoReadError.at(
+                self.path, f"only {decoded} of {self.info.num_frames} frames could be decoded"
+            )
+        return np.stack([frames[i] for i in indices])
+
+    def _converter(self):
+        if self.scaled is None:
+            return lambda frame: frame.to_ndarray(format="rgb24")
+        import av
+
+        graph = av.filter.Graph()
+        chain = [
+            graph.add_buffer(template=self.stream),
+            graph.add("scale", f"{self.scaled[0]}:{self.scaled[1]}:flags=bilinear"),
+            graph.add("format", "rgb24"),
+            graph.add("buffersink"),
+        ]
+        for src, dst in itertools.pairwise(chain):
+            src.link_to(dst)
+        graph.configure()
+
+        def convert(frame):
+            graph.push(frame)
+            return graph.pull().to_ndarray()
+
+        return convert
+
+
+def _short(err: BaseException) -> str:
+    """A one-line cause: no decord log prefix, and FFmpeg's invalid-data code in words."""
+    lines = str(err).strip().splitlines()
+    text = _LOG_PREFIX.sub("", lines[0]) if lines else type(err).__name__
+    if "1094995529" in text or "Invalid data found" in text:
+        return "corrupt or truncated file (FFmpeg: invalid data found)"
+    return text
+
+
+_LOG_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: (Error: )?")
+
+
+def resize_center_crop(frames: np.ndarray | torch.Tensor, image_size: int) -> torch.Tensor:
+    """CLIP's geometry on uint8 ``[T, H, W, 3]``: bicubic short side to ``image_size``, centre crop.
+
+    Returns uint8 ``[T, 3, image_size, image_size]``; frames already at the size are not resampled.
+    """
+    video = torch.as_tensor(frames).permute(0, 3, 1, 2)
+    height, width = video.shape[-2:]
+    short, long = min(height, width), max(height, width)
+    if short != image_size:
+        new_long = int(image_size * long / short)
+        new_size = (image_size, new_long) if height <= width else (new_long, image_size)
+        video = F.interpolate(video.float(), size=new_size, mode="bicubic", antialias=True,
+                              align_corners=False)
+        video = video.round_().clamp_(0, 255).to(torch.uint8)
+    height, width = video.shape[-2:]
+    top = int(round((height - image_size) / 2.0))
+    left = int(round((width - image_size) / 2.0))
+    return video[..., top : top + image_size, left : left + image_size].contiguous()
+
+
+def normalize(video: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 ``[..., 3, H, W]`` to float, scaled to [0, 1] and normalised per channel."""
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return (video.float() / 255.0 - mean_t) / std_t
+
+
+def pad_frames(video: torch.Tensor, max_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-pad ``[T, ...]`` to ``max_frames`` frames; the mask is True for the real frames."""
+    count = video.shape[0]
+    if count > max_frames:
+        raise ValueError(f"{count} frames do not fit in max_frames={max_frames}")
+    mask = torch.arange(max_frames) < count
+    if count == max_frames:
+        return video, mask
+    padding = video.new_zeros((max_frames - count, *video.shape[1:]))
+    return torch.cat([video, padding]), mask
+
+
+def preprocess_frames(
+    frames: np.ndarray | torch.Tensor,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    max_frames: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 ``[T, H, W, 3]`` to normalised float ``[F, 3, S, S]`` and its bool frame mask.
+
+    ``F`` is ``max_frames`` (zero frames, masked False, pad short clips) or ``T`` when None.
+    """
+    video = normalize(resize_center_crop(frames, image_size), mean, std)
+    return pad_frames(video, max_frames or video.shape[0])
