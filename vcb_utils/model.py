@@ -266,9 +266,12 @@ class VideoColBERT(nn.Module):
         return self.cfg.mode in ("both", "temporal")
 
     def _freeze(self, prefixes: Sequence[str]) -> None:
+        """Freeze the configured parts, and CLIP's own logit scale/bias, which are unused
+        (each loss has its own): DDP must not wait for gradients that never come."""
         for name, param in self.clip.named_parameters():
             name = name.removeprefix("text.")
-            if any(name == p or name.startswith(p + ".") for p in prefixes):
+            unused = name in ("logit_scale", "logit_bias")
+            if unused or any(name == p or name.startswith(p + ".") for p in prefixes):
                 param.requires_grad_(False)
 
     # ---- encoders ----------------------------------------------------------------------------

@@ -1,0 +1,202 @@
+"""Text-to-video and video-to-text evaluation (protocol of DRL / CLIP4Clip, ties counted).
+
+Every distinct video is encoded once and every caption once (batched, no grad, autocast on
+GPU, sharded over processes and gathered back in order without the padding duplicates),
+then scored with the chunked ``maxsim``: the full 4-D similarity tensor never exists. The
+three score variants come from one encoding pass: ``both`` (MMS_F + MMS_V), ``spatial``
+(MMS_F) and ``temporal`` (MMS_V).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from vcb_utils.config import Config
+from vcb_utils.datasets import build_eval_set
+from vcb_utils.metrics import format_metrics_table, multi_caption_metrics
+from vcb_utils.model import TextEmbedding, VideoColBERT, VideoEmbedding
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+
+
+def evaluate(
+    model: VideoColBERT,
+    config: Config,
+    accelerator: Accelerator | None = None,
+    split: str = "test",
+    output_dir: str | Path | None = None,
+    checkpoint: str | None = None,
+    postprocessing: str = "none",
+) -> dict:
+    """Metrics ``{"t2v"|"v2t": {"both"|"spatial"|"temporal": {R1 R5 R10 MdR MnR}}}``.
+
+    Prints a table on the main process and, with ``output_dir``, writes ``metrics.json``
+    with the checkpoint, dataset, split and settings the numbers came from.
+    """
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    eval_set = build_eval_set(
+        config.data,
+        split,
+        max_frames=config.model.max_frames,
+        image_size=model.image_size,
+        mean=model.image_mean,
+        std=model.image_std,
+    )
+    model.eval()
+    videos = encode_videos(
+        model,
+        eval_set.video_dataset,
+        config.train.batch_size_val,
+        accelerator,
+        num_workers=config.data.workers,
+    )
+    texts = encode_captions(model, eval_set.captions, config.train.batch_size_val, accelerator)
+    matrices = score_variants(model, texts, videos)
+    metrics = {"t2v": {}, "v2t": {}}
+    for name, sim in matrices.items():
+        result = multi_caption_metrics(
+            sim, eval_set.caption_to_video, postprocessing=postprocessing
+        )
+        for direction in ("t2v", "v2t"):
+            metrics[direction][name] = result[direction]
+    if accelerator.is_main_process:
+        rows = {f"{d} {name}": m for d, by_name in metrics.items() for name, m in by_name.items()}
+        label = "" if postprocessing == "none" else f" (post-processed: {postprocessing})"
+        log.info(
+            "%s split, %d captions x %d videos%s\n%s",
+            split,
+            len(eval_set.captions),
+            len(videos.frames),
+            label,
+            format_metrics_table(rows),
+        )
+        if output_dir is not None:
+            _write_metrics(Path(output_dir), metrics, config, split, checkpoint, postprocessing)
+    return metrics
+
+
+def score_variants(
+    model: VideoColBERT, texts: TextEmbedding, videos: VideoEmbedding
+) -> dict[str, torch.Tensor]:
+    """The score matrices of every branch the model has, from one encoding."""
+    with torch.no_grad():
+        scores = model.score(texts, videos)
+    variants = {"both": scores.total}
+    if scores.frame is not None and scores.video is not None:
+        variants.update(spatial=scores.frame, temporal=scores.video)
+    return {name: sim.float().cpu() for name, sim in variants.items()}
+
+
+@torch.no_grad()
+def encode_videos(
+    model: VideoColBERT,
+    dataset: torch.utils.data.Dataset,
+    batch_size: int,
+    accelerator: Accelerator | None = None,
+    num_workers: int = 0,
+) -> VideoEmbedding:
+    """Encode a dataset of ``(video [T, 3, H, W], mask [T])`` items, in dataset order."""
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    shard = _shard(len(dataset), accelerator)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, shard), batch_size=batch_size, num_workers=num_workers
+    )
+    parts: list[VideoEmbedding] = []
+    bar = tqdm(loader, desc="encode videos", disable=not accelerator.is_local_main_process)
+    for video, mask in bar:
+        with _autocast(accelerator):
+            parts.append(
+                model.encode_video(video.to(accelerator.device), mask.to(accelerator.device))
+            )
+    fields = ("frames", "frame_mask", "video", "video_mask")
+    local = {f: _cat([getattr(p, f) for p in parts]) for f in fields}
+    return VideoEmbedding(
+        **{f: _gather_ordered(t, len(dataset), accelerator) for f, t in local.items()}
+    )
+
+
+@torch.no_grad()
+def encode_captions(
+    model: VideoColBERT,
+    captions: Sequence[str],
+    batch_size: int,
+    accelerator: Accelerator | None = None,
+) -> TextEmbedding:
+    """Encode captions once each, in order."""
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    shard = _shard(len(captions), accelerator)
+    parts: list[TextEmbedding] = []
+    for start in range(shard.start, shard.stop, batch_size):
+        with _autocast(accelerator):
+            parts.append(model.encode_text(captions[start : min(start + batch_size, shard.stop)]))
+    fields = ("vectors", "mask", "ids")
+    local = {f: _cat([getattr(p, f) for p in parts]) for f in fields}
+    return TextEmbedding(
+        **{f: _gather_ordered(t, len(captions), accelerator) for f, t in local.items()}
+    )
+
+
+def _shard(n: int, accelerator: Accelerator) -> range:
+    """This process's contiguous slice of ``range(n)``.
+
+    A process left without items re-encodes the last one: its block lies past ``n`` in the
+    gathered order, so ``_gather_ordered`` drops it.
+    """
+    size = math.ceil(n / accelerator.num_processes)
+    start = min(n, accelerator.process_index * size)
+    return range(start, min(n, start + size)) if start < n else range(n - 1, n)
+
+
+def _cat(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
+    parts = [p for p in parts if p is not None]
+    return torch.cat(parts) if parts else None
+
+
+def _gather_ordered(tensor: torch.Tensor | None, n: int, accelerator: Accelerator):
+    """Gather contiguous shards in rank order and drop the padding (it is all at the end)."""
+    if tensor is None or accelerator.num_processes == 1:
+        return tensor
+    dtype = tensor.dtype
+    if dtype == torch.bool:
+        tensor = tensor.to(torch.uint8)  # gloo cannot gather bool
+    padded = accelerator.pad_across_processes(tensor, dim=0)
+    return accelerator.gather(padded)[:n].to(dtype)
+
+
+def _autocast(accelerator: Accelerator):
+    if accelerator.device.type == "cuda":
+        return accelerator.autocast()
+    return contextlib.nullcontext()
+
+
+def _write_metrics(
+    output_dir: Path,
+    metrics: dict,
+    config: Config,
+    split: str,
+    checkpoint: str | None,
+    postprocessing: str,
+) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        "metrics": metrics,
+        "checkpoint": checkpoint,
+        "split": split,
+        "dataset": asdict(config.data),
+        "model": asdict(config.model),
+        "postprocessing": postprocessing,
+        "protocol": "rank = other columns scoring >= the target (ties count against the model)",
+    }
+    (output_dir / METRICS_FILE).write_text(json.dumps(record, indent=2) + "\n")
