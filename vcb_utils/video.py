@@ -10,7 +10,6 @@ automatically when decord is not importable). Frame sampling follows the referen
 from __future__ import annotations
 
 import importlib.util
-import itertools
 import logging
 import os
 import re
@@ -25,6 +24,8 @@ import torch.nn.functional as F
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("decord", "pyav")
+DECODE_CHUNK = 4
+"""Frames decoded at a time when shrinking them (bounds memory on large videos)."""
 
 
 class VideoReadError(RuntimeError):
@@ -63,7 +64,7 @@ class FrameSampling:
     image_size: int = 224
     framerate: float = 1.0
     decode_size: int | None = None
-    """Decode with the short side at this size (None = full size) before the CLIP resize."""
+    """Shrink decoded frames to this short side (None = full size) before the CLIP resize."""
 
     def load(
         self,
@@ -84,12 +85,10 @@ class FrameSampling:
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What the decoder reports about a file: frame count, frames per second, frame size."""
+    """What the decoder reports about a file: frame count and frames per second."""
 
     num_frames: int
     fps: float
-    width: int
-    height: int
 
 
 @dataclass(frozen=True)
@@ -162,11 +161,8 @@ def _jitter(positions: list[int], stop: int, rng: np.random.Generator | None) ->
 
 
 def probe(path: str | os.PathLike, backend: str | None = None) -> VideoInfo:
-    """Frame count, fps and frame size of a video, as the chosen backend sees them."""
-    path = _existing(path)
-    if (backend or default_backend()) == "decord":
-        return _DecordFile(path, None).info
-    with _PyAVFile(path) as video:
+    """Frame count and fps of a video, as the chosen backend sees them."""
+    with _open(path, backend) as video:
         return video.info
 
 
@@ -179,16 +175,13 @@ def read_frames(
 ) -> np.ndarray:
     """Decode the frames at ``indices`` as uint8 RGB ``[T, H, W, 3]``.
 
-    ``size`` decodes at a reduced size: the short side becomes ``size`` pixels (bilinear, inside
-    the decoder) when it is larger; smaller frames come back as they are. Raises
-    ``VideoReadError`` naming the file for a missing, empty, corrupt or too short file.
+    ``size`` shrinks frames as they are decoded, a few at a time, so that the short side is
+    ``size`` pixels (bilinear, antialiased; smaller frames are left as they are): memory stays
+    that of the small frames. Raises ``VideoReadError`` naming the file for a missing, empty,
+    corrupt or too short file.
     """
-    path = _existing(path)
-    name = _check_backend(backend or default_backend())
-    if name == "decord":
-        return _DecordFile(path, size).read(indices)
-    with _PyAVFile(path, size) as video:
-        return video.read(indices)
+    with _open(path, backend) as video:
+        return video.read(indices, size)
 
 
 def read_clip(
@@ -204,43 +197,26 @@ def read_clip(
     backend: str | None = None,
 ) -> Clip:
     """Open a video once, sample its frame indices and decode them (see the two functions)."""
-    path = _existing(path)
-    name = _check_backend(backend or default_backend())
-    if name == "decord":
-        return _sample_and_read(_DecordFile(path, size), framerate, max_frames, start, end,
-                                jitter, rng)
-    with _PyAVFile(path, size) as video:
-        return _sample_and_read(video, framerate, max_frames, start, end, jitter, rng)
+    with _open(path, backend) as video:
+        info = video.info
+        indices = sample_frame_indices(info.num_frames, info.fps, framerate, max_frames, start,
+                                       end, jitter=jitter, rng=rng)
+        if not indices:
+            raise VideoReadError.at(
+                path, f"no frame between start={start} and end={end} "
+                f"({info.num_frames} frames at {info.fps:g} fps)"
+            )
+        return Clip(video.read(indices, size), indices, info)
 
 
-def _sample_and_read(video, framerate, max_frames, start, end, jitter, rng) -> Clip:
-    info = video.info
-    indices = sample_frame_indices(info.num_frames, info.fps, framerate, max_frames, start, end,
-                                   jitter=jitter, rng=rng)
-    if not indices:
-        raise VideoReadError.at(
-            video.path, f"no frame between start={start} and end={end} "
-            f"({info.num_frames} frames at {info.fps:g} fps)"
-        )
-    return Clip(video.read(indices), indices, info)
-
-
-def _existing(path: str | os.PathLike) -> Path:
+def _open(path: str | os.PathLike, backend: str | None) -> _DecordFile | _PyAVFile:
     path = Path(path)
     if not path.is_file():
         raise VideoReadError.at(path, "file not found")
     if path.stat().st_size == 0:
         raise VideoReadError.at(path, "empty file (0 bytes)")
-    return path
-
-
-def _scaled_size(width: int, height: int, size: int | None) -> tuple[int, int] | None:
-    """(width, height) with the short side at ``size``, or None when no downscaling is needed."""
-    if size is None or min(width, height) <= size:
-        return None
-    if height <= width:
-        return max(1, round(width * size / height)), size
-    return size, max(1, round(height * size / width))
+    name = _check_backend(backend or default_backend())
+    return _DecordFile(path) if name == "decord" else _PyAVFile(path)
 
 
 def _check_indices(path: Path, indices: Sequence[int], num_frames: int) -> list[int]:
@@ -253,42 +229,65 @@ def _check_indices(path: Path, indices: Sequence[int], num_frames: int) -> list[
     return indices
 
 
+def _shrink(frames: np.ndarray, size: int | None) -> np.ndarray:
+    """uint8 ``[T, H, W, 3]`` with the short side brought down to ``size`` (bilinear)."""
+    height, width = frames.shape[1:3]
+    if size is None or min(height, width) <= size:
+        return frames
+    if height <= width:
+        new = (size, max(1, round(width * size / height)))
+    else:
+        new = (max(1, round(height * size / width)), size)
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    video = F.interpolate(video, size=new, mode="bilinear", antialias=True, align_corners=False)
+    return video.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
 class _DecordFile:
     """A decord reader (single-threaded: data-loader workers parallelise across files)."""
 
-    def __init__(self, path: Path, size: int | None) -> None:
+    def __init__(self, path: Path) -> None:
         import decord
 
         self.path = path
-        with _PyAVFile(path) as header:
-            width, height = header.info.width, header.info.height
-        scaled = _scaled_size(width, height, size)
-        if scaled is not None:
-            width, height = scaled
         try:
-            self.reader = decord.VideoReader(
-                str(path), num_threads=1, width=width if scaled else -1,
-                height=height if scaled else -1,
-            )
+            self.reader = decord.VideoReader(str(path), num_threads=1)
         except Exception as err:  # decord raises bare RuntimeError / DECORDError
-            raise VideoReadError.at(path, _short(err)) from err
-        num_frames = len(self.reader)
-        if num_frames == 0:
+            raise VideoReadError.at(path, _open_cause(path, err)) from err
+        if len(self.reader) == 0:
             raise VideoReadError.at(path, "no video frames")
-        self.info = VideoInfo(num_frames, float(self.reader.get_avg_fps()), width, height)
+        self.info = VideoInfo(len(self.reader), float(self.reader.get_avg_fps()))
 
-    def read(self, indices: Sequence[int]) -> np.ndarray:
+    def __enter__(self) -> _DecordFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self.reader
+
+    def read(self, indices: Sequence[int], size: int | None = None) -> np.ndarray:
         indices = _check_indices(self.path, indices, self.info.num_frames)
+        step = len(indices) if size is None else DECODE_CHUNK
         try:
-            return self.reader.get_batch(indices).asnumpy()
+            chunks = [self.reader.get_batch(indices[i : i + step]).asnumpy()
+                      for i in range(0, len(indices), step)]
         except Exception as err:
             raise VideoReadError.at(self.path, f"decoding failed: {_short(err)}") from err
+        return np.concatenate([_shrink(chunk, size) for chunk in chunks])
+
+
+def _open_cause(path: Path, err: Exception) -> str:
+    """Why decord could not open a file ("Error reading x..." says nothing): PyAV's reason."""
+    try:
+        _PyAVFile(path).container.close()
+    except VideoReadError as pyav_err:
+        return pyav_err.cause or _short(err)
+    return _short(err)
 
 
 class _PyAVFile:
-    """A PyAV reader that decodes sequentially; scaling matches decord's (bilinear on YUV)."""
+    """A PyAV reader that decodes sequentially from the start (frame-exact, like decord)."""
 
-    def __init__(self, path: Path, size: int | None = None) -> None:
+    def __init__(self, path: Path) -> None:
         import av
 
         self.path = path
@@ -302,20 +301,14 @@ class _PyAVFile:
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "AUTO"
         self.info = self._info()
-        self.scaled = _scaled_size(self.info.width, self.info.height, size)
 
     def _info(self) -> VideoInfo:
-        stream = self.stream
-        num_frames = stream.frames or self._count_frames()
-        if num_frames == 0:
+        num_frames = self.stream.frames or self._count_frames()
+        rate = self.stream.average_rate or self.stream.guessed_rate
+        if num_frames == 0 or not rate:
             self.container.close()
-            raise VideoReadError.at(self.path, "no video frames")
-        rate = stream.average_rate or stream.guessed_rate
-        if not rate:
-            self.container.close()
-            raise VideoReadError.at(self.path, "unknown frame rate")
-        ctx = stream.codec_context
-        return VideoInfo(num_frames, float(rate), ctx.width, ctx.height)
+            raise VideoReadError.at(self.path, "no video frames" if rate else "unknown frame rate")
+        return VideoInfo(num_frames, float(rate))
 
     def _count_frames(self) -> int:
         count = sum(1 for packet in self.container.demux(self.stream) if packet.size)
@@ -328,18 +321,17 @@ class _PyAVFile:
     def __exit__(self, *exc: object) -> None:
         self.container.close()
 
-    def read(self, indices: Sequence[int]) -> np.ndarray:
+    def read(self, indices: Sequence[int], size: int | None = None) -> np.ndarray:
         import av
 
         indices = _check_indices(self.path, indices, self.info.num_frames)
         wanted, last = set(indices), max(indices)
-        convert = self._converter()
         frames: dict[int, np.ndarray] = {}
         decoded = 0
         try:
             for frame in self.container.decode(self.stream):
                 if decoded in wanted:
-                    frames[decoded] = convert(frame)
+                    frames[decoded] = _shrink(frame.to_ndarray(format="rgb24")[None], size)[0]
                 decoded += 1
                 if decoded > last:
                     break
@@ -350,28 +342,6 @@ class _PyAVFile:
                 self.path, f"only {decoded} of {self.info.num_frames} frames could be decoded"
             )
         return np.stack([frames[i] for i in indices])
-
-    def _converter(self):
-        if self.scaled is None:
-            return lambda frame: frame.to_ndarray(format="rgb24")
-        import av
-
-        graph = av.filter.Graph()
-        chain = [
-            graph.add_buffer(template=self.stream),
-            graph.add("scale", f"{self.scaled[0]}:{self.scaled[1]}:flags=bilinear"),
-            graph.add("format", "rgb24"),
-            graph.add("buffersink"),
-        ]
-        for src, dst in itertools.pairwise(chain):
-            src.link_to(dst)
-        graph.configure()
-
-        def convert(frame):
-            graph.push(frame)
-            return graph.pull().to_ndarray()
-
-        return convert
 
 
 def _short(err: BaseException) -> str:
