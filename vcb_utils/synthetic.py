@@ -381,7 +381,8 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: in
         stream = container.add_stream("libx264", rate=int(round(fps)))
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
-        stream.codec_context.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
+        stream.codec_context.options = {"crf": str(crf), "preset": "veryfast"}
+        stream.codec_context.thread_count = 1  # x264 is only deterministic single-threaded
         for image in frames:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
             container.mux(stream.encode(frame))
