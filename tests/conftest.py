@@ -16,3 +16,13 @@ def tiny_cfg() -> ModelConfig:
 def frames() -> torch.Tensor:
     """A batch of 3 random 12-frame clips at the tiny model's 64 px."""
     return torch.randn(3, 12, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="session")
+def small_synthetic(tmp_path_factory) -> str:
+    """A small generated synthetic dataset (24 train clips x 2 captions, 10 test clips)."""
+    from vcb_utils.synthetic import SyntheticConfig, generate
+
+    folder = tmp_path_factory.mktemp("synthetic")
+    generate(folder, SyntheticConfig(n_train=24, n_test=10, seed=3), workers=1)
+    return str(folder)

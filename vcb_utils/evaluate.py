@@ -46,14 +46,16 @@ def evaluate(
     with the checkpoint, dataset, split and settings the numbers came from.
     """
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
-    eval_set = build_eval_set(
-        config.data,
-        split,
-        max_frames=config.model.max_frames,
-        image_size=model.image_size,
-        mean=model.image_mean,
-        std=model.image_std,
-    )
+    with accelerator.main_process_first():  # the main process fills the frame cache
+        eval_set = build_eval_set(
+            config.data,
+            split,
+            tokenize=model.tokenize,
+            max_frames=config.model.max_frames,
+            image_size=model.image_size,
+            mean=model.image_mean,
+            std=model.image_std,
+        )
     model.eval()
     videos = encode_videos(
         model,

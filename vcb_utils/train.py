@@ -31,7 +31,7 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from vcb_utils.config import PRESETS, Config, load_config, preset
-from vcb_utils.datasets import build_dataset
+from vcb_utils.datasets import build_dataset, collate, read_annotations
 from vcb_utils.distributed import check_world_size, gather_with_grad
 from vcb_utils.evaluate import evaluate
 from vcb_utils.model import VideoColBERT, load_checkpoint, save_checkpoint
@@ -65,6 +65,10 @@ class RunOptions:
 
 class TrainingInterrupted(RuntimeError):
     """SIGINT/SIGTERM arrived; the state was saved first."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 # ---- command line ------------------------------------------------------------------------------
@@ -243,6 +247,7 @@ def run(config: Config, options: RunOptions) -> dict:
             "use --multi_gpu --num_processes N with --cpu)"
         )
     _check_batch(config, accelerator.num_processes)
+    _check_annotations(config, options)
     set_seed(config.train.seed)
     model, config = _initial_model(config, options)
     output_dir = Path(config.train.output_dir)
@@ -282,6 +287,17 @@ def _check_batch(config: Config, processes: int) -> None:
         )
 
 
+def _check_annotations(config: Config, options: RunOptions) -> None:
+    """Read the annotations of every split the run needs: bad paths fail before any work."""
+    splits = (["train"] if options.do_train else []) + (["test"] if options.do_eval else [])
+    data = config.data
+    for split in splits:
+        if not read_annotations(data.datatype, data.anno_path, split, data.video_path):
+            raise ValueError(
+                f"{data.datatype} data at {data.anno_path}: the {split} split is empty"
+            )
+
+
 def _initial_model(config: Config, options: RunOptions) -> tuple[VideoColBERT, Config]:
     if not options.init_model:
         return VideoColBERT(config.model), config
@@ -300,23 +316,25 @@ def train(accelerator: Accelerator, model: VideoColBERT, config: Config, options
     """The training loop; returns the (unwrapped) trained model."""
     cfg = config.train
     output_dir = Path(cfg.output_dir)
-    dataset = build_dataset(
-        config.data,
-        "train",
-        tokenize=model.tokenize,
-        max_frames=config.model.max_frames,
-        image_size=model.image_size,
-        mean=model.image_mean,
-        std=model.image_std,
-        train=True,
-    )
+    with accelerator.main_process_first():  # the main process fills the frame cache
+        dataset = build_dataset(
+            config.data,
+            "train",
+            tokenize=model.tokenize,
+            max_frames=config.model.max_frames,
+            image_size=model.image_size,
+            mean=model.image_mean,
+            std=model.image_std,
+            train=True,
+            seed=cfg.seed,
+        )
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=cfg.batch_size // accelerator.num_processes,
         shuffle=True,
         drop_last=True,  # every process must gather the same number of pairs
         num_workers=config.data.workers,
-        collate_fn=getattr(dataset, "collate", None),
+        collate_fn=collate,
         persistent_workers=config.data.workers > 0,
     )
     if len(loader) == 0:
@@ -338,6 +356,7 @@ def train(accelerator: Accelerator, model: VideoColBERT, config: Config, options
         accelerator.init_trackers("videocolbert", config=_flat(config.to_dict()))
     stop = _StopFlag()
     logbook = _Logbook(output_dir / LOG_FILE, accelerator)
+    logbook.start(progress, steps_per_epoch)
     bar = tqdm(
         total=total_steps,
         initial=progress["step"],
@@ -380,38 +399,42 @@ def train(accelerator: Accelerator, model: VideoColBERT, config: Config, options
                 _save_state(accelerator, output_dir, progress)
                 raise TrainingInterrupted(
                     f"interrupted at epoch {epoch}, step {progress['step']}; state saved in "
-                    f"{output_dir / STATE_DIR}. Resume with the same command plus --resume"
+                    f"{output_dir / STATE_DIR}. Resume with the same command plus --resume",
+                    stop.signal,
                 )
             if options.max_steps and progress["step"] >= options.max_steps:
                 break
+        if options.max_steps and progress["step"] >= options.max_steps:
+            _save_weights(accelerator, model, config, progress)  # a smoke test: no validation
+            break
         progress.update(epoch=epoch + 1, batch=0)
         _end_epoch(accelerator, model, config, progress, logbook, epoch)
-        if options.max_steps and progress["step"] >= options.max_steps:
-            break
     bar.close()
     stop.restore()
     return accelerator.unwrap_model(model)
 
 
 def _end_epoch(accelerator, model, config: Config, progress: dict, logbook, epoch: int) -> None:
-    """Checkpoint the weights, validate, keep the best, save the full state."""
+    """Validate, keep the best weights by text-to-video R@1, save the weights and full state."""
     output_dir = Path(config.train.output_dir)
     plain = accelerator.unwrap_model(model)
-    metrics = evaluate(plain, config, accelerator=accelerator, split="val", output_dir=None)
-    r1 = metrics["t2v"]["both"]["R1"] if "both" in metrics["t2v"] else _first_r1(metrics)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_checkpoint(plain, output_dir / f"epoch_{epoch}", config)
-        if r1 > progress["best_r1"]:
-            progress["best_r1"] = r1
-            save_checkpoint(plain, output_dir / "best", config)
-            (output_dir / "best" / "val_metrics.json").write_text(json.dumps(metrics, indent=2))
+    # validation on the test split, as in the reference code (DRL / CLIP4Clip)
+    metrics = evaluate(plain, config, accelerator=accelerator, split="test", output_dir=None)
+    r1 = metrics["t2v"]["both"]["R1"]
+    if accelerator.is_main_process and r1 > progress["best_r1"]:
+        progress["best_r1"] = r1
+        save_checkpoint(plain, output_dir / "best", config)
+        (output_dir / "best" / "val_metrics.json").write_text(json.dumps(metrics, indent=2))
     logbook.epoch(epoch, progress["step"], metrics)
+    _save_weights(accelerator, model, config, progress)
+
+
+def _save_weights(accelerator, model, config: Config, progress: dict) -> None:
+    """``last/``: the weights and config (a checkpoint to evaluate); ``state/``: to resume."""
+    output_dir = Path(config.train.output_dir)
+    if accelerator.is_main_process:
+        save_checkpoint(accelerator.unwrap_model(model), output_dir / "last", config)
     _save_state(accelerator, output_dir, progress)
-
-
-def _first_r1(metrics: dict) -> float:
-    return next(iter(metrics["t2v"].values()))["R1"]
 
 
 # ---- state, logs, signals ----------------------------------------------------------------------
@@ -443,6 +466,16 @@ class _Logbook:
 
     def __init__(self, path: Path, accelerator: Accelerator) -> None:
         self.path, self.accelerator = path, accelerator
+
+    def start(self, progress: dict, steps_per_epoch: int) -> None:
+        self._write(
+            {
+                "step": progress["step"],
+                "event": "resume" if progress["step"] else "start",
+                "world_size": self.accelerator.num_processes,
+                "steps_per_epoch": steps_per_epoch,
+            }
+        )
 
     def step(self, progress: dict, epoch: int, losses: dict, optimizer, model) -> None:
         record = {"step": progress["step"], "epoch": epoch}
@@ -520,7 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(config, options)
     except TrainingInterrupted as stop:
         log.error("%s", stop)
-        return 130
+        return stop.exit_code
     return 0
 
 

@@ -14,8 +14,12 @@ from vcb_utils.config import preset
 from vcb_utils.distributed import check_world_size, gather_with_grad
 from vcb_utils.model import VideoColBERT
 
-CAPTIONS = ["a red circle moves left", "a blue square appears", "a green triangle turns yellow",
-            "a yellow circle moves up, then a red square appears"]
+CAPTIONS = [
+    "a red circle moves left",
+    "a blue square appears",
+    "a green triangle turns yellow",
+    "a yellow circle moves up, then a red square appears",
+]
 
 
 def main(out_path: str) -> None:
@@ -31,13 +35,24 @@ def main(out_path: str) -> None:
     model = accelerator.prepare(model)
     per_rank = 4 // accelerator.num_processes
     part = slice(accelerator.process_index * per_rank, (accelerator.process_index + 1) * per_rank)
-    losses = model(ids[part], text_mask[part], video[part], video_mask[part], gather=gather_with_grad)
+    losses = model(
+        ids[part], text_mask[part], video[part], video_mask[part], gather=gather_with_grad
+    )
     accelerator.backward(losses["loss"])
     if accelerator.is_main_process:
-        grads = {n: p.grad.clone() for n, p in accelerator.unwrap_model(model).named_parameters()
-                 if p.grad is not None}
-        torch.save({"losses": {k: v.item() for k, v in losses.items()}, "grads": grads,
-                    "world": accelerator.num_processes}, out_path)
+        grads = {
+            n: p.grad.clone()
+            for n, p in accelerator.unwrap_model(model).named_parameters()
+            if p.grad is not None
+        }
+        torch.save(
+            {
+                "losses": {k: v.item() for k, v in losses.items()},
+                "grads": grads,
+                "world": accelerator.num_processes,
+            },
+            out_path,
+        )
     accelerator.wait_for_everyone()
 
 
