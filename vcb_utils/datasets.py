@@ -383,6 +383,8 @@ class VideoTextDataset(Dataset):
         return self.source.failed
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        if not 0 <= index < len(self.records):
+            raise IndexError(f"index {index} out of range for {len(self.records)} records")
         for offset in range(len(self.records)):
             current = (index + offset) % len(self.records)
             record = self.records[current]
