@@ -1,0 +1,493 @@
+"""A searchable collection of encoded videos: encode once, save, load, search by text.
+
+``VideoIndex`` keeps, for N videos, their ids and paths, the F vectors (one per frame) and the
+V vectors (contextualised frames + visual expansion tokens) in fp16, and the model config they
+were built with. ``search`` encodes the queries and scans the collection block by block with
+``vcb_utils.scoring.maxsim``, keeping a running top-k, so memory stays bounded however many
+videos there are; the hits come back with the token x vector similarities a heatmap draws.
+
+Layout: padded ``[N, max_frames, D]`` (F) and ``[N, max_frames + E, D]`` (V) with bool masks.
+Every video has at most ``max_frames`` frames, so padding costs space only for clips shorter
+than that, while a block of the padded tensors is exactly what ``maxsim`` takes (a flat
+layout with offsets would save those bytes but re-pad every block of every search).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
+
+from vcb_utils.config import ModelConfig
+from vcb_utils.evaluate import encode_videos
+from vcb_utils.model import TextEmbedding, VideoColBERT, VideoEmbedding, real_token_mask
+from vcb_utils.scoring import maxsim
+from vcb_utils.video import VideoReadError, preprocess_frames, read_clip
+
+Branch = Literal["both", "spatial", "temporal"]
+
+FORMAT = "vcb-video-index"
+VERSION = 1
+TENSORS_FILE = "index.safetensors"
+MANIFEST_FILE = "index.json"
+DEFAULT_BLOCK_VIDEOS = 128
+"""Videos per step of the scan (7 MB as fp32 at 26 x 512 per video): small blocks stay in cache
+and reuse their buffers, the fastest on CPU in ``benchmarks/bench_search.py``."""
+
+VECTOR_FIELDS = (
+    "backbone",
+    "mode",
+    "max_words",
+    "query_expansion",
+    "max_frames",
+    "n_visual_expansion",
+    "temporal_layers",
+    "temporal_heads",
+    "temporal_width",
+    "temporal_mlp_ratio",
+)
+"""Model config fields that change the vectors or how they are scored: they must match."""
+
+PAD_TOKEN = "<pad>"
+FIELDS = ("frames", "frame_mask", "video", "video_mask")
+"""The stored tensors, in ``VideoEmbedding`` order."""
+
+
+@dataclass
+class Hit:
+    """One retrieved video (``rank`` 1 = best, ``row`` in the index) and its heatmap data.
+
+    ``sim_f`` is ``[query vectors, valid frames]``; ``sim_v`` is ``[query vectors, valid V]``
+    whose columns are the valid contextualised frames in order, then the expansion tokens.
+    A branch the model does not use has None scores and matrix.
+    """
+
+    rank: int
+    row: int
+    id: str
+    path: str
+    score_total: float
+    score_f: float | None
+    score_v: float | None
+    sim_f: torch.Tensor | None
+    sim_v: torch.Tensor | None
+
+
+@dataclass
+class QueryResult:
+    """The hits of one query, ranked by ``branch``; ``tokens`` label the rows of the matrices."""
+
+    query: str
+    branch: Branch
+    tokens: list[str]
+    expansion: list[bool]
+    """True for the rows of query-expansion (pad) positions."""
+    hits: list[Hit]
+
+
+class _ClipFiles(Dataset):
+    """``(video [T, 3, S, S], mask [T])`` per file; unreadable files are flagged or raise.
+
+    With ``skip`` an unreadable file yields a one-frame placeholder and sets its flag in
+    ``failed``, a shared-memory tensor that data-loader workers write to as well.
+    """
+
+    def __init__(self, paths: Sequence[str], model: VideoColBERT, framerate: float, skip: bool):
+        self.paths, self.framerate, self.skip = list(paths), framerate, skip
+        self.max_frames, self.size = model.cfg.max_frames, model.image_size
+        self.mean, self.std = model.image_mean, model.image_std
+        self.failed = torch.zeros(len(self.paths), dtype=torch.bool).share_memory_()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            frames = self.read(i)
+        except VideoReadError:
+            if not self.skip:
+                raise
+            self.failed[i] = True
+            video = torch.zeros(self.max_frames, 3, self.size, self.size)
+            return video, torch.arange(self.max_frames) == 0
+        return preprocess_frames(frames, self.size, self.mean, self.std, self.max_frames)
+
+    def read(self, i: int) -> np.ndarray:
+        return read_clip(self.paths[i], framerate=self.framerate, max_frames=self.max_frames).frames
+
+    def failures(self) -> list[str]:
+        """The error of each flagged file (read again here: workers keep only the flag)."""
+        causes = []
+        for i in self.failed.nonzero().flatten().tolist():
+            try:
+                self.read(i)
+                causes.append(f"cannot read video {self.paths[i]}: failed in a loader worker")
+            except VideoReadError as err:
+                causes.append(str(err))
+        return causes
+
+
+class VideoIndex:
+    """F and V vectors (fp16, padded, with masks), ids and paths of N encoded videos."""
+
+    def __init__(
+        self,
+        model_config: ModelConfig | dict,
+        embedding: VideoEmbedding,
+        ids: Sequence[str],
+        paths: Sequence[str] | None = None,
+        *,
+        framerate: float = 1.0,
+    ) -> None:
+        config = asdict(model_config) if isinstance(model_config, ModelConfig) else model_config
+        if config["mode"] == "meanP":
+            raise ValueError("mode 'meanP' (a single-vector baseline) has no F/V vectors to index")
+        self.config = json.loads(json.dumps(config))  # JSON types, as after a round trip
+        self.framerate = float(framerate)
+        self.ids: list[str] = []
+        self.paths: list[str] = []
+        self.frames = self.frame_mask = self.video = self.video_mask = None
+        self.add_embeddings(embedding, ids, paths)
+
+    # ---- building ------------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        model: VideoColBERT,
+        paths: Sequence[str | Path],
+        ids: Sequence[str] | None = None,
+        *,
+        framerate: float = 1.0,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        on_error: Literal["raise", "skip"] = "raise",
+    ) -> VideoIndex:
+        """Encode videos once (progress bar). Ids default to the file names without suffix.
+
+        An unreadable file raises ``VideoReadError`` naming it, or with ``on_error="skip"`` is
+        left out with a warning that lists the files and causes.
+        """
+        embedding, ids, paths = _encode_files(
+            model, paths, ids, framerate, batch_size, num_workers, on_error
+        )
+        return cls(model.cfg, embedding, ids, paths, framerate=framerate)
+
+    def add(
+        self,
+        model: VideoColBERT,
+        paths: Sequence[str | Path],
+        ids: Sequence[str] | None = None,
+        *,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        on_error: Literal["raise", "skip"] = "raise",
+    ) -> None:
+        """Encode more videos (at the index's framerate) and append them."""
+        self.check_model(model)
+        embedding, ids, paths = _encode_files(
+            model, paths, ids, self.framerate, batch_size, num_workers, on_error
+        )
+        self.add_embeddings(embedding, ids, paths)
+
+    def add_embeddings(
+        self, embedding: VideoEmbedding, ids: Sequence[str], paths: Sequence[str] | None = None
+    ) -> None:
+        """Append precomputed vectors (any device and dtype; stored fp16 on the CPU)."""
+        ids, paths = [str(i) for i in ids], [str(p) for p in (paths or [""] * len(ids))]
+        count = embedding.frames.shape[0]
+        if not len(ids) == len(paths) == count:
+            raise ValueError(f"{count} videos but {len(ids)} ids and {len(paths)} paths")
+        repeated = [i for i, n in Counter(self.ids + ids).items() if n > 1]
+        if repeated:
+            raise ValueError(f"duplicate video ids: {sorted(repeated)[:5]}")
+        if (embedding.video is None) != (self.config["mode"] == "spatial"):
+            raise ValueError(f"mode {self.config['mode']!r} and the embedding's V set disagree")
+        new = _stored_tensors(embedding, self.config)
+        if self.frames is None:
+            self.frames, self.frame_mask, self.video, self.video_mask = new
+        else:
+            old = (self.frames, self.frame_mask, self.video, self.video_mask)
+            self.frames, self.frame_mask, self.video, self.video_mask = (
+                None if a is None else torch.cat([a, b]) for a, b in zip(old, new, strict=True)
+            )
+        self.ids += ids
+        self.paths += paths
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored vectors and masks."""
+        tensors = (getattr(self, name) for name in FIELDS)
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+    # ---- saving and loading --------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write ``index.safetensors`` (vectors, masks) and ``index.json`` (ids, paths, config)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {name: getattr(self, name) for name in FIELDS}
+        tensors = {name: t.contiguous() for name, t in tensors.items() if t is not None}
+        save_file(tensors, str(directory / TENSORS_FILE))
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "model": self.config,
+            "framerate": self.framerate,
+            "ids": self.ids,
+            "paths": self.paths,
+        }
+        (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, model: VideoColBERT | None = None) -> VideoIndex:
+        """Read an index saved by ``save``; with ``model``, refuse one built by another config."""
+        directory = Path(directory)
+        manifest = _read_manifest(directory)
+        tensors = load_file(str(directory / TENSORS_FILE))
+        embedding = VideoEmbedding(*(tensors.get(name) for name in FIELDS))
+        index = cls(
+            manifest["model"],
+            embedding,
+            manifest["ids"],
+            manifest["paths"],
+            framerate=manifest["framerate"],
+        )
+        if model is not None:
+            index.check_model(model, source=str(directory))
+        return index
+
+    def check_model(self, model: VideoColBERT, source: str = "the index") -> None:
+        """ValueError naming every vector-changing config field where ``model`` differs."""
+        current = asdict(model.cfg)
+        diffs = [
+            f"{name}: index {self.config.get(name)!r}, model {current[name]!r}"
+            for name in VECTOR_FIELDS
+            if self.config.get(name) != current[name]
+        ]
+        if diffs:
+            raise ValueError(f"{source} was built with another model config: " + "; ".join(diffs))
+
+    # ---- search --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def search(
+        self,
+        query: str | Sequence[str],
+        k: int = 10,
+        branch: Branch = "both",
+        *,
+        model: VideoColBERT,
+        block_videos: int = DEFAULT_BLOCK_VIDEOS,
+    ) -> list[QueryResult]:
+        """The top-k videos of each query by MMS_F + MMS_V (``both``), MMS_F or MMS_V.
+
+        A query longer than ``max_words`` tokens is truncated with a warning; an empty one is
+        an error. The scan holds one block of ``block_videos`` videos in fp32 at a time.
+        """
+        self.check_model(model)
+        queries = _check_queries(query)
+        _warn_truncated(model, queries)
+        text = model.encode_text(queries)
+        text = TextEmbedding(text.vectors.float().cpu(), text.mask.cpu(), text.ids.cpu())
+        _, rows = self.top_k(text, k, branch, block_videos)
+        return [
+            self._result(model, queries[i], text, i, branch, rows[i].tolist())
+            for i in range(len(queries))
+        ]
+
+    def top_k(
+        self,
+        text: TextEmbedding,
+        k: int,
+        branch: Branch = "both",
+        block_videos: int = DEFAULT_BLOCK_VIDEOS,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores and rows ``[Q, min(k, N)]`` of the best videos, best first.
+
+        ``text`` is on the CPU; each block of fp16 vectors is cast to ``text.vectors.dtype``
+        (``search`` passes fp32: exact, and faster than fp16 on CPUs without fp16 arithmetic).
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, not {k}")
+        parts = self._branch_vectors(branch)
+        best = torch.empty(len(text.vectors), 0)
+        rows = torch.empty(len(text.vectors), 0, dtype=torch.long)
+        for start in range(0, len(self), block_videos):
+            stop = min(start + block_videos, len(self))
+            block = sum(
+                maxsim(text.vectors, vectors[start:stop], text.mask, mask[start:stop])
+                for vectors, mask in parts
+            )
+            best = torch.cat([best, block], dim=1)
+            rows = torch.cat([rows, torch.arange(start, stop).expand(len(block), -1)], dim=1)
+            best, order = best.topk(min(k, best.shape[1]), dim=1)
+            rows = rows.gather(1, order)
+        return best, rows
+
+    def _branch_vectors(self, branch: Branch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if branch not in ("both", "spatial", "temporal"):
+            raise ValueError(f"branch must be 'both', 'spatial' or 'temporal', not {branch!r}")
+        available = self._branches()
+        wanted = list(available) if branch == "both" else [branch]
+        if any(name not in available for name in wanted):
+            raise ValueError(f"branch {branch!r}: mode {self.config['mode']!r} has no such scores")
+        return [available[name] for name in wanted]
+
+    def _branches(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        branches = {}
+        if self.config["mode"] in ("both", "spatial"):
+            branches["spatial"] = (self.frames, self.frame_mask)
+        if self.video is not None:
+            branches["temporal"] = (self.video, self.video_mask)
+        return branches
+
+    def _result(
+        self,
+        model: VideoColBERT,
+        query: str,
+        text: TextEmbedding,
+        i: int,
+        branch: Branch,
+        rows: list[int],
+    ) -> QueryResult:
+        tokens, expansion = token_labels(model, text.ids[i], text.mask[i])
+        vectors = text.vectors[i][text.mask[i]]
+        hits = [self._hit(rank, row, vectors) for rank, row in enumerate(rows, start=1)]
+        return QueryResult(query, branch, tokens, expansion, hits)
+
+    def _hit(self, rank: int, row: int, query: torch.Tensor) -> Hit:
+        sims = {
+            name: query @ vectors[row][mask[row]].float().T
+            for name, (vectors, mask) in self._branches().items()
+        }
+        scores = {name: float(sim.amax(dim=1).mean()) for name, sim in sims.items()}
+        return Hit(
+            rank=rank,
+            row=row,
+            id=self.ids[row],
+            path=self.paths[row],
+            score_total=sum(scores.values()),
+            score_f=scores.get("spatial"),
+            score_v=scores.get("temporal"),
+            sim_f=sims.get("spatial"),
+            sim_v=sims.get("temporal"),
+        )
+
+
+def token_labels(
+    model: VideoColBERT, ids: torch.Tensor, mask: torch.Tensor
+) -> tuple[list[str], list[bool]]:
+    """One label per scoring position of a tokenised query, and which are pad (expansion)."""
+    real = real_token_mask(ids[None])[0]
+    labels = [
+        model.tokenizer.decode([int(token)]).strip() if is_real else PAD_TOKEN
+        for token, is_real in zip(ids.tolist(), real.tolist(), strict=True)
+    ]
+    keep = mask.tolist()
+    return (
+        [label for label, used in zip(labels, keep, strict=True) if used],
+        [not r for r, used in zip(real.tolist(), keep, strict=True) if used],
+    )
+
+
+def _check_queries(query: str | Sequence[str]) -> list[str]:
+    queries = [query] if isinstance(query, str) else list(query)
+    if not queries:
+        raise ValueError("no query given")
+    for text in queries:
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"empty query {text!r}: a query needs at least one word")
+    return queries
+
+
+def _warn_truncated(model: VideoColBERT, queries: list[str]) -> None:
+    longer = model.tokenizer(queries, context_length=model.cfg.max_words + 1)
+    lengths = real_token_mask(longer).sum(dim=1)
+    for text, length in zip(queries, lengths.tolist(), strict=True):
+        if length > model.cfg.max_words:
+            warnings.warn(
+                f"query truncated to max_words={model.cfg.max_words} tokens: {text[:60]!r}...",
+                stacklevel=3,
+            )
+
+
+def _encode_files(
+    model: VideoColBERT,
+    paths: Sequence[str | Path],
+    ids: Sequence[str] | None,
+    framerate: float,
+    batch_size: int,
+    num_workers: int,
+    on_error: str,
+) -> tuple[VideoEmbedding, list[str], list[str]]:
+    """Encode the readable files; returns their embedding, ids and paths in the given order."""
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+    paths = [str(p) for p in paths]
+    ids = [Path(p).stem for p in paths] if ids is None else [str(i) for i in ids]
+    if not paths or len(ids) != len(paths):
+        raise ValueError(f"need one id per video: {len(paths)} paths, {len(ids)} ids")
+    files = _ClipFiles(paths, model, framerate, skip=on_error == "skip")
+    embedding = encode_videos(model, files, batch_size, num_workers=num_workers)
+    keep = ~files.failed
+    if not bool(keep.all()):
+        causes = files.failures()
+        warnings.warn(
+            f"skipped {len(causes)} unreadable videos:\n" + "\n".join(causes), stacklevel=3
+        )
+    kept = keep.tolist()
+    return (
+        _select(embedding, keep),
+        [i for i, ok in zip(ids, kept, strict=True) if ok],
+        [p for p, ok in zip(paths, kept, strict=True) if ok],
+    )
+
+
+def _select(embedding: VideoEmbedding, keep: torch.Tensor) -> VideoEmbedding:
+    tensors = (getattr(embedding, name) for name in FIELDS)
+    return VideoEmbedding(*(None if t is None else t[keep.to(t.device)] for t in tensors))
+
+
+def _stored_tensors(embedding: VideoEmbedding, config: dict) -> tuple:
+    """fp16 CPU tensors padded to the index widths (no copy when they already are)."""
+    frames_width = config["max_frames"]
+    video_width = frames_width + config["n_visual_expansion"]
+    frames, frame_mask = _pad(embedding.frames, embedding.frame_mask, frames_width)
+    if embedding.video is None:
+        return frames, frame_mask, None, None
+    return (frames, frame_mask, *_pad(embedding.video, embedding.video_mask, video_width))
+
+
+def _pad(vectors: torch.Tensor, mask: torch.Tensor, width: int) -> tuple:
+    if vectors.shape[1] > width:
+        raise ValueError(f"{vectors.shape[1]} vectors per video; the model config allows {width}")
+    vectors, mask = vectors.detach().to("cpu", torch.float16), mask.to("cpu", torch.bool)
+    extra = width - vectors.shape[1]
+    if extra == 0:
+        return vectors, mask
+    return F.pad(vectors, (0, 0, 0, extra)), F.pad(mask, (0, extra), value=False)
+
+
+def _read_manifest(directory: Path) -> dict:
+    for name in (MANIFEST_FILE, TENSORS_FILE):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"{directory}: not a video index ({name} is missing)")
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise ValueError(
+            f"{directory / MANIFEST_FILE}: format {manifest.get('format')!r} version "
+            f"{manifest.get('version')!r}; this code reads {FORMAT!r} version {VERSION}"
+        )
+    return manifest
