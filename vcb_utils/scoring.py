@@ -49,7 +49,7 @@ def maxsim(
         return q.new_zeros((n_q, n_d), dtype=out_dtype)
 
     weights = _query_weights(q_mask, n_q, len_q, q.device).to(out_dtype)
-    d = _fill_padding(d, d_mask).to(q.dtype)
+    d = _fill_padding(d, d_mask)
     budget = chunk_size or DEFAULT_BLOCK_ELEMENTS
     docs_per_block = max(1, min(n_d, budget // (len_q * len_d)))
     queries_per_block = max(1, min(n_q, budget // (len_q * len_d * docs_per_block)))
@@ -60,7 +60,8 @@ def maxsim(
         n_db = d_block.shape[0]
         # vector-major layout: the max over a document's vectors becomes an elementwise max
         # over contiguous rows, far cheaper than a reduction over a short innermost axis
-        d_major = d_block.transpose(0, 1).reshape(len_d * n_db, dim)
+        d_major = q.new_empty((len_d, n_db, dim)).copy_(d_block.transpose(0, 1))  # one copy
+        d_major = d_major.view(len_d * n_db, dim)
         for q_start in range(0, n_q, queries_per_block):
             q_block = q[q_start : q_start + queries_per_block]
             n_qb = q_block.shape[0]
