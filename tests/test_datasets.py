@@ -237,6 +237,10 @@ def test_training_items_and_collate(videos, tokenize):
     expected = normalize(resize_center_crop(read_frames(videos / "b.mp4", [8, 12, 16]), 32),
                          MEAN, STD)
     assert torch.equal(windowed[0][:3], expected) and windowed[1].sum() == 3
+    as_uint8 = VideoTextDataset(records, tokenize=tokenize, max_frames=8, image_size=32,
+                                mean=MEAN, std=STD, framerate=2.0, uint8=True)[0][2]
+    assert as_uint8.dtype == torch.uint8 and torch.equal(normalize(as_uint8[:6], MEAN, STD),
+                                                         video[:6])
     batch = next(iter(make_loader(dataset, 2)))
     assert [tuple(t.shape) for t in batch] == [(2, 16), (2, 16), (2, 8, 3, 32, 32), (2, 8)]
     assert [t.dtype for t in batch] == [torch.long, torch.bool, torch.float32, torch.bool]

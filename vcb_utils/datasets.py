@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from vcb_utils import synthetic
@@ -292,6 +292,8 @@ class ClipSource:
     Decoding errors follow ``on_error``; files that failed are remembered (per process), logged
     once and listed in ``failed``. With ``jitter``, sampled positions move within their segments,
     seeded by ``(seed, epoch, index)``; the cache holds unjittered frames, so it is not used then.
+    With ``uint8``, videos stay uint8 and unnormalised (4x less data through the loader): apply
+    ``vcb_utils.video.normalize(video, mean, std)`` on the accelerator.
     """
 
     def __init__(
@@ -305,6 +307,7 @@ class ClipSource:
         jitter: bool = False,
         seed: int = 0,
         backend: str | None = None,
+        uint8: bool = False,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -313,7 +316,7 @@ class ClipSource:
             cache = None
         self.sampling, self.mean, self.std = sampling, tuple(mean), tuple(std)
         self.cache, self.on_error, self.jitter, self.seed = cache, on_error, jitter, seed
-        self.backend = backend
+        self.backend, self.uint8 = backend, uint8
         self.epoch = 0
         self.failed: dict[str, str] = {}
 
@@ -334,7 +337,9 @@ class ClipSource:
             raise
 
     def __call__(self, video: VideoRef, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        frames = normalize(self.frames(video, index), self.mean, self.std)
+        frames = self.frames(video, index)
+        if not self.uint8:
+            frames = normalize(frames, self.mean, self.std)
         return pad_frames(frames, self.sampling.max_frames)
 
 
@@ -361,6 +366,7 @@ class VideoTextDataset(Dataset):
         on_error: str = "raise",
         cache: FrameCache | None = None,
         backend: str | None = None,
+        uint8: bool = False,
     ) -> None:
         if not records:
             raise ValueError("no records: the annotation split is empty")
@@ -368,7 +374,7 @@ class VideoTextDataset(Dataset):
         self.tokenize = tokenize
         sampling = FrameSampling(max_frames, image_size, framerate, decode_size)
         self.source = ClipSource(sampling, mean, std, cache=cache, on_error=on_error,
-                                 jitter=jitter, seed=seed, backend=backend)
+                                 jitter=jitter, seed=seed, backend=backend, uint8=uint8)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -418,9 +424,10 @@ class VideoDataset(Dataset):
         except VideoReadError:
             if self.source.on_error == "raise":
                 raise
-            size = self.source.sampling.image_size
-            frames = torch.zeros(self.source.sampling.max_frames, 3, size, size)
-            return frames, torch.zeros(self.source.sampling.max_frames, dtype=torch.bool)
+            size, count = self.source.sampling.image_size, self.source.sampling.max_frames
+            dtype = torch.uint8 if self.source.uint8 else torch.float32
+            frames = torch.zeros(count, 3, size, size, dtype=dtype)
+            return frames, torch.zeros(count, dtype=torch.bool)
 
 
 class CaptionDataset(Dataset):
@@ -442,8 +449,12 @@ def _tokenize_one(tokenize: Tokenize, text: str) -> tuple[torch.Tensor, torch.Te
 
 
 def collate(items: Sequence[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
-    """Stack the items' tensors: ``(text_ids, text_mask, video, video_mask)`` or the eval pairs."""
-    return tuple(torch.stack(parts) for parts in zip(*items, strict=True))
+    """Stack the items' tensors: ``(text_ids, text_mask, video, video_mask)`` or the eval pairs.
+
+    Inside a loader worker, the batch is stacked straight into shared memory (torch's default
+    collate), which saves a copy of every video batch.
+    """
+    return tuple(default_collate(list(items)))
 
 
 def make_loader(
@@ -503,13 +514,15 @@ def make_eval_set(
     on_error: str = "raise",
     cache: FrameCache | None = None,
     backend: str | None = None,
+    uint8: bool = False,
 ) -> EvalSet:
     """The evaluation layout of ``records`` with its video and caption datasets."""
     if not records:
         raise ValueError("no records: the annotation split is empty")
     videos, captions, targets = eval_layout(records)
     sampling = FrameSampling(max_frames, image_size, framerate, decode_size)
-    source = ClipSource(sampling, mean, std, cache=cache, on_error=on_error, backend=backend)
+    source = ClipSource(sampling, mean, std, cache=cache, on_error=on_error, backend=backend,
+                        uint8=uint8)
     return EvalSet(videos, captions, targets, VideoDataset(videos, source),
                    CaptionDataset(captions, tokenize))
 
@@ -528,19 +541,21 @@ def build_dataset(
     std: Sequence[float],
     train: bool = True,
     seed: int = 0,
+    uint8: bool = False,
 ) -> VideoTextDataset:
     """The training Dataset of a split: annotations read, videos checked, frame cache filled.
 
     Frame jitter is on when ``train`` and ``cfg.frame_jitter``. With ``cfg.cache_dir`` set (and
     no jitter) missing cache entries are decoded first; under data parallelism call this on the
     main process first (``accelerator.main_process_first()``) so that the others find them.
+    ``uint8`` keeps videos unnormalised uint8 (see ``ClipSource``).
     """
     jitter = train and cfg.frame_jitter
     records, cache = _prepare(cfg, split, max_frames, image_size, use_cache=not jitter)
     return VideoTextDataset(
         records, tokenize=tokenize, max_frames=max_frames, image_size=image_size, mean=mean,
         std=std, framerate=cfg.video_framerate, jitter=jitter, seed=seed,
-        on_error=cfg.on_error, cache=cache,
+        on_error=cfg.on_error, cache=cache, uint8=uint8,
     )
 
 
@@ -553,12 +568,13 @@ def build_eval_set(
     image_size: int,
     mean: Sequence[float],
     std: Sequence[float],
+    uint8: bool = False,
 ) -> EvalSet:
     """The evaluation layout of a split, prepared like ``build_dataset`` (no jitter)."""
     records, cache = _prepare(cfg, split, max_frames, image_size, use_cache=True)
     return make_eval_set(
         records, tokenize=tokenize, max_frames=max_frames, image_size=image_size, mean=mean,
-        std=std, framerate=cfg.video_framerate, on_error=cfg.on_error, cache=cache,
+        std=std, framerate=cfg.video_framerate, on_error=cfg.on_error, cache=cache, uint8=uint8,
     )
 
 

@@ -238,9 +238,9 @@ def _shrink(frames: np.ndarray, size: int | None) -> np.ndarray:
         new = (size, max(1, round(width * size / height)))
     else:
         new = (max(1, round(height * size / width)), size)
-    video = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2)
     video = F.interpolate(video, size=new, mode="bilinear", antialias=True, align_corners=False)
-    return video.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return video.permute(0, 2, 3, 1).numpy()
 
 
 class _DecordFile:
@@ -360,6 +360,8 @@ def resize_center_crop(frames: np.ndarray | torch.Tensor, image_size: int) -> to
     """CLIP's geometry on uint8 ``[T, H, W, 3]``: bicubic short side to ``image_size``, centre crop.
 
     Returns uint8 ``[T, 3, image_size, image_size]``; frames already at the size are not resampled.
+    The antialiased resize runs on uint8 (torch's fast path), within 2 levels of PIL's bicubic,
+    which open_clip's own preprocessing uses.
     """
     video = torch.as_tensor(frames).permute(0, 3, 1, 2)
     height, width = video.shape[-2:]
@@ -367,9 +369,8 @@ def resize_center_crop(frames: np.ndarray | torch.Tensor, image_size: int) -> to
     if short != image_size:
         new_long = int(image_size * long / short)
         new_size = (image_size, new_long) if height <= width else (new_long, image_size)
-        video = F.interpolate(video.float(), size=new_size, mode="bicubic", antialias=True,
+        video = F.interpolate(video, size=new_size, mode="bicubic", antialias=True,
                               align_corners=False)
-        video = video.round_().clamp_(0, 255).to(torch.uint8)
     height, width = video.shape[-2:]
     top = int(round((height - image_size) / 2.0))
     left = int(round((width - image_size) / 2.0))
@@ -377,10 +378,10 @@ def resize_center_crop(frames: np.ndarray | torch.Tensor, image_size: int) -> to
 
 
 def normalize(video: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 ``[..., 3, H, W]`` to float, scaled to [0, 1] and normalised per channel."""
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    """uint8 ``[..., 3, H, W]`` to float ``(x / 255 - mean) / std`` per channel."""
     std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return (video.float() / 255.0 - mean_t) / std_t
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    return video.float().mul_(1.0 / (255.0 * std_t)).sub_(mean_t / std_t)
 
 
 def pad_frames(video: torch.Tensor, max_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
