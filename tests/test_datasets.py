@@ -325,14 +325,24 @@ def test_skip_in_evaluation_masks_the_video_out(tmp_path, videos, tokenize):
 # ---------------------------------------------------------------- jitter
 
 
-def test_frame_jitter_is_seeded_per_epoch(tmp_path, videos, tokenize):
-    cfg = _cfg(tmp_path, videos, ["a"], "raise", frame_jitter=True)
+def test_frame_jitter_follows_torch_seeding(tmp_path, videos, tokenize):
+    cfg = _cfg(tmp_path, videos, ["a", "b"], "raise", frame_jitter=True)
     train = build_dataset(cfg, "test", tokenize=tokenize, train=True, seed=5, **KW)
     plain = build_dataset(cfg, "test", tokenize=tokenize, train=False, **KW)
-    first, again = train[0][2], train[0][2]
-    train.set_epoch(1)
-    assert torch.equal(first, again) and not torch.equal(first, train[0][2])
-    # 6 positions at 2 fps (every 4th frame), linspace down to 4: frames 0, 4, 12, 20
+
+    def two_epochs(workers: int) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        loader = torch.utils.data.DataLoader(train, batch_size=2, num_workers=workers,
+                                             collate_fn=collate, persistent_workers=workers > 0)
+        return [batch[2] for _ in range(2) for batch in loader]
+
+    first, second = two_epochs(0)
+    assert not torch.equal(first, second)  # each epoch draws new positions
+    assert all(torch.equal(a, b) for a, b in zip(two_epochs(0), (first, second), strict=True))
+    in_workers = two_epochs(1)
+    assert not torch.equal(*in_workers)
+    assert all(torch.equal(a, b) for a, b in zip(two_epochs(1), in_workers, strict=True))
+    # unjittered: 6 positions at 2 fps (every 4th frame), linspace down to 4: 0, 4, 12, 20
     unjittered = resize_center_crop(read_frames(videos / "a.mp4", [0, 4, 12, 20]), 32)
     assert torch.equal(plain[0][2], normalize(unjittered, MEAN, STD))
 

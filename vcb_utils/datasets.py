@@ -291,7 +291,9 @@ class ClipSource:
 
     Decoding errors follow ``on_error``; files that failed are remembered (per process), logged
     once and listed in ``failed``. With ``jitter``, sampled positions move within their segments,
-    seeded by ``(seed, epoch, index)``; the cache holds unjittered frames, so it is not used then.
+    drawn from ``(seed, index, a draw from torch's generator)``: torch seeds each loader worker
+    and its generator moves on, so every epoch differs and a seeded run repeats (persistent
+    workers included). The cache holds unjittered frames, so it is not used then.
     With ``uint8``, videos stay uint8 and unnormalised (4x less data through the loader): apply
     ``vcb_utils.video.normalize(video, mean, std)`` on the accelerator.
     """
@@ -317,7 +319,6 @@ class ClipSource:
         self.sampling, self.mean, self.std = sampling, tuple(mean), tuple(std)
         self.cache, self.on_error, self.jitter, self.seed = cache, on_error, jitter, seed
         self.backend, self.uint8 = backend, uint8
-        self.epoch = 0
         self.failed: dict[str, str] = {}
 
     def frames(self, video: VideoRef, index: int) -> torch.Tensor:
@@ -327,7 +328,9 @@ class ClipSource:
         cached = self.cache.load(video) if self.cache is not None else None
         if cached is not None:
             return cached
-        rng = np.random.default_rng([self.seed, self.epoch, index]) if self.jitter else None
+        rng = None
+        if self.jitter:
+            rng = np.random.default_rng([self.seed, index, int(torch.randint(2**31, ()))])
         try:
             return self.sampling.load(video, jitter=self.jitter, rng=rng, backend=self.backend)
         except VideoReadError as err:
@@ -378,10 +381,6 @@ class VideoTextDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Change the frame jitter of the next epoch (before the loader starts its workers)."""
-        self.source.epoch = epoch
 
     @property
     def failed(self) -> dict[str, str]:
