@@ -162,5 +162,5 @@ class _BuildJobs(Dataset):
         return str(video.path), None
 
 
-def _identity(item):
+def _identity(item: tuple[str, str | None]) -> tuple[str, str | None]:
     return item

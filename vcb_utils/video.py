@@ -35,7 +35,9 @@ class VideoReadError(RuntimeError):
     from a data-loader worker, which keeps only the message).
     """
 
-    def __init__(self, message: str, *, path: str | None = None, cause: str | None = None):
+    def __init__(
+        self, message: str, *, path: str | None = None, cause: str | None = None
+    ) -> None:
         super().__init__(message)
         self.path = path
         self.cause = cause
