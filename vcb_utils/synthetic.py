@@ -140,7 +140,7 @@ class ClipSpec:
 class SyntheticConfig:
     """Size and content of a synthetic dataset (the defaults feed the tiny main job)."""
 
-    n_train: int = 500
+    n_train: int = 1000
     n_test: int = 100
     size: int = 96
     fps: int = 8
