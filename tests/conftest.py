@@ -20,9 +20,9 @@ def frames() -> torch.Tensor:
 
 @pytest.fixture(scope="session")
 def small_synthetic(tmp_path_factory) -> str:
-    """A small generated synthetic dataset (24 train clips x 2 captions, 10 test clips)."""
+    """A small generated synthetic dataset (24 train clips x 2 captions, 11 test clips)."""
     from vcb_utils.synthetic import SyntheticConfig, generate
 
     folder = tmp_path_factory.mktemp("synthetic")
-    generate(folder, SyntheticConfig(n_train=24, n_test=10, seed=3), workers=1)
+    generate(folder, SyntheticConfig(n_train=24, n_test=11, seed=3), workers=1)
     return str(folder)

@@ -10,6 +10,7 @@ three score variants come from one encoding pass: ``both`` (MMS_F + MMS_V), ``sp
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -18,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
@@ -44,8 +46,83 @@ def evaluate(
 
     Prints a table on the main process and, with ``output_dir``, writes ``metrics.json``
     with the checkpoint, dataset, split and settings the numbers came from.
+    ``postprocessing`` (dual / inverted softmax) uses the other test queries: off by default
+    and labelled wherever it is reported.
     """
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = accelerator or default_accelerator()
+    model.to(accelerator.device).eval()
+    texts, videos, targets = encode_split(model, config, split, accelerator)
+    matrices = score_variants(model, texts, videos)
+    metrics = compute_metrics(matrices, targets, postprocessing)
+    _report(metrics, accelerator, split, len(texts.vectors), len(videos.frames), postprocessing)
+    if output_dir is not None and accelerator.is_main_process:
+        _write_metrics(Path(output_dir), metrics, config, split, checkpoint, postprocessing)
+    return metrics
+
+
+def zero_shot(
+    config: Config,
+    accelerator: Accelerator | None = None,
+    split: str = "test",
+    output_dir: str | Path | None = None,
+) -> dict:
+    """The starting point: the plain open_clip backbone of ``config``, without any training.
+
+    ``mean``: the end-of-text vector against the mean of the frame vectors (the CLIP
+    zero-shot baseline of CLIP4Clip); ``maxsim``: MeanMaxSim of the real tokens over the
+    frames (Video-ColBERT's frame branch before training).
+    """
+    accelerator = accelerator or default_accelerator()
+    plain = dataclasses.replace(config.model, mode="spatial", query_expansion=False)
+    model = VideoColBERT(plain).to(accelerator.device).eval()
+    texts, videos, targets = encode_split(model, config, split, accelerator)
+    matrices = zero_shot_matrices(model, texts, videos)
+    metrics = compute_metrics(matrices, targets, "none")
+    _report(
+        metrics,
+        accelerator,
+        f"{split} (zero-shot {config.model.backbone})",
+        len(texts.vectors),
+        len(videos.frames),
+        "none",
+    )
+    if output_dir is not None and accelerator.is_main_process:
+        _write_metrics(
+            Path(output_dir),
+            metrics,
+            config.updated(model=dataclasses.asdict(plain)),
+            split,
+            f"zero-shot {config.model.backbone}/{config.model.pretrained}",
+            "none",
+        )
+    return metrics
+
+
+def zero_shot_matrices(
+    model: VideoColBERT, texts: TextEmbedding, videos: VideoEmbedding
+) -> dict[str, torch.Tensor]:
+    """``mean`` and ``maxsim`` score matrices of a spatial, non-expanded model's encodings."""
+    end = texts.mask.sum(dim=1) - 1
+    sentence = texts.vectors[torch.arange(len(end), device=end.device), end].float()
+    weights = videos.frame_mask.unsqueeze(-1).to(videos.frames.dtype)
+    mean = F.normalize((videos.frames * weights).sum(dim=1), dim=-1).float()
+    with torch.no_grad():
+        frame_branch = model.score(texts, videos).frame
+    return {"mean": (sentence @ mean.T).cpu(), "maxsim": frame_branch.float().cpu()}
+
+
+def default_accelerator() -> Accelerator:
+    return Accelerator(cpu=not torch.cuda.is_available())
+
+
+def encode_split(
+    model: VideoColBERT, config: Config, split: str, accelerator: Accelerator
+) -> tuple[TextEmbedding, VideoEmbedding, torch.Tensor]:
+    """Every caption and every distinct video of a split, encoded once.
+
+    Returns the caption vectors, the video vectors and each caption's video index. Videos
+    that failed to decode (``on_error="skip"``) are dropped with their captions, loudly.
+    """
     with accelerator.main_process_first():  # the main process fills the frame cache
         eval_set = build_eval_set(
             config.data,
@@ -56,37 +133,67 @@ def evaluate(
             mean=model.image_mean,
             std=model.image_std,
         )
-    model.eval()
-    videos = encode_videos(
-        model,
-        eval_set.video_dataset,
-        config.train.batch_size_val,
-        accelerator,
-        num_workers=config.data.workers,
+    batch = config.train.batch_size_val
+    videos = encode_videos(model, eval_set.video_dataset, batch, accelerator, config.data.workers)
+    texts = encode_captions(model, eval_set.captions, batch, accelerator)
+    return _drop_failed(texts, videos, eval_set.caption_to_video)
+
+
+def _drop_failed(
+    texts: TextEmbedding, videos: VideoEmbedding, targets: torch.Tensor
+) -> tuple[TextEmbedding, VideoEmbedding, torch.Tensor]:
+    ok = videos.frame_mask.any(dim=1).cpu()
+    if bool(ok.all()):
+        return texts, videos, targets
+    keep = ok[targets]
+    log.warning(
+        "%d video(s) failed to decode: dropped with their %d caption(s) from the metrics",
+        int((~ok).sum()),
+        int((~keep).sum()),
     )
-    texts = encode_captions(model, eval_set.captions, config.train.batch_size_val, accelerator)
-    matrices = score_variants(model, texts, videos)
-    metrics = {"t2v": {}, "v2t": {}}
-    for name, sim in matrices.items():
-        result = multi_caption_metrics(
-            sim, eval_set.caption_to_video, postprocessing=postprocessing
+    new_index = torch.cumsum(ok.long(), dim=0) - 1
+    videos = VideoEmbedding(
+        *(
+            None if t is None else t[ok.to(t.device)]
+            for t in (videos.frames, videos.frame_mask, videos.video, videos.video_mask)
         )
+    )
+    texts = TextEmbedding(*(t[keep.to(t.device)] for t in (texts.vectors, texts.mask, texts.ids)))
+    return texts, videos, new_index[targets[keep]]
+
+
+def compute_metrics(
+    matrices: dict[str, torch.Tensor], targets: torch.Tensor, postprocessing: str
+) -> dict:
+    """``{"t2v": {name: metrics}, "v2t": {name: metrics}}`` for each score matrix."""
+    metrics: dict = {"t2v": {}, "v2t": {}}
+    for name, sim in matrices.items():
+        result = multi_caption_metrics(sim, targets, postprocessing=postprocessing)
         for direction in ("t2v", "v2t"):
             metrics[direction][name] = result[direction]
-    if accelerator.is_main_process:
-        rows = {f"{d} {name}": m for d, by_name in metrics.items() for name, m in by_name.items()}
-        label = "" if postprocessing == "none" else f" (post-processed: {postprocessing})"
-        log.info(
-            "%s split, %d captions x %d videos%s\n%s",
-            split,
-            len(eval_set.captions),
-            len(videos.frames),
-            label,
-            format_metrics_table(rows),
-        )
-        if output_dir is not None:
-            _write_metrics(Path(output_dir), metrics, config, split, checkpoint, postprocessing)
     return metrics
+
+
+def _report(
+    metrics: dict,
+    accelerator: Accelerator,
+    split: str,
+    n_captions: int,
+    n_videos: int,
+    postprocessing: str,
+) -> None:
+    if not accelerator.is_main_process:
+        return
+    rows = {f"{d} {name}": m for d, by_name in metrics.items() for name, m in by_name.items()}
+    label = "" if postprocessing == "none" else f" (POST-PROCESSED: {postprocessing})"
+    log.info(
+        "%s split, %d captions x %d videos%s\n%s",
+        split,
+        n_captions,
+        n_videos,
+        label,
+        format_metrics_table(rows),
+    )
 
 
 def score_variants(
@@ -110,7 +217,7 @@ def encode_videos(
     num_workers: int = 0,
 ) -> VideoEmbedding:
     """Encode a dataset of ``(video [T, 3, H, W], mask [T])`` items, in dataset order."""
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = accelerator or default_accelerator()
     shard = _shard(len(dataset), accelerator)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, shard), batch_size=batch_size, num_workers=num_workers
@@ -118,10 +225,14 @@ def encode_videos(
     parts: list[VideoEmbedding] = []
     bar = tqdm(loader, desc="encode videos", disable=not accelerator.is_local_main_process)
     for video, mask in bar:
+        failed = ~mask.any(dim=1)  # a clip that could not be decoded (on_error="skip")
+        mask[failed, 0] = True  # encode one blank frame in its place, then mask it out
         with _autocast(accelerator):
-            parts.append(
-                model.encode_video(video.to(accelerator.device), mask.to(accelerator.device))
-            )
+            part = model.encode_video(video.to(accelerator.device), mask.to(accelerator.device))
+        for field in (part.frame_mask, part.video_mask):
+            if field is not None:
+                field[failed.to(field.device)] = False
+        parts.append(part)
     fields = ("frames", "frame_mask", "video", "video_mask")
     local = {f: _cat([getattr(p, f) for p in parts]) for f in fields}
     return VideoEmbedding(
@@ -137,7 +248,7 @@ def encode_captions(
     accelerator: Accelerator | None = None,
 ) -> TextEmbedding:
     """Encode captions once each, in order."""
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = accelerator or default_accelerator()
     shard = _shard(len(captions), accelerator)
     parts: list[TextEmbedding] = []
     for start in range(shard.start, shard.stop, batch_size):

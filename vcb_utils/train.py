@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from vcb_utils.config import PRESETS, Config, load_config, preset
 from vcb_utils.datasets import build_dataset, collate, read_annotations
 from vcb_utils.distributed import check_world_size, gather_with_grad
-from vcb_utils.evaluate import evaluate
+from vcb_utils.evaluate import evaluate, zero_shot
 from vcb_utils.model import VideoColBERT, load_checkpoint, save_checkpoint
 from vcb_utils.optim import build_optimizer, warmup_cosine
 
@@ -61,6 +61,10 @@ class RunOptions:
     """Fail unless this many processes train together (catches launcher mistakes)."""
     max_steps: int = 0
     """Stop after this many optimiser steps (0 = all epochs); for smoke tests."""
+    zero_shot: bool = False
+    """Only evaluate the plain open_clip backbone (no Video-ColBERT training)."""
+    postprocessing: str = "none"
+    """Final evaluation only: ``dual_softmax`` / ``inverted_softmax`` (uses other queries)."""
 
 
 class TrainingInterrupted(RuntimeError):
@@ -139,6 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue an interrupted run from its saved state (default: <output_dir>/state)",
     )
     run.add_argument("--seed", type=int)
+    run.add_argument(
+        "--zero_shot",
+        action="store_true",
+        help="only evaluate the plain open_clip backbone, as a starting point",
+    )
+    run.add_argument(
+        "--postprocessing",
+        default="none",
+        choices=("none", "dual_softmax", "inverted_softmax"),
+        help="final evaluation only; uses the other test queries, so the numbers "
+        "are not comparable to plain ones (labelled in the table and metrics.json)",
+    )
 
     data = parser.add_argument_group("data")
     data.add_argument("--datatype", choices=("synthetic", "msrvtt", "csv", "jsonl"))
@@ -217,6 +233,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, RunOptions]:
         report_to=args.report_to,
         world_size=args.world_size,
         max_steps=args.max_steps,
+        zero_shot=args.zero_shot,
+        postprocessing=args.postprocessing,
     )
     return config, options
 
@@ -249,19 +267,23 @@ def run(config: Config, options: RunOptions) -> dict:
     _check_batch(config, accelerator.num_processes)
     _check_annotations(config, options)
     set_seed(config.train.seed)
-    model, config = _initial_model(config, options)
     output_dir = Path(config.train.output_dir)
+    if options.zero_shot:
+        return zero_shot(config, accelerator, split="test", output_dir=output_dir)
+    model, config = _initial_model(config, options)
     if options.do_train:
         model = train(accelerator, model, config, options)
     metrics: dict = {}
     if options.do_eval:
+        checkpoint = options.init_model or (str(output_dir / "last") if options.do_train else None)
         metrics = evaluate(
             model,
             config,
             accelerator=accelerator,
             split="test",
             output_dir=output_dir,
-            checkpoint=options.init_model,
+            checkpoint=checkpoint,
+            postprocessing=options.postprocessing,
         )
     accelerator.end_training()
     return metrics
@@ -289,7 +311,8 @@ def _check_batch(config: Config, processes: int) -> None:
 
 def _check_annotations(config: Config, options: RunOptions) -> None:
     """Read the annotations of every split the run needs: bad paths fail before any work."""
-    splits = (["train"] if options.do_train else []) + (["test"] if options.do_eval else [])
+    train_split = options.do_train and not options.zero_shot
+    splits = (["train"] if train_split else []) + (["test"] if options.do_eval else [])
     data = config.data
     for split in splits:
         if not read_annotations(data.datatype, data.anno_path, split, data.video_path):
