@@ -323,3 +323,21 @@ def test_paper_scale_vit_b32_takes_a_training_step(tmp_path, small_synthetic):
     (record,) = [r for r in read_log(tmp_path) if "loss" in r]
     assert torch.isfinite(torch.tensor(record["loss"]))
     assert (tmp_path / "last" / "model.safetensors").stat().st_size > 300e6  # ~150 M params
+
+
+def test_non_finite_loss_stops_naming_the_step_after_saving(tmp_path, small_synthetic, monkeypatch):
+    from vcb_utils.model import VideoColBERT
+
+    real_loss, calls = VideoColBERT.loss, []
+
+    def loss_that_explodes(self, scores):
+        calls.append(1)
+        losses = real_loss(self, scores)
+        return {**losses, "loss": losses["loss"] * float("nan")} if len(calls) == 3 else losses
+
+    monkeypatch.setattr(VideoColBERT, "loss", loss_that_explodes)
+    config, options = parse_args(small_run_args(small_synthetic, tmp_path, "--do_eval", "0"))
+    with pytest.raises(FloatingPointError, match="at step 3"):
+        run(config, options)
+    progress = json.loads((tmp_path / "state" / "progress.json").read_text())
+    assert progress["step"] == 2

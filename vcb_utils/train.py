@@ -339,36 +339,13 @@ def train(accelerator: Accelerator, model: VideoColBERT, config: Config, options
     """The training loop; returns the (unwrapped) trained model."""
     cfg = config.train
     output_dir = Path(cfg.output_dir)
-    with accelerator.main_process_first():  # the main process fills the frame cache
-        dataset = build_dataset(
-            config.data,
-            "train",
-            tokenize=model.tokenize,
-            max_frames=config.model.max_frames,
-            image_size=model.image_size,
-            mean=model.image_mean,
-            std=model.image_std,
-            train=True,
-            seed=cfg.seed,
-        )
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=cfg.batch_size // accelerator.num_processes,
-        shuffle=True,
-        drop_last=True,  # every process must gather the same number of pairs
-        num_workers=config.data.workers,
-        collate_fn=collate,
-        persistent_workers=config.data.workers > 0,
-    )
-    if len(loader) == 0:
-        raise ValueError(
-            f"{len(dataset)} training pairs are fewer than one global batch of {cfg.batch_size}"
-        )
-    steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum)
-    total_steps = cfg.epochs * steps_per_epoch
+    loader = _train_loader(accelerator, model, config)
     optimizer = build_optimizer(model, cfg)
-    scheduler = warmup_cosine(optimizer, total_steps, cfg.warmup_ratio)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum)
+    # a prepared scheduler advances once per process at every optimiser step
+    total = cfg.epochs * steps_per_epoch * accelerator.num_processes
+    scheduler = accelerator.prepare(warmup_cosine(optimizer, total, cfg.warmup_ratio))
     progress = {"epoch": 0, "batch": 0, "step": 0, "best_r1": -1.0}
     if options.resume:
         progress = _load_state(accelerator, _resume_dir(options.resume, output_dir))
@@ -381,35 +358,21 @@ def train(accelerator: Accelerator, model: VideoColBERT, config: Config, options
     logbook = _Logbook(output_dir / LOG_FILE, accelerator)
     logbook.start(progress, steps_per_epoch)
     bar = tqdm(
-        total=total_steps,
+        total=cfg.epochs * steps_per_epoch,
         initial=progress["step"],
         desc="train",
         disable=not accelerator.is_local_main_process,
         dynamic_ncols=True,
     )
+    done = False
     for epoch in range(progress["epoch"], cfg.epochs):
         model.train()
         loader.set_epoch(epoch)
-        batches = (
-            accelerator.skip_first_batches(loader, progress["batch"])
-            if progress["batch"]
-            else loader
-        )
-        for batch in batches:
-            with accelerator.accumulate(model):
-                losses = model(*batch, gather=gather_with_grad)
-                if not torch.isfinite(losses["loss"]).all():
-                    _save_state(accelerator, output_dir, progress)
-                    raise FloatingPointError(
-                        f"non-finite loss {losses['loss'].item()} at epoch {epoch} step "
-                        f"{progress['step']}; the last good state is in {output_dir / STATE_DIR}"
-                    )
-                accelerator.backward(losses["loss"])
-                if accelerator.sync_gradients and cfg.grad_clip > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
+        resumed = progress["batch"] > 0
+        for batch in (
+            accelerator.skip_first_batches(loader, progress["batch"]) if resumed else loader
+        ):
+            losses = _train_step(accelerator, model, optimizer, scheduler, batch, config, progress)
             progress["batch"] += 1
             if accelerator.sync_gradients:
                 progress["step"] += 1
@@ -425,9 +388,10 @@ def train(accelerator: Accelerator, model: VideoColBERT, config: Config, options
                     f"{output_dir / STATE_DIR}. Resume with the same command plus --resume",
                     stop.signal,
                 )
-            if options.max_steps and progress["step"] >= options.max_steps:
+            done = bool(options.max_steps) and progress["step"] >= options.max_steps
+            if done:
                 break
-        if options.max_steps and progress["step"] >= options.max_steps:
+        if done:
             _save_weights(accelerator, model, config, progress)  # a smoke test: no validation
             break
         progress.update(epoch=epoch + 1, batch=0)
@@ -435,6 +399,53 @@ def train(accelerator: Accelerator, model: VideoColBERT, config: Config, options
     bar.close()
     stop.restore()
     return accelerator.unwrap_model(model)
+
+
+def _train_loader(accelerator: Accelerator, model: VideoColBERT, config: Config):
+    with accelerator.main_process_first():  # the main process fills the frame cache
+        dataset = build_dataset(
+            config.data,
+            "train",
+            tokenize=model.tokenize,
+            max_frames=config.model.max_frames,
+            image_size=model.image_size,
+            mean=model.image_mean,
+            std=model.image_std,
+            train=True,
+            seed=config.train.seed,
+        )
+    batch_size = config.train.batch_size
+    if len(dataset) < batch_size:
+        raise ValueError(f"{len(dataset)} training pairs are fewer than one batch of {batch_size}")
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size // accelerator.num_processes,
+        shuffle=True,
+        drop_last=True,  # every process must gather the same number of pairs
+        num_workers=config.data.workers,
+        collate_fn=collate,
+        persistent_workers=config.data.workers > 0,
+    )
+
+
+def _train_step(accelerator, model, optimizer, scheduler, batch, config: Config, progress: dict):
+    """Forward on the global batch, backward, clip, step; stops on a non-finite loss."""
+    with accelerator.accumulate(model):
+        losses = model(*batch, gather=gather_with_grad)
+        if not torch.isfinite(losses["loss"]).all():
+            output_dir = Path(config.train.output_dir)
+            _save_state(accelerator, output_dir, progress)
+            raise FloatingPointError(
+                f"non-finite loss {losses['loss'].item()} at step {progress['step'] + 1}; "
+                f"the last good state is in {output_dir / STATE_DIR}"
+            )
+        accelerator.backward(losses["loss"])
+        if accelerator.sync_gradients and config.train.grad_clip > 0:
+            accelerator.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+    return losses
 
 
 def _end_epoch(accelerator, model, config: Config, progress: dict, logbook, epoch: int) -> None:
