@@ -190,3 +190,15 @@ def test_presets():
     assert preset("msrvtt-vit-b32").model.pretrained == "openai"
     with pytest.raises(ValueError, match="unknown preset"):
         preset("huge")
+
+
+def test_uint8_frames_are_normalised_by_the_model(tiny_cfg):
+    model = build(tiny_cfg)
+    raw = torch.randint(0, 256, (2, 4, 3, 64, 64), dtype=torch.uint8)
+    mean = torch.tensor(model.image_mean).view(3, 1, 1)
+    std = torch.tensor(model.image_std).view(3, 1, 1)
+    by_hand = (raw.float() / 255 - mean) / std
+    mask = torch.tensor([[True] * 4, [True, True, False, False]])
+    a, b = model.encode_video(raw, mask), model.encode_video(by_hand, mask)
+    torch.testing.assert_close(a.frames, b.frames, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.video, b.video, atol=1e-5, rtol=1e-5)

@@ -132,6 +132,7 @@ def encode_split(
             image_size=model.image_size,
             mean=model.image_mean,
             std=model.image_std,
+            uint8=True,  # normalised by the model, on its device
         )
     batch = config.train.batch_size_val
     videos = encode_videos(model, eval_set.video_dataset, batch, accelerator, config.data.workers)

@@ -25,6 +25,7 @@ from torch import nn
 from vcb_utils.config import Config, ModelConfig
 from vcb_utils.losses import make_loss
 from vcb_utils.scoring import maxsim
+from vcb_utils.video import normalize
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +305,11 @@ class VideoColBERT(nn.Module):
     def encode_video(
         self, video: torch.Tensor, video_mask: torch.Tensor | None = None
     ) -> VideoEmbedding:
-        """F and V for preprocessed frames ``[B, T, 3, H, W]`` (padded frames masked out)."""
+        """F and V for preprocessed frames ``[B, T, 3, H, W]`` (padded frames masked out).
+
+        Frames come normalised (float) or as resized uint8, normalised here on the model's
+        device (the data loaders ship uint8: 4x less data between processes).
+        """
         batch, n_frames = video.shape[:2]
         if video_mask is None:
             video_mask = torch.ones(batch, n_frames, dtype=torch.bool, device=video.device)
@@ -313,7 +318,10 @@ class VideoColBERT(nn.Module):
             raise ValueError(
                 "every video needs at least one real frame (a row of video_mask is empty)"
             )
-        pooled = self.clip.encode_image(video[video_mask], normalize=True)
+        real = video[video_mask]
+        if real.dtype == torch.uint8:
+            real = normalize(real, self.image_mean, self.image_std)
+        pooled = self.clip.encode_image(real, normalize=True)
         frames = pooled.new_zeros(batch, n_frames, pooled.shape[-1])
         frames[video_mask] = pooled
         if self.temporal is None:

@@ -413,6 +413,7 @@ def _train_loader(accelerator: Accelerator, model: VideoColBERT, config: Config)
             std=model.image_std,
             train=True,
             seed=config.train.seed,
+            uint8=True,  # normalised by the model, on its device
         )
     batch_size = config.train.batch_size
     if len(dataset) < batch_size:

@@ -381,8 +381,8 @@ def resize_center_crop(frames: np.ndarray | torch.Tensor, image_size: int) -> to
 
 def normalize(video: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 ``[..., 3, H, W]`` to float ``(x / 255 - mean) / std`` per channel."""
-    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=video.device).view(3, 1, 1)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=video.device).view(3, 1, 1)
     return video.float().mul_(1.0 / (255.0 * std_t)).sub_(mean_t / std_t)
 
 
