@@ -239,11 +239,8 @@ class VideoColBERT(nn.Module):
     # ---- properties the data pipeline and the notebooks read -------------------------------
     @property
     def embed_dim(self) -> int:
-        return (
-            int(self.clip.text_projection.shape[-1])
-            if hasattr(self.clip, "text_projection")
-            else int(self.clip.visual.output_dim)
-        )
+        """Size of the joint text-video space."""
+        return int(self.clip.visual.output_dim)
 
     @property
     def image_size(self) -> int:

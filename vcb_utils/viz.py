@@ -293,7 +293,7 @@ def _heatmap_title(result: QueryResult, hit: Hit) -> str:
         if s is not None
     ]
     total = " + ".join(parts) + (f" = {hit.score_total:.3f}" if len(parts) > 1 else "")
-    return f'"{_short(result.query)}" vs {hit.id} (rank {hit.rank})\n{total}'
+    return f'"{_short(result.query, 90)}" vs {hit.id} (rank {hit.rank})\n{total}'
 
 
 def _draw_hit_row(ax: Axes, hit: Hit, frames: np.ndarray | None, columns: int) -> None:

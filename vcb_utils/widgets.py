@@ -73,16 +73,16 @@ def caption_vocabulary(captions: Iterable[str]) -> set[str]:
 def query_problem(query: str, model: VideoColBERT, index: VideoIndex) -> str | None:
     """Why ``query`` cannot be searched (empty, word pieces only, empty index), or None."""
     if len(index) == 0:
-        return "The index has no videos: build it with <code>VideoIndex.build(model, paths)</code>."
+        return "The index has no videos: build it with VideoIndex.build(model, paths)."
     if not query.strip():
-        return f"Type a query first, for example <i>{EXAMPLE_QUERY}</i>."
+        return f"Type a query first, for example '{EXAMPLE_QUERY}'."
     pieces = _pieces(query, model)
     if not any(whole and re.search(r"\w", text) for text, whole in pieces):
-        shown = " · ".join(html.escape(text.strip()) for text, _ in pieces)
+        shown = " · ".join(text.strip() for text, _ in pieces)
         return (
-            f"No whole word in <i>{html.escape(query)}</i>: the tokenizer splits it into word "
-            f"pieces ({shown}) that carry no meaning the model learned. "
-            f"Try words from the captions, for example <i>{EXAMPLE_QUERY}</i>."
+            f"No whole word in '{query}': the tokenizer splits it into word pieces ({shown}) "
+            f"that carry no meaning the model learned. Try words from the captions, for "
+            f"example '{EXAMPLE_QUERY}'."
         )
     return None
 
@@ -121,6 +121,7 @@ class QueryExplorer:
         self._building = False
         self._make_widgets(k, max(1, min(max_k, len(index))))
         self.view = self._layout()
+        self.view.add_class("vcb-explorer")
 
     # ---- controls ------------------------------------------------------------------------------
     def _make_widgets(self, k: int, max_k: int) -> None:
@@ -192,7 +193,7 @@ class QueryExplorer:
                     query, self.k.value, self.branch.value, model=self.model
                 )[0]
             except ValueError as err:
-                self._fail(html.escape(str(err)))
+                self._fail(str(err))
                 return
         self.timings = {"search": time.perf_counter() - start}
         self.notes = [str(w.message) for w in caught] + self._unseen_words(query)
@@ -212,7 +213,7 @@ class QueryExplorer:
         self._building = True
         self.selected.options = []
         self._building = False
-        self.message.value = f'<div style="color:#b45309">⚠ {message}</div>'
+        self.message.value = f'<div style="color:#b45309">⚠ {html.escape(message)}</div>'
         self.status.value = self.table.value = ""
         self.results_image.value = self.heatmap_image.value = b""
 
