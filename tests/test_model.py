@@ -202,3 +202,15 @@ def test_uint8_frames_are_normalised_by_the_model(tiny_cfg):
     a, b = model.encode_video(raw, mask), model.encode_video(by_hand, mask)
     torch.testing.assert_close(a.frames, b.frames, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(a.video, b.video, atol=1e-5, rtol=1e-5)
+
+
+def test_building_without_a_tag_never_touches_the_network(tiny_cfg, monkeypatch):
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access during model creation")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    model = build(tiny_cfg)
+    assert model.encode_text(["offline"]).vectors.shape == (1, 16, 64)
