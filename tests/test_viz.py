@@ -1,0 +1,198 @@
+"""MaxSim heatmaps and ranked strips: what is drawn is what the model computed."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vcb_utils.config import preset
+from vcb_utils.index import QueryResult, VideoIndex
+from vcb_utils.model import VideoColBERT, VideoEmbedding
+from vcb_utils.synthetic import write_video
+from vcb_utils.viz import (
+    EXPANSION_COLOUR,
+    figure_png,
+    heatmap_axes,
+    heatmap_panels,
+    index_frames,
+    marked_cells,
+    maxsim_heatmap,
+    ranked_results_figure,
+)
+
+QUERY = "a red circle moves left"
+WORDS = ["<start_of_text>", "a", "red", "circle", "moves", "left", "<end_of_text>"]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def make_model(**changes) -> VideoColBERT:
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(preset("tiny").model, temporal_dropout=0.0, **changes)
+    return VideoColBERT(cfg).eval()
+
+
+def random_index(model: VideoColBERT, n: int = 9) -> VideoIndex:
+    """Random unit vectors shaped like the model's; video i has ``1 + i % max_frames`` frames."""
+    g = torch.Generator().manual_seed(0)
+    frames_n, extra = model.cfg.max_frames, model.cfg.n_visual_expansion
+    frames = F.normalize(torch.randn(n, frames_n, model.embed_dim, generator=g), dim=-1)
+    video = F.normalize(torch.randn(n, frames_n + extra, model.embed_dim, generator=g), dim=-1)
+    lengths = 1 + torch.arange(n) % frames_n
+    frame_mask = torch.arange(frames_n)[None] < lengths[:, None]
+    video_mask = F.pad(frame_mask, (0, extra), value=True)
+    if model.cfg.mode == "spatial":
+        video = video_mask = None
+    embedding = VideoEmbedding(frames, frame_mask, video, video_mask)
+    return VideoIndex(model.cfg, embedding, [f"video{i}" for i in range(n)])
+
+
+def write_clips(folder: Path, count: int) -> list[Path]:
+    """Short real mp4 files: a coloured square on a grey background, one colour per clip."""
+    paths = []
+    for i in range(count):
+        frames = np.full((12, 48, 64, 3), 60, dtype=np.uint8)
+        for t in range(12):
+            frames[t, 10:30, 4 * t : 4 * t + 20] = (40 * i % 256, 200, 255 - 30 * i % 256)
+        paths.append(folder / f"clip{i}.mp4")
+        write_video(paths[-1], frames, fps=4)
+    return paths
+
+
+def fake_frames(count: int, seed: int = 0) -> np.ndarray:
+    """Non-square uint8 frames (the figures crop them square)."""
+    return np.random.default_rng(seed).integers(0, 256, (count, 30, 40, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def model() -> VideoColBERT:
+    return make_model()
+
+
+@pytest.fixture(scope="module")
+def result(model) -> QueryResult:
+    return random_index(model).search(QUERY, k=4, model=model)[0]
+
+
+def frames_of(result: QueryResult, rank: int) -> np.ndarray:
+    return fake_frames(result.hits[rank - 1].sim_f.shape[1], seed=rank)
+
+
+def test_panels_hold_the_hit_matrices_and_add_up_to_its_scores(result, model):
+    for rank, hit in enumerate(result.hits, start=1):
+        spatial, temporal = heatmap_panels(result, rank)
+        np.testing.assert_array_equal(spatial.matrix, hit.sim_f.numpy())
+        np.testing.assert_array_equal(temporal.matrix, hit.sim_v.numpy())
+        assert temporal.matrix.shape[1] == spatial.matrix.shape[1] + model.cfg.n_visual_expansion
+        assert spatial.contribution.sum() == pytest.approx(hit.score_f, abs=1e-5)
+        assert temporal.contribution.sum() == pytest.approx(hit.score_v, abs=1e-5)
+        assert (spatial.score, spatial.hidden) == (pytest.approx(hit.score_f, abs=1e-5), 0.0)
+
+
+@pytest.mark.parametrize("branch", ["spatial", "temporal"])
+@pytest.mark.parametrize("rank", [1, 3])
+def test_marked_cells_are_the_argmax_of_each_token_row(result, branch, rank):
+    hit = result.hits[rank - 1]
+    sim = (hit.sim_f if branch == "spatial" else hit.sim_v).numpy()
+    ax = heatmap_axes(maxsim_heatmap(result, rank, frames_of(result, rank)))[branch]
+    assert marked_cells(ax) == [(row, int(sim[row].argmax())) for row in range(len(sim))]
+    np.testing.assert_array_equal(ax.images[0].get_array(), sim)
+
+
+def test_row_labels_are_the_decoded_tokens_and_pads_look_different(result, model):
+    assert result.tokens == WORDS + ["<pad>"] * (model.cfg.max_words - len(WORDS))
+    for ax in heatmap_axes(maxsim_heatmap(result, 1)).values():
+        labels = ax.get_yticklabels()
+        assert [label.get_text() for label in labels] == result.tokens
+        for label, pad in zip(labels, result.expansion, strict=True):
+            assert (label.get_color() == EXPANSION_COLOUR) == pad
+            assert (label.get_fontstyle() == "italic") == pad
+
+
+def test_hidden_expansion_rows_leave_the_words_and_say_what_they_carried(result):
+    hit = result.hits[0]
+    fig = maxsim_heatmap(result, 1, show_expansion=False)
+    for branch, ax in heatmap_axes(fig).items():
+        assert [label.get_text() for label in ax.get_yticklabels()] == WORDS
+        sim = (hit.sim_f if branch == "spatial" else hit.sim_v).numpy()[: len(WORDS)]
+        assert marked_cells(ax) == [(row, int(sim[row].argmax())) for row in range(len(sim))]
+        assert "from hidden pad rows" in ax.get_title()
+    spatial = heatmap_panels(result, 1, show_expansion=False)[0]
+    assert spatial.contribution.sum() + spatial.hidden == pytest.approx(hit.score_f, abs=1e-5)
+
+
+def test_title_has_both_scores_and_their_sum(result):
+    hit = result.hits[1]
+    title = maxsim_heatmap(result, 2).get_suptitle()
+    expected = f"MMS_F = {hit.score_f:.3f} + MMS_V = {hit.score_v:.3f} = {hit.score_total:.3f}"
+    assert expected in title
+    assert QUERY in title and hit.id in title
+
+
+def test_thumbnails_sit_over_the_frame_columns(result):
+    frames = frames_of(result, 1)
+    fig = maxsim_heatmap(result, 1, frames)
+    strip = next(ax for ax in fig.axes if ax.get_title().startswith("sampled frames"))
+    assert len(strip.images) == len(frames)
+    assert [t.get_text() for t in strip.texts] == ["e1", "e2"]
+    assert strip.get_xlim() == heatmap_axes(fig)["temporal"].get_xlim()
+    with pytest.raises(ValueError, match=f"{len(frames) + 1} frames given.*{result.hits[0].id}"):
+        maxsim_heatmap(result, 1, fake_frames(len(frames) + 1))
+
+
+def test_spatial_only_model_draws_one_panel():
+    spatial = make_model(mode="spatial")
+    result = random_index(spatial).search(QUERY, k=2, model=spatial)[0]
+    fig = maxsim_heatmap(result, 1, frames_of(result, 1))
+    assert list(heatmap_axes(fig)) == ["spatial"]
+    assert "MMS_V" not in fig.get_suptitle()
+
+
+def test_png_export(result, tmp_path):
+    fig = maxsim_heatmap(result, 1, frames_of(result, 1))
+    fig.savefig(tmp_path / "heatmap.png", dpi=50)
+    image = matplotlib.image.imread(tmp_path / "heatmap.png")
+    width, height = fig.get_size_inches() * 50
+    assert image.shape[:2] == (round(height), round(width))
+    data = figure_png(fig, dpi=40)
+    assert data.startswith(PNG_SIGNATURE)
+    assert matplotlib.image.imread(io.BytesIO(data)).shape[1] == round(width * 40 / 50)
+
+
+def test_ranked_results_show_each_hit_with_its_scores(result):
+    frames = {hit.id: frames_of(result, hit.rank) for hit in result.hits}
+    frames.pop(result.hits[2].id)
+    fig = ranked_results_figure(result, frames, k=3)
+    assert len(fig.axes) == 3
+    assert QUERY in fig.get_suptitle() and "MMS_F + MMS_V" in fig.get_suptitle()
+    for ax, hit in zip(fig.axes, result.hits, strict=False):
+        texts = " ".join(t.get_text() for t in ax.texts)
+        assert hit.id in texts and f"total {hit.score_total:.3f}" in texts
+        assert f"MMS_F {hit.score_f:.3f}" in texts and f"MMS_V {hit.score_v:.3f}" in texts
+        assert ax.get_ylabel() == f"#{hit.rank}"
+    assert "frames unavailable" in " ".join(t.get_text() for t in fig.axes[2].texts)
+    assert len(fig.axes[0].images) == 1
+    loaded = ranked_results_figure(result, lambda hit: frames_of(result, hit.rank))
+    assert len(loaded.axes) == len(result.hits)
+
+
+def test_ranked_results_without_hits_is_an_error(result):
+    empty = dataclasses.replace(result, hits=[])
+    with pytest.raises(ValueError, match="no hits"):
+        ranked_results_figure(empty, {})
+    with pytest.raises(ValueError, match="rank 9"):
+        maxsim_heatmap(result, 9)
+
+
+def test_index_frames_are_the_frames_the_index_encoded(model, tmp_path):
+    index = VideoIndex.build(model, write_clips(tmp_path, 2), framerate=2.0)
+    hit = index.search(QUERY, k=1, model=model)[0].hits[0]
+    frames = index_frames(index, hit, size=32)
+    assert frames.shape == (hit.sim_f.shape[1], 32, 43, 3)  # 48 x 64 to a 32 px short side
+    assert frames.dtype == np.uint8
