@@ -45,7 +45,7 @@ def test_query_expansion_controls_which_vectors_score(tiny_cfg):
     assert torch.equal(plain.mask, expected)
     assert plain.mask[2].sum() == 4  # start, "hi", "!", end
     torch.testing.assert_close(expanded.vectors, plain.vectors)
-    torch.testing.assert_close(expanded.vectors.norm(dim=-1), torch.ones(3, 16))
+    torch.testing.assert_close(expanded.vectors.norm(dim=-1), torch.ones(3, 24))
 
 
 def test_padded_frames_change_nothing(tiny_cfg, frames):
@@ -213,4 +213,4 @@ def test_building_without_a_tag_never_touches_the_network(tiny_cfg, monkeypatch)
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     model = build(tiny_cfg)
-    assert model.encode_text(["offline"]).vectors.shape == (1, 16, 64)
+    assert model.encode_text(["offline"]).vectors.shape == (1, 24, 64)

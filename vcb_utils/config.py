@@ -141,7 +141,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "model": {
             "backbone": "vcb-tiny",
-            "max_words": 16,
+            "max_words": 24,
             "max_frames": 8,
             "temporal_layers": 1,
             "temporal_heads": 2,
