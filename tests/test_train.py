@@ -154,7 +154,7 @@ def test_main_job_runs_and_loss_goes_down(tmp_path):
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.8 * first
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
-    assert metrics["t2v"]["both"]["R1"] > 10.0  # chance is 1% on the 100-clip test split
+    assert metrics["t2v"]["both"]["R1"] >= 50.0  # the target; chance is 1% on 100 test clips
     assert "t2v both" in result.stderr
     assert (out / "best" / "model.safetensors").is_file()
 
