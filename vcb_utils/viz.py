@@ -101,7 +101,9 @@ def maxsim_heatmap(
     """Token x frame (F) and token x vector (V) heatmaps of the hit at ``rank``.
 
     ``frames``: the video's sampled frames, uint8 ``[T, H, W, 3]`` as indexed (see
-    ``index_frames``), drawn above the columns; None draws no strip.
+    ``index_frames``), drawn above the columns; None draws no strip. (Without F and without
+    ``frames``, a temporal-only hit cannot tell frames from expansion tokens: all V columns are
+    then labelled as frames.)
     """
     hit = _hit(result, rank)
     panels = heatmap_panels(result, rank, show_expansion)
