@@ -146,7 +146,6 @@ class QueryExplorer:
         self.heatmap_image = widgets.Image(format="png")
         for widget, name in (
             (self.query, "vcb-query"),
-            (self.search_button, "vcb-search"),
             (self.message, "vcb-message"),
             (self.table, "vcb-results"),
             (self.results_image, "vcb-results-image"),
