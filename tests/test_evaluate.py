@@ -1,6 +1,5 @@
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +8,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from helpers import free_port, launch_env
 
 from vcb_utils.config import preset
 from vcb_utils.datasets import read_annotations
@@ -138,7 +138,7 @@ def test_one_and_two_processes_give_identical_metrics(checkpoint, small_syntheti
         "0",
         "--cpu",
     ]
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    env = launch_env()
     train = str(REPO / "vcb_utils" / "train.py")
     subprocess.run(
         [sys.executable, train, *args, "--output_dir", str(tmp_path / "one")],
@@ -147,9 +147,7 @@ def test_one_and_two_processes_give_identical_metrics(checkpoint, small_syntheti
         capture_output=True,
         timeout=300,
     )
-    with __import__("socket").socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     subprocess.run(
         [
             "accelerate",

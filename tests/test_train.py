@@ -1,7 +1,5 @@
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -9,22 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import free_port, launch_env
 
 from vcb_utils.config import preset
 from vcb_utils.train import RunOptions, _check_batch, parse_args, run
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "vcb_utils" / "train.py")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def env() -> dict:
-    return {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
 
 
 def small_run_args(data: str, out: Path, *extra: str) -> list[str]:
@@ -163,7 +152,7 @@ def test_main_job_runs_and_loss_goes_down(tmp_path):
 def test_two_processes_equal_one_process_with_double_batch(tmp_path):
     script = str(REPO / "tests" / "scripts" / "ddp_step.py")
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
-    subprocess.run([sys.executable, script, str(one)], check=True, env=env(), timeout=300)
+    subprocess.run([sys.executable, script, str(one)], check=True, env=launch_env(), timeout=300)
     subprocess.run(
         [
             "accelerate",
@@ -177,7 +166,7 @@ def test_two_processes_equal_one_process_with_double_batch(tmp_path):
             str(two),
         ],
         check=True,
-        env=env(),
+        env=launch_env(),
         timeout=300,
     )
     a, b = torch.load(one), torch.load(two)
@@ -199,7 +188,7 @@ def test_sigterm_saves_state_and_resume_reproduces_the_losses(tmp_path, small_sy
             *small_run_args(small_synthetic, full, "--epochs", "3", "--do_eval", "0"),
         ],
         check=True,
-        env=env(),
+        env=launch_env(),
         capture_output=True,
         timeout=600,
     )
@@ -209,7 +198,7 @@ def test_sigterm_saves_state_and_resume_reproduces_the_losses(tmp_path, small_sy
     out = tmp_path / "x"
     proc = subprocess.Popen(
         [sys.executable, TRAIN, *args],
-        env=env(),
+        env=launch_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -230,7 +219,7 @@ def test_sigterm_saves_state_and_resume_reproduces_the_losses(tmp_path, small_sy
     subprocess.run(
         [sys.executable, TRAIN, *args, "--resume"],
         check=True,
-        env=env(),
+        env=launch_env(),
         capture_output=True,
         timeout=600,
     )
@@ -273,7 +262,7 @@ def test_two_machines_on_loopback_train_as_one_group(tmp_path, small_synthetic):
                     "2",
                 ),
             ],
-            env=env(),
+            env=launch_env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

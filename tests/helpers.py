@@ -1,0 +1,16 @@
+"""Helpers for the tests that launch training processes."""
+
+import os
+import socket
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_env() -> dict[str, str]:
+    """The environment for launched processes: gloo on loopback, one thread per process."""
+    return {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
