@@ -47,10 +47,12 @@ def test_cached_frames_equal_decoded_frames(tmp_path, clips):
 
 
 def test_dataset_reads_the_cache_transparently(tmp_path, clips, monkeypatch):
-    records = [Record(r.video_id, r.path, f"caption {i}", r.start, r.end)
-               for i, r in enumerate(clips)]
-    kwargs = dict(tokenize=_tokenize, max_frames=4, image_size=32, mean=MEAN, std=STD,
-                  framerate=2.0)
+    records = [
+        Record(r.video_id, r.path, f"caption {i}", r.start, r.end) for i, r in enumerate(clips)
+    ]
+    kwargs = dict(
+        tokenize=_tokenize, max_frames=4, image_size=32, mean=MEAN, std=STD, framerate=2.0
+    )
     decoded = [item[2:] for item in VideoTextDataset(records, **kwargs)]
     cache = FrameCache(tmp_path / "cache", SAMPLING)
     cache.build(clips, workers=0)
@@ -99,8 +101,12 @@ def test_an_interrupted_build_resumes(tmp_path, clips, monkeypatch):
 def test_settings_and_changed_sources_invalidate(tmp_path, clips):
     cache = FrameCache(tmp_path / "cache", SAMPLING)
     cache.build(clips, workers=0)
-    for changed in (FrameSampling(4, 32, 1.0), FrameSampling(3, 32, 2.0),
-                    FrameSampling(4, 24, 2.0), FrameSampling(4, 32, 2.0, decode_size=16)):
+    for changed in (
+        FrameSampling(4, 32, 1.0),
+        FrameSampling(3, 32, 2.0),
+        FrameSampling(4, 24, 2.0),
+        FrameSampling(4, 32, 2.0, decode_size=16),
+    ):
         other = FrameCache(tmp_path / "cache", changed)
         assert other.dir != cache.dir and other.load(clips[1]) is None
     old = cache.load(clips[1])
@@ -137,8 +143,13 @@ def test_build_errors_follow_on_error(tmp_path, clips):
 def test_build_dataset_fills_the_cache_and_skips_it_with_jitter(tmp_path, clips):
     table = tmp_path / "anno.csv"
     table.write_text("video,caption\n" + "".join(f"clip{i}.mp4,caption {i}\n" for i in range(4)))
-    cfg = DataConfig(datatype="csv", anno_path=str(table), video_framerate=2.0, workers=0,
-                     cache_dir=str(tmp_path / "cache"))
+    cfg = DataConfig(
+        datatype="csv",
+        anno_path=str(table),
+        video_framerate=2.0,
+        workers=0,
+        cache_dir=str(tmp_path / "cache"),
+    )
     kwargs = dict(tokenize=_tokenize, max_frames=4, image_size=32, mean=MEAN, std=STD)
     dataset = build_dataset(cfg, "train", **kwargs)
     assert dataset.source.cache is not None

@@ -33,8 +33,10 @@ from vcb_utils.video import VideoReadError, normalize, read_frames, resize_cente
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "msrvtt"
 FIXTURE_JSON = Path(__file__).parent / "fixtures" / "msrvtt" / "MSRVTT_data.json"
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-needs_shared = pytest.mark.skipif(not (SHARED / "MSRVTT_JSFUSION_test.csv").is_file(),
-                                  reason="shared MSR-VTT split files not available")
+needs_shared = pytest.mark.skipif(
+    not (SHARED / "MSRVTT_JSFUSION_test.csv").is_file(),
+    reason="shared MSR-VTT split files not available",
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +54,12 @@ def frames_for(count: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:48, 0:64]
     phase = rng.uniform(0, 6, 3)
-    return np.stack([
-        np.stack([128 + 100 * np.sin(x / (6 + c) + i / 3 + phase[c]) for c in range(3)], -1)
-        for i in range(count)
-    ]).astype(np.uint8)
+    return np.stack(
+        [
+            np.stack([128 + 100 * np.sin(x / (6 + c) + i / 3 + phase[c]) for c in range(3)], -1)
+            for i in range(count)
+        ]
+    ).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +111,11 @@ def test_msrvtt_test_split_is_the_1000_pairs_of_1k_a(msrvtt_dir, tmp_path):
     records = read_annotations("msrvtt", msrvtt_dir, "test", tmp_path / "videos")
     assert len(rows) == len(records) == 1000
     assert len({r.video_id for r in records}) == 1000
-    assert records[0] == Record("video9770", tmp_path / "videos" / "video9770.mp4",
-                                "a person is connecting something to system")
+    assert records[0] == Record(
+        "video9770",
+        tmp_path / "videos" / "video9770.mp4",
+        "a person is connecting something to system",
+    )
     assert [(r.video_id, r.caption) for r in records] == [(row[2], row[3]) for row in rows]
     assert read_annotations("msrvtt", msrvtt_dir, "val", tmp_path / "videos") == records
 
@@ -150,8 +157,9 @@ def test_msrvtt_missing_videos_are_listed_before_training(msrvtt_dir, tmp_path, 
     video_dir = tmp_path / "videos"
     video_dir.mkdir()
     os.symlink(SHARED / "video7500.mp4", video_dir / "video7500.mp4")
-    cfg = DataConfig(datatype="msrvtt", anno_path=str(msrvtt_dir), video_path=str(video_dir),
-                     workers=1)
+    cfg = DataConfig(
+        datatype="msrvtt", anno_path=str(msrvtt_dir), video_path=str(video_dir), workers=1
+    )
     kwargs = dict(tokenize=tokenize, max_frames=12, image_size=32, mean=MEAN, std=STD)
     with pytest.raises(FileNotFoundError, match=r"999 of 1000 videos .*\(999 file not found\)"):
         build_dataset(cfg, "test", **kwargs)
@@ -168,15 +176,22 @@ def test_msrvtt_missing_videos_are_listed_before_training(msrvtt_dir, tmp_path, 
 def test_own_csv_and_jsonl(tmp_path):
     rows = [
         {"video": "a.mp4", "caption": "a first caption", "start": "", "end": "", "split": "train"},
-        {"video": "a.mp4", "caption": " a second one ", "start": "0.5", "end": "1.5",
-         "split": "train"},
+        {
+            "video": "a.mp4",
+            "caption": " a second one ",
+            "start": "0.5",
+            "end": "1.5",
+            "split": "train",
+        },
         {"video": "sub/b.mp4", "caption": "held out", "start": "", "end": "", "split": "test"},
     ]
     table = write_csv(tmp_path / "anno.csv", rows)
     lines = tmp_path / "anno.jsonl"
     lines.write_text("\n".join(json.dumps({k: v for k, v in r.items() if v}) for r in rows))
-    expected = [Record("a.mp4", tmp_path / "a.mp4", "a first caption"),
-                Record("a.mp4", tmp_path / "a.mp4", "a second one", 0.5, 1.5)]
+    expected = [
+        Record("a.mp4", tmp_path / "a.mp4", "a first caption"),
+        Record("a.mp4", tmp_path / "a.mp4", "a second one", 0.5, 1.5),
+    ]
     assert read_annotations("csv", table, "train") == expected
     assert read_annotations("jsonl", lines, "train") == expected
     test = read_annotations("csv", table, "test", video_path=tmp_path / "root")
@@ -193,8 +208,11 @@ def test_own_csv_and_jsonl(tmp_path):
         ("csv", "video,caption,start\na.mp4,x,soon\n", r"anno\.csv:2: 'soon' is not a time"),
         ("csv", "video,caption,start,end\na.mp4,x,2,1\n", r"anno\.csv:2: end 1\.0 is not after"),
         ("csv", "video,caption,split\na.mp4,x,train\n", r"no rows with split 'test'.*\['train'\]"),
-        ("jsonl", '{"video": "a.mp4", "caption": "x"}\n{"video": "b.mp4",\n',
-         r"anno\.jsonl:2: invalid JSON"),
+        (
+            "jsonl",
+            '{"video": "a.mp4", "caption": "x"}\n{"video": "b.mp4",\n',
+            r"anno\.jsonl:2: invalid JSON",
+        ),
         ("jsonl", '{"caption": "x"}\n', r"anno\.jsonl:1: missing 'video'"),
         ("jsonl", '["a.mp4", "x"]\n', r"anno\.jsonl:1: expected a JSON object"),
     ],
@@ -219,45 +237,67 @@ def test_bad_arguments(tmp_path):
 
 
 def test_training_items_and_collate(videos, tokenize):
-    records = [Record("a", videos / "a.mp4", "a red circle moves left"),
-               Record("b", videos / "b.mp4", "a clip with a window", 1.0, 2.0)]
-    dataset = VideoTextDataset(records, tokenize=tokenize, max_frames=8, image_size=32,
-                               mean=MEAN, std=STD, framerate=2.0)
+    records = [
+        Record("a", videos / "a.mp4", "a red circle moves left"),
+        Record("b", videos / "b.mp4", "a clip with a window", 1.0, 2.0),
+    ]
+    dataset = VideoTextDataset(
+        records, tokenize=tokenize, max_frames=8, image_size=32, mean=MEAN, std=STD, framerate=2.0
+    )
     text_ids, text_mask, video, video_mask = dataset[0]
     ids = open_clip.get_tokenizer("ViT-B-32", context_length=16)(["a red circle moves left"])[0]
     assert torch.equal(text_ids, ids) and text_ids.dtype == torch.long
     assert text_mask.tolist() == [True] * 7 + [False] * 9  # start, 5 words, end
     # 24 frames at 8 fps sampled at 2 fps: every 4th frame, 6 of them, then 2 padded
     assert video_mask.tolist() == [True] * 6 + [False] * 2
-    manual = normalize(resize_center_crop(read_frames(videos / "a.mp4", range(0, 24, 4)), 32),
-                       MEAN, STD)
+    manual = normalize(
+        resize_center_crop(read_frames(videos / "a.mp4", range(0, 24, 4)), 32), MEAN, STD
+    )
     assert torch.equal(video[:6], manual)
     assert torch.count_nonzero(video[6:]) == 0
     windowed = dataset[1][2:]
-    expected = normalize(resize_center_crop(read_frames(videos / "b.mp4", [8, 12, 16]), 32),
-                         MEAN, STD)
+    expected = normalize(
+        resize_center_crop(read_frames(videos / "b.mp4", [8, 12, 16]), 32), MEAN, STD
+    )
     assert torch.equal(windowed[0][:3], expected) and windowed[1].sum() == 3
-    as_uint8 = VideoTextDataset(records, tokenize=tokenize, max_frames=8, image_size=32,
-                                mean=MEAN, std=STD, framerate=2.0, uint8=True)[0][2]
-    assert as_uint8.dtype == torch.uint8 and torch.equal(normalize(as_uint8[:6], MEAN, STD),
-                                                         video[:6])
+    as_uint8 = VideoTextDataset(
+        records,
+        tokenize=tokenize,
+        max_frames=8,
+        image_size=32,
+        mean=MEAN,
+        std=STD,
+        framerate=2.0,
+        uint8=True,
+    )[0][2]
+    assert as_uint8.dtype == torch.uint8 and torch.equal(
+        normalize(as_uint8[:6], MEAN, STD), video[:6]
+    )
     batch = next(iter(make_loader(dataset, 2)))
     assert [tuple(t.shape) for t in batch] == [(2, 16), (2, 16), (2, 8, 3, 32, 32), (2, 8)]
     assert [t.dtype for t in batch] == [torch.long, torch.bool, torch.float32, torch.bool]
-    assert all(torch.equal(a, b) for a, b in zip(batch, collate([dataset[0], dataset[1]]),
-                                                 strict=True))
+    assert all(
+        torch.equal(a, b) for a, b in zip(batch, collate([dataset[0], dataset[1]]), strict=True)
+    )
 
 
 def test_eval_layout_keeps_each_video_once(videos, tokenize):
     a, b, c = (videos / f"{n}.mp4" for n in "abc")
-    records = [Record("b", b, "b one"), Record("a", a, "a one"), Record("b", b, "b two"),
-               Record("c", c, "c one"), Record("b", b, "b three"), Record("a", a, "a two")]
+    records = [
+        Record("b", b, "b one"),
+        Record("a", a, "a one"),
+        Record("b", b, "b two"),
+        Record("c", c, "c one"),
+        Record("b", b, "b three"),
+        Record("a", a, "a two"),
+    ]
     refs, captions, targets = eval_layout(records)
     assert [v.video_id for v in refs] == ["b", "a", "c"]
     assert captions == [r.caption for r in records]
     assert targets.tolist() == [0, 1, 0, 2, 0, 1]
-    evalset = make_eval_set(records, tokenize=tokenize, max_frames=4, image_size=32,
-                            mean=MEAN, std=STD, framerate=2.0)
+    evalset = make_eval_set(
+        records, tokenize=tokenize, max_frames=4, image_size=32, mean=MEAN, std=STD, framerate=2.0
+    )
     video, mask = next(iter(evalset.video_loader(8)))
     assert video.shape == (3, 4, 3, 32, 32) and mask.all()
     ids, text_mask = next(iter(evalset.caption_loader(8)))
@@ -270,8 +310,15 @@ def test_eval_layout_keeps_each_video_once(videos, tokenize):
 def _cfg(tmp_path, videos, names, on_error, **extra) -> DataConfig:
     rows = [{"video": f"{n}.mp4", "caption": f"caption of {n}", "split": "test"} for n in names]
     table = write_csv(tmp_path / "anno.csv", rows)
-    return DataConfig(datatype="csv", anno_path=str(table), video_path=str(videos),
-                      video_framerate=2.0, workers=1, on_error=on_error, **extra)
+    return DataConfig(
+        datatype="csv",
+        anno_path=str(table),
+        video_path=str(videos),
+        video_framerate=2.0,
+        workers=1,
+        on_error=on_error,
+        **extra,
+    )
 
 
 KW = dict(max_frames=4, image_size=32, mean=MEAN, std=STD)
@@ -332,8 +379,13 @@ def test_frame_jitter_follows_torch_seeding(tmp_path, videos, tokenize):
 
     def two_epochs(workers: int) -> list[torch.Tensor]:
         torch.manual_seed(0)
-        loader = torch.utils.data.DataLoader(train, batch_size=2, num_workers=workers,
-                                             collate_fn=collate, persistent_workers=workers > 0)
+        loader = torch.utils.data.DataLoader(
+            train,
+            batch_size=2,
+            num_workers=workers,
+            collate_fn=collate,
+            persistent_workers=workers > 0,
+        )
         return [batch[2] for _ in range(2) for batch in loader]
 
     first, second = two_epochs(0)
@@ -351,12 +403,13 @@ def test_synthetic_datatype_reads_a_generated_folder(tmp_path, tokenize):
     from vcb_utils.synthetic import SyntheticConfig, generate
 
     folder = generate(tmp_path / "syn", SyntheticConfig(n_train=3, n_test=2), workers=1)
-    cfg = DataConfig(datatype="synthetic", anno_path=str(folder), video_framerate=2.0,
-                     workers=0)
-    dataset = build_dataset(cfg, "train", tokenize=tokenize, max_frames=8, image_size=64,
-                            mean=MEAN, std=STD)
+    cfg = DataConfig(datatype="synthetic", anno_path=str(folder), video_framerate=2.0, workers=0)
+    dataset = build_dataset(
+        cfg, "train", tokenize=tokenize, max_frames=8, image_size=64, mean=MEAN, std=STD
+    )
     assert len(dataset) == 6
-    evalset = build_eval_set(cfg, "val", tokenize=tokenize, max_frames=8, image_size=64,
-                             mean=MEAN, std=STD)
+    evalset = build_eval_set(
+        cfg, "val", tokenize=tokenize, max_frames=8, image_size=64, mean=MEAN, std=STD
+    )
     assert len(evalset.videos) == len(evalset.captions) == 2
     assert datasets.DATATYPES == ("msrvtt", "csv", "jsonl", "synthetic")

@@ -52,8 +52,7 @@ class Server:
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_port}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     def close(self) -> None:
@@ -71,11 +70,15 @@ def make_zip(path: Path, files: dict[str, bytes]) -> bytes:
 @pytest.fixture
 def archives(tmp_path_factory) -> dict[str, bytes]:
     src = tmp_path_factory.mktemp("served")
-    annotations = {"msrvtt_data/MSRVTT_JSFUSION_test.csv": b"key,vid_key,video_id,sentence\n",
-                   "msrvtt_data/MSRVTT_train.9k.csv": b"video_id\nvideo0\n"}
+    annotations = {
+        "msrvtt_data/MSRVTT_JSFUSION_test.csv": b"key,vid_key,video_id,sentence\n",
+        "msrvtt_data/MSRVTT_train.9k.csv": b"video_id\nvideo0\n",
+    }
     videos = {f"MSRVTT/videos/all/video{i}.mp4": bytes(range(256)) * (40 + i) for i in range(3)}
-    return {"msrvtt_data.zip": make_zip(src / "a.zip", annotations),
-            "MSRVTT.zip": make_zip(src / "v.zip", videos)}
+    return {
+        "msrvtt_data.zip": make_zip(src / "a.zip", annotations),
+        "MSRVTT.zip": make_zip(src / "v.zip", videos),
+    }
 
 
 @pytest.fixture
@@ -152,15 +155,20 @@ def test_http_error_names_the_url_without_retrying(server, tmp_path):
 
 
 def test_download_msrvtt_finds_both_folders(server, tmp_path):
-    anno, videos = download_msrvtt(tmp_path / "msrvtt",
-                                   annotations_url=f"{server.url}/msrvtt_data.zip",
-                                   videos_url=f"{server.url}/MSRVTT.zip")
+    anno, videos = download_msrvtt(
+        tmp_path / "msrvtt",
+        annotations_url=f"{server.url}/msrvtt_data.zip",
+        videos_url=f"{server.url}/MSRVTT.zip",
+    )
     assert anno == tmp_path / "msrvtt" / "msrvtt_data"
     assert videos == tmp_path / "msrvtt" / "MSRVTT" / "videos" / "all"
     assert sorted(p.name for p in videos.iterdir()) == ["video0.mp4", "video1.mp4", "video2.mp4"]
     requests = len(server.ranges)
-    download_msrvtt(tmp_path / "msrvtt", annotations_url=f"{server.url}/msrvtt_data.zip",
-                    videos_url=f"{server.url}/MSRVTT.zip")
+    download_msrvtt(
+        tmp_path / "msrvtt",
+        annotations_url=f"{server.url}/msrvtt_data.zip",
+        videos_url=f"{server.url}/MSRVTT.zip",
+    )
     assert len(server.ranges) == requests  # archives kept, already unpacked
 
 

@@ -218,3 +218,14 @@ def test_videos_that_failed_to_decode_are_dropped_with_their_captions():
 
 def test_run_options_defaults_are_plain():
     assert RunOptions().postprocessing == "none" and not RunOptions().zero_shot
+
+
+def test_encoders_run_in_eval_mode_and_restore_the_mode(tiny_cfg, frames):
+    from vcb_utils.evaluate import encode_videos
+
+    model = VideoColBERT(dataclasses.replace(tiny_cfg, temporal_dropout=0.5)).train()
+    mask = torch.ones(3, 12, dtype=torch.bool)
+    items = list(zip(frames, mask, strict=True))
+    first, second = (encode_videos(model, items, batch_size=2) for _ in range(2))
+    torch.testing.assert_close(first.video, second.video)  # no dropout noise
+    assert model.training

@@ -214,3 +214,9 @@ def test_building_without_a_tag_never_touches_the_network(tiny_cfg, monkeypatch)
     monkeypatch.setattr(socket, "create_connection", refuse)
     model = build(tiny_cfg)
     assert model.encode_text(["offline"]).vectors.shape == (1, 24, 64)
+
+
+def test_a_bfloat16_model_takes_float32_frames(tiny_cfg, frames):
+    model = build(tiny_cfg).to(torch.bfloat16)
+    video = model.encode_video(frames[:1, :4])
+    assert video.frames.dtype == torch.bfloat16 and video.frames.shape == (1, 4, 64)

@@ -19,15 +19,21 @@ TINY = SyntheticConfig(n_train=6, n_test=10, order_pair_fraction=0.4, seed=3)
 
 COLOUR = "|".join(COLOURS)
 NOUN = rf"a (?P<{{0}}c>{COLOUR}) (?P<{{0}}s>circle|square|triangle)"
-VERB = (rf"(?P<{{0}}v>moves (?P<{{0}}d>left|right|up|down)|"
-        rf"appears (?P<{{0}}p>on the left|on the right|at the top|at the bottom)|disappears|"
-        rf"(?:changes to|turns) (?P<{{0}}n>{COLOUR}))")
+VERB = (
+    rf"(?P<{{0}}v>moves (?P<{{0}}d>left|right|up|down)|"
+    rf"appears (?P<{{0}}p>on the left|on the right|at the top|at the bottom)|disappears|"
+    rf"(?:changes to|turns) (?P<{{0}}n>{COLOUR}))"
+)
 VARIANTS = [
-    re.compile(rf"^{NOUN.format('a')} {VERB.format('a')}, then "
-               rf"(?:it|{NOUN.format('b')}) {VERB.format('b')}$"),
-    re.compile(rf"^first {NOUN.format('a')} {VERB.format('a')} and then "
-               rf"(?:the (?P<bthe>circle|square|triangle)|{NOUN.format('b')}) "
-               rf"{VERB.format('b')}$"),
+    re.compile(
+        rf"^{NOUN.format('a')} {VERB.format('a')}, then "
+        rf"(?:it|{NOUN.format('b')}) {VERB.format('b')}$"
+    ),
+    re.compile(
+        rf"^first {NOUN.format('a')} {VERB.format('a')} and then "
+        rf"(?:the (?P<bthe>circle|square|triangle)|{NOUN.format('b')}) "
+        rf"{VERB.format('b')}$"
+    ),
 ]
 
 
@@ -61,8 +67,10 @@ def blobs(frame: np.ndarray) -> dict[str, dict]:
             continue
         box = (xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1)
         size = frame.shape[0]
-        found[name] = {"centre": ((xs.mean() + 0.5) / size, (ys.mean() + 0.5) / size),
-                       "fill": len(xs) / box}
+        found[name] = {
+            "centre": ((xs.mean() + 0.5) / size, (ys.mean() + 0.5) / size),
+            "fill": len(xs) / box,
+        }
     return found
 
 
@@ -98,8 +106,9 @@ def check_clause(frames: np.ndarray, clause: dict, phase: int) -> None:
         assert np.allclose(new["centre"], before[colour]["centre"], atol=0.05)
     else:
         dx, dy = np.subtract(after[colour]["centre"], before[colour]["centre"])
-        along, across = {"left": (-dx, dy), "right": (dx, dy), "up": (-dy, dx),
-                         "down": (dy, dx)}[clause["arg"]]
+        along, across = {"left": (-dx, dy), "right": (dx, dy), "up": (-dy, dx), "down": (dy, dx)}[
+            clause["arg"]
+        ]
         assert along > 0.3 and abs(across) < 0.03, (clause, dx, dy)
 
 
@@ -132,8 +141,11 @@ def test_annotations_in_own_data_format(tiny):
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_deterministic_for_a_seed(tiny, tmp_path):
@@ -141,8 +153,9 @@ def test_deterministic_for_a_seed(tiny, tmp_path):
     assert _digest(again) == _digest(tiny)
     other = synthetic.make_specs(SyntheticConfig(**{**TINY.__dict__, "seed": 4}))
     assert [synthetic.caption(s) for s in other["test"]] != [
-        json.loads(line)["caption"] for line in (tiny / "annotations.jsonl").read_text()
-        .splitlines() if json.loads(line)["split"] == "test"
+        json.loads(line)["caption"]
+        for line in (tiny / "annotations.jsonl").read_text().splitlines()
+        if json.loads(line)["split"] == "test"
     ]
 
 
@@ -184,4 +197,5 @@ def test_default_root_follows_the_environment(monkeypatch, tmp_path):
     assert synthetic.default_root() == tmp_path / "synthetic"
     monkeypatch.delenv("VCB_DATA_DIR")
     assert synthetic.default_root() == Path(synthetic.__file__).resolve().parents[1] / "data" / (
-        "synthetic")
+        "synthetic"
+    )

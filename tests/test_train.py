@@ -329,3 +329,11 @@ def test_non_finite_loss_stops_naming_the_step_after_saving(tmp_path, small_synt
         run(config, options)
     progress = json.loads((tmp_path / "state" / "progress.json").read_text())
     assert progress["step"] == 2
+
+
+def test_an_interrupt_inside_an_accumulation_window_replays_the_window():
+    from vcb_utils.train import _window_start
+
+    assert _window_start({"batch": 7, "step": 3}, grad_accum=2) == {"batch": 6, "step": 3}
+    assert _window_start({"batch": 6, "step": 3}, grad_accum=2)["batch"] == 6
+    assert _window_start({"batch": 5, "step": 5}, grad_accum=1)["batch"] == 5

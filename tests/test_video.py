@@ -52,8 +52,14 @@ def test_sampling_matches_reference_on_many_combinations():
     count = 0
     for n, fps, rate, most, start, end in combos:
         got = sample_frame_indices(n, fps, rate, most, start, end)
-        assert got == reference_indices(n, fps, rate, most, start, end), (n, fps, rate, most,
-                                                                           start, end)
+        assert got == reference_indices(n, fps, rate, most, start, end), (
+            n,
+            fps,
+            rate,
+            most,
+            start,
+            end,
+        )
         count += 1
     assert count == 13440
 
@@ -92,10 +98,10 @@ def test_jitter_stays_in_segments_and_is_seeded():
     stops = [90, 180, 270, 300]
     draws = set()
     for seed in range(20):
-        got = sample_frame_indices(300, 30.0, 1.0, 4, jitter=True,
-                                   rng=np.random.default_rng(seed))
-        again = sample_frame_indices(300, 30.0, 1.0, 4, jitter=True,
-                                     rng=np.random.default_rng(seed))
+        got = sample_frame_indices(300, 30.0, 1.0, 4, jitter=True, rng=np.random.default_rng(seed))
+        again = sample_frame_indices(
+            300, 30.0, 1.0, 4, jitter=True, rng=np.random.default_rng(seed)
+        )
         assert got == again
         assert all(lo <= g < hi for g, lo, hi in zip(got, base, stops, strict=True))
         draws.add(tuple(got))
@@ -174,16 +180,18 @@ def test_backend_selection(monkeypatch):
     monkeypatch.delenv("VCB_VIDEO_BACKEND")
     assert video.default_backend() == "decord"
     real = video.importlib.util.find_spec
-    monkeypatch.setattr(video.importlib.util, "find_spec",
-                        lambda name: None if name == "decord" else real(name))
+    monkeypatch.setattr(
+        video.importlib.util, "find_spec", lambda name: None if name == "decord" else real(name)
+    )
     assert video.default_backend() == "pyav"
 
 
 def _audio_only(path: Path) -> None:
     with av.open(str(path), "w", format="mp4") as container:
         stream = container.add_stream("aac", rate=16000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
-                                           layout="mono")
+        frame = av.AudioFrame.from_ndarray(
+            np.zeros((1, 1024), np.float32), format="fltp", layout="mono"
+        )
         frame.sample_rate = 16000
         for _ in range(5):
             container.mux(stream.encode(frame))
@@ -205,8 +213,10 @@ def _faststart(path: Path) -> None:
 @pytest.fixture(scope="module")
 def broken(tmp_path_factory, clips) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("broken")
-    files = {name: root / f"{name}.mp4" for name in
-             ("missing", "empty", "random", "truncated", "cut_stream", "audio_only")}
+    files = {
+        name: root / f"{name}.mp4"
+        for name in ("missing", "empty", "random", "truncated", "cut_stream", "audio_only")
+    }
     files["empty"].write_bytes(b"")
     files["random"].write_bytes(np.random.default_rng(1).bytes(4000))
     files["truncated"].write_bytes(clips["landscape"].read_bytes()[:3000])
@@ -252,8 +262,9 @@ def test_resize_center_crop_is_close_to_pil_bicubic():
     """open_clip resizes with PIL (bicubic, short side) and centre-crops: within 2 levels."""
     frames = textured(2, 48, 64)
     out = resize_center_crop(frames, 24)
-    pil = np.stack([np.asarray(Image.fromarray(f).resize((32, 24), Image.BICUBIC))[:, 4:28]
-                    for f in frames])
+    pil = np.stack(
+        [np.asarray(Image.fromarray(f).resize((32, 24), Image.BICUBIC))[:, 4:28] for f in frames]
+    )
     difference = (out.permute(0, 2, 3, 1).int() - torch.from_numpy(pil).int()).abs()
     assert out.shape == (2, 3, 24, 24) and difference.max() <= 2
     same = resize_center_crop(frames[:, :, 8:56], 48)  # already 48 x 48: untouched
@@ -270,8 +281,9 @@ def test_normalize_and_padding():
     assert torch.allclose(out[:3, 1], torch.tensor(3.0))
     assert torch.allclose(out[:3, 2], torch.tensor(1.0))
     assert torch.count_nonzero(out[3:]) == 0
-    assert torch.allclose(normalize(torch.zeros(1, 3, 2, 2, dtype=torch.uint8), mean, std)[0, 0],
-                          torch.tensor(-1.0))
+    assert torch.allclose(
+        normalize(torch.zeros(1, 3, 2, 2, dtype=torch.uint8), mean, std)[0, 0], torch.tensor(-1.0)
+    )
     same, full = pad_frames(torch.ones(4, 2), 4)
     assert full.all() and torch.equal(same, torch.ones(4, 2))
     with pytest.raises(ValueError, match="do not fit"):

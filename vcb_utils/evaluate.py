@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -111,6 +112,22 @@ def zero_shot_matrices(
     return {"mean": (sentence @ mean.T).cpu(), "maxsim": frame_branch.float().cpu()}
 
 
+def _inference(encode):
+    """Run an encoder without gradients and in eval mode (no dropout), then restore the mode."""
+
+    @functools.wraps(encode)
+    def wrapper(model: VideoColBERT, *args, **kwargs):
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return encode(model, *args, **kwargs)
+        finally:
+            model.train(was_training)
+
+    return wrapper
+
+
 def default_accelerator() -> Accelerator:
     return Accelerator(cpu=not torch.cuda.is_available())
 
@@ -209,7 +226,7 @@ def score_variants(
     return {name: sim.float().cpu() for name, sim in variants.items()}
 
 
-@torch.no_grad()
+@_inference
 def encode_videos(
     model: VideoColBERT,
     dataset: torch.utils.data.Dataset,
@@ -229,7 +246,7 @@ def encode_videos(
         failed = ~mask.any(dim=1)  # a clip that could not be decoded (on_error="skip")
         mask[failed, 0] = True  # encode one blank frame in its place, then mask it out
         with _autocast(accelerator):
-            part = model.encode_video(video.to(accelerator.device), mask.to(accelerator.device))
+            part = model.encode_video(video.to(model.device), mask.to(model.device))
         for field in (part.frame_mask, part.video_mask):
             if field is not None:
                 field[failed.to(field.device)] = False
@@ -241,7 +258,7 @@ def encode_videos(
     )
 
 
-@torch.no_grad()
+@_inference
 def encode_captions(
     model: VideoColBERT,
     captions: Sequence[str],

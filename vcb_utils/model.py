@@ -208,6 +208,11 @@ class VideoColBERT(nn.Module):
         self.cfg = cfg
         self.clip = create_backbone(cfg, load_weights=load_backbone_weights)
         self.tokenizer = open_clip.get_tokenizer(cfg.backbone, context_length=cfg.max_words)
+        if not isinstance(self.tokenizer, open_clip.tokenizer.SimpleTokenizer):
+            raise NotImplementedError(
+                f"{cfg.backbone} uses a {type(self.tokenizer).__name__}; the token masks here "
+                "assume CLIP's BPE tokenizer (end-of-text has the highest id)"
+            )
         context = text_tower(self.clip).positional_embedding.shape[0]
         if cfg.max_words > context:
             raise ValueError(
@@ -318,6 +323,7 @@ class VideoColBERT(nn.Module):
         real = video[video_mask]
         if real.dtype == torch.uint8:
             real = normalize(real, self.image_mean, self.image_std)
+        real = real.to(self.clip.visual.conv1.weight.dtype)  # a model cast to bf16/fp16
         pooled = self.clip.encode_image(real, normalize=True)
         frames = pooled.new_zeros(batch, n_frames, pooled.shape[-1])
         frames[video_mask] = pooled
@@ -435,4 +441,4 @@ def load_checkpoint(
             f"{path / WEIGHTS_FILE} does not match its config: "
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
-    return model.to(device), config
+    return model.to(device).eval(), config

@@ -382,7 +382,7 @@ def train(accelerator: Accelerator, model: VideoColBERT, config: Config, options
                 if cfg.save_every_steps and progress["step"] % cfg.save_every_steps == 0:
                     _save_state(accelerator, output_dir, progress)
             if stop.requested(accelerator):
-                _save_state(accelerator, output_dir, progress)
+                _save_state(accelerator, output_dir, _window_start(progress, cfg.grad_accum))
                 raise TrainingInterrupted(
                     f"interrupted at epoch {epoch}, step {progress['step']}; state saved in "
                     f"{output_dir / STATE_DIR}. Resume with the same command plus --resume",
@@ -430,23 +430,44 @@ def _train_loader(accelerator: Accelerator, model: VideoColBERT, config: Config)
 
 
 def _train_step(accelerator, model, optimizer, scheduler, batch, config: Config, progress: dict):
-    """Forward on the global batch, backward, clip, step; stops on a non-finite loss."""
+    """Forward on the global batch, backward, clip, step.
+
+    A non-finite loss, or (outside fp16, whose loss scaler skips such steps by design) a
+    non-finite gradient norm, stops the run before the optimiser touches the weights, so the
+    state saved then is the last good one.
+    """
+    cfg = config.train
     with accelerator.accumulate(model):
         losses = model(*batch, gather=gather_with_grad)
         if not torch.isfinite(losses["loss"]).all():
-            output_dir = Path(config.train.output_dir)
-            _save_state(accelerator, output_dir, progress)
-            raise FloatingPointError(
-                f"non-finite loss {losses['loss'].item()} at step {progress['step'] + 1}; "
-                f"the last good state is in {output_dir / STATE_DIR}"
-            )
+            _stop_non_finite(accelerator, config, progress, f"loss {losses['loss'].item()}")
         accelerator.backward(losses["loss"])
-        if accelerator.sync_gradients and config.train.grad_clip > 0:
-            accelerator.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+        if accelerator.sync_gradients:
+            limit = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+            norm = accelerator.clip_grad_norm_(model.parameters(), limit)
+            if cfg.mixed_precision != "fp16" and not torch.isfinite(torch.as_tensor(norm)):
+                _stop_non_finite(accelerator, config, progress, f"gradient norm {norm}")
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
     return losses
+
+
+def _stop_non_finite(accelerator, config: Config, progress: dict, what: str) -> None:
+    output_dir = Path(config.train.output_dir)
+    _save_state(accelerator, output_dir, _window_start(progress, config.train.grad_accum))
+    raise FloatingPointError(
+        f"non-finite {what} at step {progress['step'] + 1}; the weights were not updated and the "
+        f"last good state is in {output_dir / STATE_DIR}"
+    )
+
+
+def _window_start(progress: dict, grad_accum: int) -> dict:
+    """Progress rewound to the first batch of the current accumulation window.
+
+    Gradients accumulated inside a window are not saved, so a resumed run replays the window.
+    """
+    return {**progress, "batch": progress["batch"] - progress["batch"] % grad_accum}
 
 
 def _end_epoch(accelerator, model, config: Config, progress: dict, logbook, epoch: int) -> None:
