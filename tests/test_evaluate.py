@@ -8,7 +8,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from helpers import free_port, launch_env
+from helpers import launch_env, launch_two
 
 from vcb_utils.config import preset
 from vcb_utils.datasets import read_annotations
@@ -147,23 +147,8 @@ def test_one_and_two_processes_give_identical_metrics(checkpoint, small_syntheti
         capture_output=True,
         timeout=300,
     )
-    port = free_port()
     subprocess.run(
-        [
-            "accelerate",
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--main_process_port",
-            str(port),
-            train,
-            *args,
-            "--world_size",
-            "2",
-            "--output_dir",
-            str(tmp_path / "two"),
-        ],
+        launch_two(train, *args, "--world_size", "2", "--output_dir", str(tmp_path / "two")),
         check=True,
         env=env,
         capture_output=True,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import free_port, launch_env
+from helpers import free_port, launch_env, launch_two
 
 from vcb_utils.config import preset
 from vcb_utils.train import RunOptions, _check_batch, parse_args, run
@@ -154,17 +154,7 @@ def test_two_processes_equal_one_process_with_double_batch(tmp_path):
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
     subprocess.run([sys.executable, script, str(one)], check=True, env=launch_env(), timeout=300)
     subprocess.run(
-        [
-            "accelerate",
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--main_process_port",
-            str(free_port()),
-            script,
-            str(two),
-        ],
+        launch_two(script, str(two)),
         check=True,
         env=launch_env(),
         timeout=300,
