@@ -58,6 +58,22 @@ def brute_force_scores(model: VideoColBERT, data: str, max_frames: int, framerat
     return {"both": (f + v).numpy(), "spatial": f.numpy(), "temporal": v.numpy()}
 
 
+def evaluation_args(checkpoint: Path, data: str) -> list[str]:
+    """Flags that evaluate ``checkpoint`` on the small synthetic test split."""
+    return [
+        "--init_model",
+        str(checkpoint),
+        "--datatype",
+        "synthetic",
+        "--anno_path",
+        data,
+        "--batch_size_val",
+        "4",
+        "--workers",
+        "0",
+    ]
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, small_synthetic) -> Path:
     out = tmp_path_factory.mktemp("trained")
@@ -87,20 +103,7 @@ def checkpoint(tmp_path_factory, small_synthetic) -> Path:
 
 def test_metrics_json_equals_hand_computed_metrics(checkpoint, small_synthetic, tmp_path):
     config, options = parse_args(
-        [
-            "--init_model",
-            str(checkpoint),
-            "--datatype",
-            "synthetic",
-            "--anno_path",
-            small_synthetic,
-            "--output_dir",
-            str(tmp_path),
-            "--batch_size_val",
-            "4",
-            "--workers",
-            "0",
-        ]
+        [*evaluation_args(checkpoint, small_synthetic), "--output_dir", str(tmp_path)]
     )
     assert not options.do_train
     returned = run(config, options)
@@ -125,19 +128,7 @@ def test_metrics_json_equals_hand_computed_metrics(checkpoint, small_synthetic, 
 
 @pytest.mark.slow
 def test_one_and_two_processes_give_identical_metrics(checkpoint, small_synthetic, tmp_path):
-    args = [
-        "--init_model",
-        str(checkpoint),
-        "--datatype",
-        "synthetic",
-        "--anno_path",
-        small_synthetic,
-        "--batch_size_val",
-        "4",
-        "--workers",
-        "0",
-        "--cpu",
-    ]
+    args = [*evaluation_args(checkpoint, small_synthetic), "--cpu"]
     env = launch_env()
     train = str(REPO / "vcb_utils" / "train.py")
     subprocess.run(

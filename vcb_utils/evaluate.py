@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from vcb_utils.config import Config
 from vcb_utils.datasets import build_eval_set
 from vcb_utils.metrics import format_metrics_table, multi_caption_metrics
-from vcb_utils.model import TextEmbedding, VideoColBERT, VideoEmbedding
+from vcb_utils.model import TextEmbedding, VideoColBERT, VideoEmbedding, map_tensors
 
 log = logging.getLogger(__name__)
 
@@ -170,13 +170,8 @@ def _drop_failed(
         int((~keep).sum()),
     )
     new_index = torch.cumsum(ok.long(), dim=0) - 1
-    videos = VideoEmbedding(
-        *(
-            None if t is None else t[ok.to(t.device)]
-            for t in (videos.frames, videos.frame_mask, videos.video, videos.video_mask)
-        )
-    )
-    texts = TextEmbedding(*(t[keep.to(t.device)] for t in (texts.vectors, texts.mask, texts.ids)))
+    videos = map_tensors(videos, lambda t: t[ok.to(t.device)])
+    texts = map_tensors(texts, lambda t: t[keep.to(t.device)])
     return texts, videos, new_index[targets[keep]]
 
 
@@ -251,11 +246,7 @@ def encode_videos(
             if field is not None:
                 field[failed.to(field.device)] = False
         parts.append(part)
-    fields = ("frames", "frame_mask", "video", "video_mask")
-    local = {f: _cat([getattr(p, f) for p in parts]) for f in fields}
-    return VideoEmbedding(
-        **{f: _gather_ordered(t, len(dataset), accelerator) for f, t in local.items()}
-    )
+    return _gather_parts(parts, len(dataset), accelerator)
 
 
 @_inference
@@ -272,11 +263,7 @@ def encode_captions(
     for start in range(shard.start, shard.stop, batch_size):
         with _autocast(accelerator):
             parts.append(model.encode_text(captions[start : min(start + batch_size, shard.stop)]))
-    fields = ("vectors", "mask", "ids")
-    local = {f: _cat([getattr(p, f) for p in parts]) for f in fields}
-    return TextEmbedding(
-        **{f: _gather_ordered(t, len(captions), accelerator) for f, t in local.items()}
-    )
+    return _gather_parts(parts, len(captions), accelerator)
 
 
 def _shard(n: int, accelerator: Accelerator) -> range:
@@ -288,6 +275,13 @@ def _shard(n: int, accelerator: Accelerator) -> range:
     size = math.ceil(n / accelerator.num_processes)
     start = min(n, accelerator.process_index * size)
     return range(start, min(n, start + size)) if start < n else range(n - 1, n)
+
+
+def _gather_parts(parts: list, n: int, accelerator: Accelerator):
+    """Concatenate this process's batch embeddings, then gather all processes' in order."""
+    names = [f.name for f in dataclasses.fields(parts[0])]
+    local = {name: _cat([getattr(p, name) for p in parts]) for name in names}
+    return type(parts[0])(**{k: _gather_ordered(t, n, accelerator) for k, t in local.items()})
 
 
 def _cat(parts: list[torch.Tensor | None]) -> torch.Tensor | None:

@@ -13,8 +13,9 @@ import copy
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import TypeVar
 
 import open_clip
 import torch
@@ -53,6 +54,9 @@ class VideoEmbedding:
     frame_mask: torch.Tensor  # [B, T] bool
     video: torch.Tensor | None  # [B, T + E, D], None when the mode does not use V
     video_mask: torch.Tensor | None  # [B, T + E] bool
+
+
+EmbeddingT = TypeVar("EmbeddingT", TextEmbedding, VideoEmbedding)
 
 
 @dataclass
@@ -383,18 +387,18 @@ class VideoColBERT(nn.Module):
         text = self.encode_text(text_ids, text_mask)
         clips = self.encode_video(video, video_mask)
         if gather is not None:
-            text = TextEmbedding(*(gather(t) for t in (text.vectors, text.mask, text.ids)))
-            clips = VideoEmbedding(
-                *(
-                    None if t is None else gather(t)
-                    for t in (clips.frames, clips.frame_mask, clips.video, clips.video_mask)
-                )
-            )
+            text, clips = map_tensors(text, gather), map_tensors(clips, gather)
         return self.loss(self.score(text, clips))
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+
+def map_tensors(embedding: EmbeddingT, fn: Callable[[torch.Tensor], torch.Tensor]) -> EmbeddingT:
+    """The same kind of embedding with ``fn`` applied to every tensor field (None stays None)."""
+    values = {f.name: getattr(embedding, f.name) for f in fields(embedding)}
+    return type(embedding)(**{k: None if v is None else fn(v) for k, v in values.items()})
 
 
 def real_token_mask(ids: torch.Tensor) -> torch.Tensor:
