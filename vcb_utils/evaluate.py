@@ -25,7 +25,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from vcb_utils.config import Config
-from vcb_utils.datasets import build_eval_set
+from vcb_utils.datasets import EvalSet, build_eval_set
 from vcb_utils.metrics import format_metrics_table, multi_caption_metrics
 from vcb_utils.model import TextEmbedding, VideoColBERT, VideoEmbedding, map_tensors
 
@@ -42,17 +42,20 @@ def evaluate(
     output_dir: str | Path | None = None,
     checkpoint: str | None = None,
     postprocessing: str = "none",
+    eval_set: EvalSet | None = None,
 ) -> dict:
     """Metrics ``{"t2v"|"v2t": {"both"|"spatial"|"temporal": {R1 R5 R10 MdR MnR}}}``.
 
     Prints a table on the main process and, with ``output_dir``, writes ``metrics.json``
     with the checkpoint, dataset, split and settings the numbers came from.
     ``postprocessing`` (dual / inverted softmax) uses the other test queries: off by default
-    and labelled wherever it is reported.
+    and labelled wherever it is reported. ``eval_set`` (from ``load_eval_set``) saves
+    reading and checking the split again when evaluating repeatedly.
     """
     accelerator = accelerator or default_accelerator()
     model.to(accelerator.device).eval()
-    texts, videos, targets = encode_split(model, config, split, accelerator)
+    eval_set = eval_set or load_eval_set(model, config, split, accelerator)
+    texts, videos, targets = encode_split(model, config, eval_set, accelerator)
     matrices = score_variants(model, texts, videos)
     metrics = compute_metrics(matrices, targets, postprocessing)
     _report(metrics, accelerator, split, len(texts.vectors), len(videos.frames), postprocessing)
@@ -76,7 +79,8 @@ def zero_shot(
     accelerator = accelerator or default_accelerator()
     plain = dataclasses.replace(config.model, mode="spatial", query_expansion=False)
     model = VideoColBERT(plain).to(accelerator.device).eval()
-    texts, videos, targets = encode_split(model, config, split, accelerator)
+    eval_set = load_eval_set(model, config, split, accelerator)
+    texts, videos, targets = encode_split(model, config, eval_set, accelerator)
     matrices = zero_shot_matrices(model, texts, videos)
     metrics = compute_metrics(matrices, targets, "none")
     _report(
@@ -132,16 +136,12 @@ def default_accelerator() -> Accelerator:
     return Accelerator(cpu=not torch.cuda.is_available())
 
 
-def encode_split(
+def load_eval_set(
     model: VideoColBERT, config: Config, split: str, accelerator: Accelerator
-) -> tuple[TextEmbedding, VideoEmbedding, torch.Tensor]:
-    """Every caption and every distinct video of a split, encoded once.
-
-    Returns the caption vectors, the video vectors and each caption's video index. Videos
-    that failed to decode (``on_error="skip"``) are dropped with their captions, loudly.
-    """
+) -> EvalSet:
+    """A split's annotations, videos checked and frame cache filled (main process first)."""
     with accelerator.main_process_first():  # the main process fills the frame cache
-        eval_set = build_eval_set(
+        return build_eval_set(
             config.data,
             split,
             tokenize=model.tokenize,
@@ -151,6 +151,16 @@ def encode_split(
             std=model.image_std,
             uint8=True,  # normalised by the model, on its device
         )
+
+
+def encode_split(
+    model: VideoColBERT, config: Config, eval_set: EvalSet, accelerator: Accelerator
+) -> tuple[TextEmbedding, VideoEmbedding, torch.Tensor]:
+    """Every caption and every distinct video of an evaluation set, encoded once.
+
+    Returns the caption vectors, the video vectors and each caption's video index. Videos
+    that failed to decode (``on_error="skip"``) are dropped with their captions, loudly.
+    """
     batch = config.train.batch_size_val
     videos = encode_videos(model, eval_set.video_dataset, batch, accelerator, config.data.workers)
     texts = encode_captions(model, eval_set.captions, batch, accelerator)

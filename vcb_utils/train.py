@@ -31,9 +31,9 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from vcb_utils.config import PRESETS, Config, load_config, preset
-from vcb_utils.datasets import build_dataset, collate, read_annotations
+from vcb_utils.datasets import EvalSet, build_dataset, collate, read_annotations
 from vcb_utils.distributed import check_world_size, gather_with_grad
-from vcb_utils.evaluate import evaluate, zero_shot
+from vcb_utils.evaluate import evaluate, load_eval_set, zero_shot
 from vcb_utils.model import VideoColBERT, load_checkpoint, save_checkpoint
 from vcb_utils.optim import build_optimizer, warmup_cosine
 
@@ -364,7 +364,7 @@ def train(accelerator: Accelerator, model: VideoColBERT, config: Config, options
         disable=not accelerator.is_local_main_process,
         dynamic_ncols=True,
     )
-    done = False
+    done, val_set = False, None
     for epoch in range(progress["epoch"], cfg.epochs):
         model.train()
         loader.set_epoch(epoch)
@@ -395,7 +395,11 @@ def train(accelerator: Accelerator, model: VideoColBERT, config: Config, options
             _save_weights(accelerator, model, config, progress)  # a smoke test: no validation
             break
         progress.update(epoch=epoch + 1, batch=0)
-        _end_epoch(accelerator, model, config, progress, logbook, epoch)
+        # validation on the test split, as in the reference code (DRL / CLIP4Clip); read once
+        val_set = val_set or load_eval_set(
+            accelerator.unwrap_model(model), config, "test", accelerator
+        )
+        _end_epoch(accelerator, model, config, progress, logbook, epoch, val_set)
     bar.close()
     stop.restore()
     return accelerator.unwrap_model(model)
@@ -470,12 +474,13 @@ def _window_start(progress: dict, grad_accum: int) -> dict:
     return {**progress, "batch": progress["batch"] - progress["batch"] % grad_accum}
 
 
-def _end_epoch(accelerator, model, config: Config, progress: dict, logbook, epoch: int) -> None:
+def _end_epoch(
+    accelerator, model, config: Config, progress: dict, logbook, epoch: int, val_set: EvalSet
+) -> None:
     """Validate, keep the best weights by text-to-video R@1, save the weights and full state."""
     output_dir = Path(config.train.output_dir)
     plain = accelerator.unwrap_model(model)
-    # validation on the test split, as in the reference code (DRL / CLIP4Clip)
-    metrics = evaluate(plain, config, accelerator=accelerator, split="test", output_dir=None)
+    metrics = evaluate(plain, config, accelerator=accelerator, split="test", eval_set=val_set)
     r1 = metrics["t2v"]["both"]["R1"]
     if accelerator.is_main_process and r1 > progress["best_r1"]:
         progress["best_r1"] = r1
