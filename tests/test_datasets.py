@@ -14,7 +14,7 @@ import open_clip
 import pytest
 import torch
 
-from vcb_utils import datasets
+from vcb_utils import annotations
 from vcb_utils.config import DataConfig
 from vcb_utils.datasets import (
     Record,
@@ -412,4 +412,4 @@ def test_synthetic_datatype_reads_a_generated_folder(tmp_path, tokenize):
         cfg, "val", tokenize=tokenize, max_frames=8, image_size=64, mean=MEAN, std=STD
     )
     assert len(evalset.videos) == len(evalset.captions) == 2
-    assert datasets.DATATYPES == ("msrvtt", "csv", "jsonl", "synthetic")
+    assert annotations.DATATYPES == ("msrvtt", "csv", "jsonl", "synthetic")
