@@ -14,7 +14,7 @@ import torch
 from vcb_utils import video as video_module
 from vcb_utils.cache import FrameCache
 from vcb_utils.config import DataConfig
-from vcb_utils.datasets import Record, VideoTextDataset, build_dataset
+from vcb_utils.datasets import Preprocessing, Record, VideoTextDataset, build_dataset
 from vcb_utils.synthetic import write_video
 from vcb_utils.video import FrameSampling, VideoReadError, VideoRef
 
@@ -50,10 +50,8 @@ def test_dataset_reads_the_cache_transparently(tmp_path, clips, monkeypatch):
     records = [
         Record(r.video_id, r.path, f"caption {i}", r.start, r.end) for i, r in enumerate(clips)
     ]
-    kwargs = dict(
-        tokenize=_tokenize, max_frames=4, image_size=32, mean=MEAN, std=STD, framerate=2.0
-    )
-    decoded = [item[2:] for item in VideoTextDataset(records, **kwargs)]
+    prep = _preprocessing()
+    decoded = [item[2:] for item in VideoTextDataset(records, _tokenize, prep.source(2.0))]
     cache = FrameCache(tmp_path / "cache", SAMPLING)
     cache.build(clips, workers=0)
 
@@ -61,7 +59,8 @@ def test_dataset_reads_the_cache_transparently(tmp_path, clips, monkeypatch):
         raise AssertionError("decoded although cached")
 
     monkeypatch.setattr(video_module, "read_clip", no_decoding)
-    cached = [item[2:] for item in VideoTextDataset(records, cache=cache, **kwargs)]
+    source = prep.source(2.0, cache=cache)
+    cached = [item[2:] for item in VideoTextDataset(records, _tokenize, source)]
     for (v1, m1), (v2, m2) in zip(decoded, cached, strict=True):
         assert torch.equal(v1, v2) and torch.equal(m1, m2)
 
@@ -69,6 +68,10 @@ def test_dataset_reads_the_cache_transparently(tmp_path, clips, monkeypatch):
 def _tokenize(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.tensor([[1, 2, 3, 0]] * len(texts))
     return ids, ids > 0
+
+
+def _preprocessing() -> Preprocessing:
+    return Preprocessing(_tokenize, SAMPLING.max_frames, SAMPLING.image_size, MEAN, STD)
 
 
 def test_an_interrupted_build_resumes(tmp_path, clips, monkeypatch):
@@ -120,14 +123,81 @@ def test_settings_and_changed_sources_invalidate(tmp_path, clips):
     assert torch.equal(cache.load(clips[1]), SAMPLING.load(clips[1]))
 
 
-def test_damaged_entries_are_ignored(tmp_path, clips, caplog):
+class _Tripwire:
+    """Unpickling it creates ``marker``: proves whether a cache entry was unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def _damage(entry: Path, how: str) -> None:
+    """Damage a cache entry of SAMPLING (4 frames of 3 x 32 x 32) in one of several ways."""
+    data = entry.read_bytes()
+    if how == "zero_bytes":
+        entry.write_bytes(b"")
+    elif how == "truncated":  # a partial write
+        entry.write_bytes(data[: len(data) // 2])
+    elif how == "not_npy":
+        entry.write_bytes(b"not numpy" * 100)
+    elif how == "header_bit_flip":  # shape (4, 3, 32, 32) becomes (5, 3, 32, 32)
+        at = data.index(b"'shape': (") + len(b"'shape': (")
+        entry.write_bytes(data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :])
+    elif how == "pickled":
+        np.save(entry, np.array([_Tripwire(entry.with_suffix(".unpickled"))], dtype=object))
+    else:
+        frames = {
+            "wrong_size": np.zeros((4, 3, 8, 8), np.uint8),
+            "wrong_dtype": np.zeros((4, 3, 32, 32), np.float32),
+            "no_frames": np.zeros((0, 3, 32, 32), np.uint8),
+            "too_many_frames": np.zeros((5, 3, 32, 32), np.uint8),
+        }[how]
+        np.save(entry, frames)
+
+
+DAMAGE = [
+    "zero_bytes", "truncated", "not_npy", "header_bit_flip", "pickled",
+    "wrong_size", "wrong_dtype", "no_frames", "too_many_frames",
+]
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+@pytest.mark.parametrize("route", ["load", "build"])
+def test_damaged_entries_are_rebuilt(tmp_path, clips, caplog, how, route):
     cache = FrameCache(tmp_path / "cache", SAMPLING)
     cache.build(clips[:2], workers=0)
-    cache.entry(clips[0]).write_bytes(b"not numpy")
-    np.save(cache.entry(clips[1]), np.zeros((2, 3, 8, 8), np.uint8))
-    with caplog.at_level(logging.WARNING):
-        assert cache.load(clips[0]) is None and cache.load(clips[1]) is None
-    assert "unreadable cache entry" in caplog.text and "shape (2, 3, 8, 8)" in caplog.text
+    entry, other = cache.entry(clips[0]), cache.entry(clips[1])
+    untouched = other.stat().st_mtime_ns
+    _damage(entry, how)
+    with caplog.at_level(logging.WARNING, logger="vcb_utils.cache"):
+        if route == "load":
+            frames = cache.load(clips[0])
+        else:
+            report = cache.build(clips[:2], workers=0)
+            assert (report.cached, report.built) == (1, 1)
+            frames = cache.load(clips[0])
+        assert cache.load(clips[0]) is not None  # the rebuilt entry is not reported again
+    expected = SAMPLING.load(clips[0])
+    assert frames.dtype == torch.uint8 and torch.equal(frames, expected)
+    assert torch.equal(torch.from_numpy(np.load(entry)), expected)  # the entry is rewritten
+    assert other.stat().st_mtime_ns == untouched
+    assert not entry.with_suffix(".unpickled").exists()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and entry.name in warnings[0]
+
+
+def test_a_damaged_entry_of_an_undecodable_video_is_dropped(tmp_path, clips, monkeypatch):
+    cache = FrameCache(tmp_path / "cache", SAMPLING)
+    cache.build(clips[:1], workers=0)
+    _damage(cache.entry(clips[0]), "truncated")
+
+    def fail(self, video, **kwargs):
+        raise VideoReadError.at(video.path, "decoding failed")
+
+    monkeypatch.setattr(FrameSampling, "load", fail)
+    assert cache.load(clips[0]) is None and not cache.entry(clips[0]).exists()
 
 
 def test_build_errors_follow_on_error(tmp_path, clips):
@@ -150,9 +220,8 @@ def test_build_dataset_fills_the_cache_and_skips_it_with_jitter(tmp_path, clips)
         workers=0,
         cache_dir=str(tmp_path / "cache"),
     )
-    kwargs = dict(tokenize=_tokenize, max_frames=4, image_size=32, mean=MEAN, std=STD)
-    dataset = build_dataset(cfg, "train", **kwargs)
+    dataset = build_dataset(cfg, "train", _preprocessing())
     assert dataset.source.cache is not None
     assert len(list(dataset.source.cache.dir.glob("*.npy"))) == 4
     cfg.frame_jitter = True
-    assert build_dataset(cfg, "train", **kwargs).source.cache is None
+    assert build_dataset(cfg, "train", _preprocessing()).source.cache is None

@@ -17,6 +17,7 @@ import torch
 from vcb_utils import annotations
 from vcb_utils.config import DataConfig
 from vcb_utils.datasets import (
+    Preprocessing,
     Record,
     VideoTextDataset,
     build_dataset,
@@ -160,11 +161,11 @@ def test_msrvtt_missing_videos_are_listed_before_training(msrvtt_dir, tmp_path, 
     cfg = DataConfig(
         datatype="msrvtt", anno_path=str(msrvtt_dir), video_path=str(video_dir), workers=1
     )
-    kwargs = dict(tokenize=tokenize, max_frames=12, image_size=32, mean=MEAN, std=STD)
+    prep = Preprocessing(tokenize, 12, 32, MEAN, STD)
     with pytest.raises(FileNotFoundError, match=r"999 of 1000 videos .*\(999 file not found\)"):
-        build_dataset(cfg, "test", **kwargs)
+        build_dataset(cfg, "test", prep)
     cfg.on_error = "skip"
-    dataset = build_dataset(cfg, "test", **kwargs)
+    dataset = build_dataset(cfg, "test", prep)
     assert len(dataset) == 1 and dataset.records[0].video_id == "video7500"
     text_ids, text_mask, video, video_mask = dataset[0]
     assert video.shape == (12, 3, 32, 32) and video_mask.all()
@@ -241,9 +242,8 @@ def test_training_items_and_collate(videos, tokenize):
         Record("a", videos / "a.mp4", "a red circle moves left"),
         Record("b", videos / "b.mp4", "a clip with a window", 1.0, 2.0),
     ]
-    dataset = VideoTextDataset(
-        records, tokenize=tokenize, max_frames=8, image_size=32, mean=MEAN, std=STD, framerate=2.0
-    )
+    prep = Preprocessing(tokenize, 8, 32, MEAN, STD)
+    dataset = VideoTextDataset(records, tokenize, prep.source(2.0))
     text_ids, text_mask, video, video_mask = dataset[0]
     ids = open_clip.get_tokenizer("ViT-B-32", context_length=16)(["a red circle moves left"])[0]
     assert torch.equal(text_ids, ids) and text_ids.dtype == torch.long
@@ -260,16 +260,7 @@ def test_training_items_and_collate(videos, tokenize):
         resize_center_crop(read_frames(videos / "b.mp4", [8, 12, 16]), 32), MEAN, STD
     )
     assert torch.equal(windowed[0][:3], expected) and windowed[1].sum() == 3
-    as_uint8 = VideoTextDataset(
-        records,
-        tokenize=tokenize,
-        max_frames=8,
-        image_size=32,
-        mean=MEAN,
-        std=STD,
-        framerate=2.0,
-        uint8=True,
-    )[0][2]
+    as_uint8 = VideoTextDataset(records, tokenize, prep.source(2.0, uint8=True))[0][2]
     assert as_uint8.dtype == torch.uint8 and torch.equal(
         normalize(as_uint8[:6], MEAN, STD), video[:6]
     )
@@ -296,7 +287,7 @@ def test_eval_layout_keeps_each_video_once(videos, tokenize):
     assert captions == [r.caption for r in records]
     assert targets.tolist() == [0, 1, 0, 2, 0, 1]
     evalset = make_eval_set(
-        records, tokenize=tokenize, max_frames=4, image_size=32, mean=MEAN, std=STD, framerate=2.0
+        records, tokenize, Preprocessing(tokenize, 4, 32, MEAN, STD).source(2.0)
     )
     video, mask = next(iter(evalset.video_loader(8)))
     assert video.shape == (3, 4, 3, 32, 32) and mask.all()
@@ -321,13 +312,15 @@ def _cfg(tmp_path, videos, names, on_error, **extra) -> DataConfig:
     )
 
 
-KW = dict(max_frames=4, image_size=32, mean=MEAN, std=STD)
+def small(tokenize) -> Preprocessing:
+    """4 frames of 32 px."""
+    return Preprocessing(tokenize, 4, 32, MEAN, STD)
 
 
 def test_raise_lists_missing_and_empty_files(tmp_path, videos, tokenize):
     cfg = _cfg(tmp_path, videos, ["a", "missing", "empty", "b"], "raise")
     with pytest.raises(FileNotFoundError) as info:
-        build_dataset(cfg, "test", tokenize=tokenize, **KW)
+        build_dataset(cfg, "test", small(tokenize))
     message = str(info.value)
     assert "2 of 4 videos referenced by csv split 'test'" in message
     assert "1 empty file, 1 file not found" in message and "missing.mp4" in message
@@ -335,7 +328,7 @@ def test_raise_lists_missing_and_empty_files(tmp_path, videos, tokenize):
 
 def test_raise_on_corrupt_file_names_it_even_from_a_worker(tmp_path, videos, tokenize):
     cfg = _cfg(tmp_path, videos, ["random"], "raise")
-    dataset = build_dataset(cfg, "test", tokenize=tokenize, **KW)
+    dataset = build_dataset(cfg, "test", small(tokenize))
     with pytest.raises(VideoReadError, match="random.mp4: corrupt or truncated"):
         dataset[0]
     with pytest.raises(VideoReadError, match="random.mp4"):
@@ -346,7 +339,7 @@ def test_skip_drops_bad_videos_and_reports_them(tmp_path, videos, tokenize, capl
     names = ["a", "missing", "empty", "random", "cut", "b"]
     cfg = _cfg(tmp_path, videos, names, "skip")
     with caplog.at_level(logging.WARNING):
-        dataset = build_dataset(cfg, "test", tokenize=tokenize, **KW)
+        dataset = build_dataset(cfg, "test", small(tokenize))
     assert [r.video_id for r in dataset.records] == ["a.mp4", "cut.mp4", "b.mp4"]
     assert "3 of 6 videos referenced by csv split 'test' are unusable" in caplog.text
     for name in ("missing", "empty", "random"):
@@ -362,7 +355,7 @@ def test_skip_drops_bad_videos_and_reports_them(tmp_path, videos, tokenize, capl
 
 def test_skip_in_evaluation_masks_the_video_out(tmp_path, videos, tokenize):
     cfg = _cfg(tmp_path, videos, ["a", "cut", "b"], "skip")
-    evalset = build_eval_set(cfg, "test", tokenize=tokenize, **KW)
+    evalset = build_eval_set(cfg, "test", small(tokenize))
     assert evalset.caption_to_video.tolist() == [0, 1, 2]
     video, mask = next(iter(evalset.video_loader(3)))
     assert mask[0].all() and not mask[1].any() and mask[2].all()
@@ -374,8 +367,8 @@ def test_skip_in_evaluation_masks_the_video_out(tmp_path, videos, tokenize):
 
 def test_frame_jitter_follows_torch_seeding(tmp_path, videos, tokenize):
     cfg = _cfg(tmp_path, videos, ["a", "b"], "raise", frame_jitter=True)
-    train = build_dataset(cfg, "test", tokenize=tokenize, train=True, seed=5, **KW)
-    plain = build_dataset(cfg, "test", tokenize=tokenize, train=False, **KW)
+    train = build_dataset(cfg, "test", small(tokenize), train=True, seed=5)
+    plain = build_dataset(cfg, "test", small(tokenize), train=False)
 
     def two_epochs(workers: int) -> list[torch.Tensor]:
         torch.manual_seed(0)
@@ -404,12 +397,8 @@ def test_synthetic_datatype_reads_a_generated_folder(tmp_path, tokenize):
 
     folder = generate(tmp_path / "syn", SyntheticConfig(n_train=3, n_test=2), workers=1)
     cfg = DataConfig(datatype="synthetic", anno_path=str(folder), video_framerate=2.0, workers=0)
-    dataset = build_dataset(
-        cfg, "train", tokenize=tokenize, max_frames=8, image_size=64, mean=MEAN, std=STD
-    )
+    dataset = build_dataset(cfg, "train", Preprocessing(tokenize, 8, 64, MEAN, STD))
     assert len(dataset) == 6
-    evalset = build_eval_set(
-        cfg, "val", tokenize=tokenize, max_frames=8, image_size=64, mean=MEAN, std=STD
-    )
+    evalset = build_eval_set(cfg, "val", Preprocessing(tokenize, 8, 64, MEAN, STD))
     assert len(evalset.videos) == len(evalset.captions) == 2
-    assert annotations.DATATYPES == ("msrvtt", "csv", "jsonl", "synthetic")
+    assert {"msrvtt", "csv", "jsonl", "synthetic"} <= set(annotations.DATATYPES)

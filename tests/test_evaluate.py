@@ -10,11 +10,13 @@ import pytest
 import torch
 from helpers import launch_env, launch_two
 
-from vcb_utils.config import preset
+from vcb_utils.cli import parse_args
+from vcb_utils.config import RunOptions, preset
 from vcb_utils.datasets import read_annotations
-from vcb_utils.evaluate import _drop_failed, zero_shot, zero_shot_matrices
+from vcb_utils.encode import drop_failed
+from vcb_utils.evaluate import zero_shot, zero_shot_matrices
 from vcb_utils.model import TextEmbedding, VideoColBERT, VideoEmbedding, load_checkpoint
-from vcb_utils.train import RunOptions, parse_args, run
+from vcb_utils.train import run
 from vcb_utils.video import preprocess_frames, read_clip
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +57,7 @@ def brute_force_scores(model: VideoColBERT, data: str, max_frames: int, framerat
             sim = torch.einsum("qld,vd->qlv", text.vectors, d[0][m[0]])
             out.append(sim.amax(dim=-1).mean(dim=-1))  # query expansion: every position counts
     f, v = torch.stack(f_scores, dim=1), torch.stack(v_scores, dim=1)
-    return {"both": (f + v).numpy(), "spatial": f.numpy(), "temporal": v.numpy()}
+    return {"both": (f + v).numpy(), "F": f.numpy(), "V": v.numpy()}
 
 
 def evaluation_args(checkpoint: Path, data: str) -> list[str]:
@@ -155,7 +157,7 @@ def test_zero_shot_scores_the_plain_backbone(small_synthetic, frames):
     metrics = zero_shot(config)
     assert set(metrics["t2v"]) == set(metrics["v2t"]) == {"mean", "maxsim"}
 
-    plain = dataclasses.replace(config.model, mode="spatial", query_expansion=False)
+    plain = dataclasses.replace(config.model, mode="F", query_expansion=False)
     model = VideoColBERT(plain).eval()
     captions = ["a red circle moves left", "a blue square appears", "a green triangle"]
     mask = torch.ones(3, 8, dtype=torch.bool)
@@ -186,7 +188,7 @@ def test_videos_that_failed_to_decode_are_dropped_with_their_captions():
         torch.zeros(5, 3, dtype=torch.long),
     )
     targets = torch.tensor([0, 1, 2, 1, 0])
-    texts2, videos2, targets2 = _drop_failed(texts, videos, targets)
+    texts2, videos2, targets2 = drop_failed(texts, videos, targets)
     assert torch.equal(videos2.frames, videos.frames[[0, 2]])
     assert torch.equal(texts2.vectors, texts.vectors[[0, 2, 4]])
     assert targets2.tolist() == [0, 1, 0]
@@ -197,7 +199,7 @@ def test_run_options_defaults_are_plain():
 
 
 def test_encoders_run_in_eval_mode_and_restore_the_mode(tiny_cfg, frames):
-    from vcb_utils.evaluate import encode_videos
+    from vcb_utils.encode import encode_videos
 
     model = VideoColBERT(dataclasses.replace(tiny_cfg, temporal_dropout=0.5)).train()
     mask = torch.ones(3, 12, dtype=torch.bool)

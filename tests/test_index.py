@@ -48,22 +48,22 @@ def make_index(model: VideoColBERT, n: int = N_VIDEOS, seed: int = 0) -> VideoIn
 def stored(index: VideoIndex) -> VideoEmbedding:
     """The index's vectors as fp32, the input of brute-force scoring."""
     return VideoEmbedding(
-        index.frames.float(), index.frame_mask, index.video.float(), index.video_mask
+        index.F.float(), index.F_mask, index.V.float(), index.V_mask
     )
 
 
 def brute_force(model, index, queries, branch):
     with torch.no_grad():
         scores = model.score(model.encode_text(queries), stored(index))
-    return {"both": scores.total, "spatial": scores.frame, "temporal": scores.video}[branch]
+    return {"both": scores.total, "F": scores.F, "V": scores.V}[branch]
 
 
 def hit_scores(results, branch):
-    key = {"both": "score_total", "spatial": "score_f", "temporal": "score_v"}[branch]
+    key = {"both": "score_total", "F": "score_f", "V": "score_v"}[branch]
     return torch.tensor([[getattr(h, key) for h in r.hits] for r in results])
 
 
-@pytest.mark.parametrize("branch", ["both", "spatial", "temporal"])
+@pytest.mark.parametrize("branch", ["both", "F", "V"])
 def test_search_equals_brute_force(model, branch):
     index = make_index(model)
     results = index.search(QUERIES, k=5, branch=branch, model=model, block_videos=4)
@@ -125,11 +125,11 @@ def test_similarity_matrices_and_tokens_are_what_the_heatmap_needs(model):
         text = model.encode_text([QUERIES[0]])
     q = text.vectors[0][text.mask[0]]
     for hit in result.hits:
-        frames = index.frames[hit.row][index.frame_mask[hit.row]].float()
-        video = index.video[hit.row][index.video_mask[hit.row]].float()
+        frames = index.F[hit.row][index.F_mask[hit.row]].float()
+        video = index.V[hit.row][index.V_mask[hit.row]].float()
         torch.testing.assert_close(hit.sim_f, q @ frames.T)
         torch.testing.assert_close(hit.sim_v, q @ video.T)
-        valid_frames = int(index.frame_mask[hit.row].sum())
+        valid_frames = int(index.F_mask[hit.row].sum())
         assert hit.sim_v.shape[1] == valid_frames + model.cfg.n_visual_expansion
         score_f = float((q @ frames.T).amax(dim=1).mean())
         assert hit.score_f == pytest.approx(score_f, abs=1e-6)
@@ -162,10 +162,10 @@ def test_save_load_round_trip_gives_identical_results(model, tmp_path):
     after = loaded.search(QUERIES, k=4, model=model)
     assert loaded.ids == index.ids and loaded.paths == index.paths
     assert loaded.config == index.config and loaded.framerate == index.framerate
-    for name in ("frames", "frame_mask", "video", "video_mask"):
+    for name in ("F", "F_mask", "V", "V_mask"):
         assert torch.equal(getattr(loaded, name), getattr(index, name))
         assert getattr(loaded, name).dtype == getattr(index, name).dtype
-    assert loaded.frames.dtype == torch.float16
+    assert loaded.F.dtype == torch.float16
     for a, b in zip(before, after, strict=True):
         assert a.tokens == b.tokens
         for x, y in zip(a.hits, b.hits, strict=True):
@@ -230,7 +230,7 @@ def test_spatial_mode_index_has_no_temporal_branch():
     (result,) = index.search("a dog", k=2, model=model)
     assert result.hits[0].score_v is None and result.hits[0].sim_v is None
     assert result.hits[0].score_total == result.hits[0].score_f
-    with pytest.raises(ValueError, match="temporal"):
+    with pytest.raises(ValueError, match="branch 'V'"):
         index.search("a dog", branch="temporal", model=model)
 
 
@@ -264,8 +264,8 @@ def test_build_encodes_files_like_the_model(model, clips, tmp_path):
     )
     with torch.no_grad():
         expected = model.encode_video(video[None], mask[None])
-    torch.testing.assert_close(index.frames[1].float(), expected.frames[0], atol=2e-3, rtol=0)
-    torch.testing.assert_close(index.video[1].float(), expected.video[0], atol=2e-3, rtol=0)
+    torch.testing.assert_close(index.F[1].float(), expected.F[0], atol=2e-3, rtol=0)
+    torch.testing.assert_close(index.V[1].float(), expected.V[0], atol=2e-3, rtol=0)
     index.add(model, clips[3:], ids=["extra"])
     assert index.ids[-1] == "extra" and len(index) == 4
     loaded = VideoIndex.load(index.save(tmp_path / "idx"), model=model)

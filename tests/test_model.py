@@ -56,8 +56,8 @@ def test_padded_frames_change_nothing(tiny_cfg, frames):
     mask = torch.arange(12)[None] < 5
     alone = model.score(text, model.encode_video(clip))
     with_padding = model.score(text, model.encode_video(padded, mask))
-    torch.testing.assert_close(with_padding.frame, alone.frame, atol=1e-6, rtol=0)
-    torch.testing.assert_close(with_padding.video, alone.video, atol=1e-6, rtol=0)
+    torch.testing.assert_close(with_padding.F, alone.F, atol=1e-6, rtol=0)
+    torch.testing.assert_close(with_padding.V, alone.V, atol=1e-6, rtol=0)
 
 
 def test_score_is_meanmaxsim_of_both_branches(tiny_cfg, frames):
@@ -72,7 +72,7 @@ def test_score_is_meanmaxsim_of_both_branches(tiny_cfg, frames):
     spatial = build(tiny_cfg, mode="spatial")
     assert spatial.temporal is None and spatial.loss_v is None
     s = spatial.score(spatial.encode_text(CAPTIONS), spatial.encode_video(frames))
-    torch.testing.assert_close(s.total, s.frame)
+    torch.testing.assert_close(s.total, s.F)
 
 
 def test_mean_pooled_baseline(tiny_cfg, frames):

@@ -9,8 +9,9 @@ import pytest
 import torch
 from helpers import free_port, launch_env, launch_two
 
-from vcb_utils.config import preset
-from vcb_utils.train import RunOptions, _check_batch, parse_args, run
+from vcb_utils.cli import parse_args
+from vcb_utils.config import RunOptions, preset
+from vcb_utils.train import _check_batch, run
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "vcb_utils" / "train.py")
@@ -96,7 +97,7 @@ def test_config_file_then_flags(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("model:\n  mode: spatial\ntrain:\n  epochs: 3\n  lr: 0.01\n")
     config, _ = parse_args(["--config", str(path), "--epochs", "7"])
-    assert config.model.mode == "spatial" and config.train.lr == 0.01 and config.train.epochs == 7
+    assert config.model.mode == "F" and config.train.lr == 0.01 and config.train.epochs == 7
     config, options = parse_args(["--init_model", "ckpt"])
     assert not options.do_train and options.do_eval
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -17,6 +18,7 @@ from vcb_utils.synthetic import write_video
 from vcb_utils.video import (
     VideoReadError,
     VideoRef,
+    is_constant_rate,
     normalize,
     pad_frames,
     preprocess_frames,
@@ -24,6 +26,7 @@ from vcb_utils.video import (
     read_frames,
     resize_center_crop,
     sample_frame_indices,
+    sample_frame_times,
 )
 
 MSRVTT_CLIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "msrvtt" / "video7500.mp4"
@@ -295,3 +298,113 @@ def test_frame_sampling_load(clips):
     frames = sampling.load(VideoRef("landscape", clips["landscape"]))
     expected = resize_center_crop(read_frames(clips["landscape"], [0, 12, 24, 39]), 32)
     assert torch.equal(frames, expected)
+
+
+VFR_TIMES = [i / 30 for i in range(30)] + [1 + k / 2 for k in range(18)]
+"""Frame start times of the variable-frame-rate clip: 30 fps for 1 s, then 2 fps up to 9.5 s."""
+
+
+def _write_vfr(path: Path, offset: float) -> None:
+    """An mp4 whose frame i starts at ``offset + VFR_TIMES[i]`` and is flat grey ``10 + 5 i``."""
+    time_base = Fraction(1, 600)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = stream.codec_context.time_base = time_base
+        stream.codec_context.options = {"crf": "4", "tune": "zerolatency"}
+        for i, t in enumerate(VFR_TIMES):
+            image = np.full((32, 32, 3), 10 + 5 * i, np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = round((offset + t) * 600), time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+@pytest.fixture(scope="module")
+def vfr_clips(tmp_path_factory) -> dict[str, Path]:
+    """The clip starting at time 0, and the same clip starting at 0.5 s (first pts > 0)."""
+    root = tmp_path_factory.mktemp("vfr")
+    paths = {"zero": root / "vfr.mp4", "offset": root / "vfr_offset.mp4"}
+    _write_vfr(paths["zero"], 0.0)
+    _write_vfr(paths["offset"], 0.5)
+    return paths
+
+
+def _shown_times(frames: np.ndarray) -> list[float]:
+    """The start times of decoded VFR frames, read back from their grey level."""
+    numbers = np.rint((frames.mean(axis=(1, 2, 3)) - 10) / 5).astype(int)
+    return [VFR_TIMES[i] for i in numbers]
+
+
+@pytest.mark.parametrize("clip", ["zero", "offset"])
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+@pytest.mark.parametrize(
+    ("kwargs", "times"),
+    [
+        ({}, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]),  # 1 fps: one frame a second
+        ({"max_frames": 4}, [0.0, 3.0, 6.0, 9.0]),  # linspace(0, 9, 4) of the ten
+        ({"start": 2.2, "end": 4.9}, [2.0, 3.0, 4.0]),  # from the frame shown at 2.2 s
+        ({"framerate": 1.5, "start": 1.0, "end": 3.0}, [1.0, 1.5, 2.0, 3.0]),  # 1, 1.67, 2.33, 3
+        ({"framerate": 4.0, "start": 0.25, "end": 0.9}, [7 / 30, 14 / 30, 22 / 30]),
+        ({"framerate": 4.0, "start": 8.0}, [8.0, 8.5, 9.0, 9.5]),  # each 2 fps frame once
+    ],
+)
+def test_variable_frame_rate_clips_are_sampled_by_time(vfr_clips, clip, backend, kwargs, times):
+    got = read_clip(vfr_clips[clip], backend=backend, **kwargs)
+    assert _shown_times(got.frames) == pytest.approx(times)
+    assert got.indices == [VFR_TIMES.index(t) for t in _shown_times(got.frames)]
+
+
+def test_variable_frame_rate_backends_agree(vfr_clips):
+    a = read_clip(vfr_clips["zero"], framerate=2.0, max_frames=64, size=16, backend="decord")
+    b = read_clip(vfr_clips["zero"], framerate=2.0, max_frames=64, size=16, backend="pyav")
+    assert a.indices == b.indices == [0, 15, *range(30, 48)]  # 0.5 s apart from 0 to 9.5 s
+    np.testing.assert_array_equal(a.frames, b.frames)
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_constant_frame_rate_clips_keep_the_reference_indices(clips, backend):
+    for framerate, most, start, end in itertools.product(
+        [1.0, 7.0, 30.0], [4, 64], [None, 0.3], [None, 0.9]
+    ):
+        got = read_clip(clips["landscape"], framerate=framerate, max_frames=most, start=start,
+                        end=end, size=8, backend=backend)
+        assert got.indices == sample_frame_indices(40, 30.0, framerate, most, start, end)
+
+
+def test_time_sampling_equals_index_sampling_on_whole_strides():
+    """On a constant-rate clip whose fps is a multiple of the framerate, the two rules agree."""
+    times = np.arange(300) / 30.0
+    for rate, most, start, end in itertools.product(
+        [1.0, 2.0, 5.0, 30.0], [4, 12, 400], [None, 0.0, 0.51, 3.0], [None, 2.7, 9.99, 100.0]
+    ):
+        expected = sample_frame_indices(300, 30.0, rate, most, start, end)
+        assert sample_frame_times(times, rate, most, start, end) == expected
+
+
+def test_time_sampling_jitter_stays_in_segments():
+    assert sample_frame_times(VFR_TIMES, 1.0, 12, end=2.0) == [0, 30, 32]
+    draws = {
+        tuple(sample_frame_times(VFR_TIMES, 1.0, 12, end=2.0, jitter=True, rng=rng))
+        for rng in map(np.random.default_rng, range(30))
+    }
+    assert all(0 <= a < 30 and 30 <= b < 32 and c == 32 for a, b, c in draws)
+    assert len(draws) > 10
+    with pytest.raises(ValueError):
+        sample_frame_times(VFR_TIMES, framerate=0.0)
+
+
+def test_constant_rate_detection():
+    times = np.arange(100) / 25.0 + 0.7
+    assert is_constant_rate(times, 25.0)
+    assert is_constant_rate(times + np.resize([0.0, 0.015, -0.015], 100), 25.0)  # pts jitter
+    assert not is_constant_rate(np.delete(times, 10), 25.0)  # a dropped frame
+    assert not is_constant_rate(VFR_TIMES, 48 / 9.5)
+
+
+@pytest.mark.parametrize("times", [None, np.zeros(48), np.arange(48.0)[::-1]])
+def test_unusable_timestamps_fall_back_to_index_sampling(vfr_clips, monkeypatch, times):
+    monkeypatch.setattr(video._DecordFile, "timestamps", lambda self: times)
+    got = read_clip(vfr_clips["zero"], backend="decord")
+    assert got.indices == sample_frame_indices(48, got.info.fps)

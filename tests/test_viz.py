@@ -47,7 +47,7 @@ def random_index(model: VideoColBERT, n: int = 9) -> VideoIndex:
     lengths = 1 + torch.arange(n) % frames_n
     frame_mask = torch.arange(frames_n)[None] < lengths[:, None]
     video_mask = F.pad(frame_mask, (0, extra), value=True)
-    if model.cfg.mode == "spatial":
+    if model.cfg.mode == "F":
         video = video_mask = None
     embedding = VideoEmbedding(frames, frame_mask, video, video_mask)
     return VideoIndex(model.cfg, embedding, [f"video{i}" for i in range(n)])
@@ -86,20 +86,20 @@ def frames_of(result: QueryResult, rank: int) -> np.ndarray:
 
 def test_panels_hold_the_hit_matrices_and_add_up_to_its_scores(result, model):
     for rank, hit in enumerate(result.hits, start=1):
-        spatial, temporal = heatmap_panels(result, rank)
-        np.testing.assert_array_equal(spatial.matrix, hit.sim_f.numpy())
-        np.testing.assert_array_equal(temporal.matrix, hit.sim_v.numpy())
-        assert temporal.matrix.shape[1] == spatial.matrix.shape[1] + model.cfg.n_visual_expansion
-        assert spatial.contribution.sum() == pytest.approx(hit.score_f, abs=1e-5)
-        assert temporal.contribution.sum() == pytest.approx(hit.score_v, abs=1e-5)
-        assert (spatial.score, spatial.hidden) == (pytest.approx(hit.score_f, abs=1e-5), 0.0)
+        panel_f, panel_v = heatmap_panels(result, rank)
+        np.testing.assert_array_equal(panel_f.matrix, hit.sim_f.numpy())
+        np.testing.assert_array_equal(panel_v.matrix, hit.sim_v.numpy())
+        assert panel_v.matrix.shape[1] == panel_f.matrix.shape[1] + model.cfg.n_visual_expansion
+        assert panel_f.contribution.sum() == pytest.approx(hit.score_f, abs=1e-5)
+        assert panel_v.contribution.sum() == pytest.approx(hit.score_v, abs=1e-5)
+        assert (panel_f.score, panel_f.hidden) == (pytest.approx(hit.score_f, abs=1e-5), 0.0)
 
 
-@pytest.mark.parametrize("branch", ["spatial", "temporal"])
+@pytest.mark.parametrize("branch", ["F", "V"])
 @pytest.mark.parametrize("rank", [1, 3])
 def test_marked_cells_are_the_argmax_of_each_token_row(result, branch, rank):
     hit = result.hits[rank - 1]
-    sim = (hit.sim_f if branch == "spatial" else hit.sim_v).numpy()
+    sim = (hit.sim_f if branch == "F" else hit.sim_v).numpy()
     ax = heatmap_axes(maxsim_heatmap(result, rank, frames_of(result, rank)))[branch]
     assert marked_cells(ax) == [(row, int(sim[row].argmax())) for row in range(len(sim))]
     np.testing.assert_array_equal(ax.images[0].get_array(), sim)
@@ -120,11 +120,11 @@ def test_hidden_expansion_rows_leave_the_words_and_say_what_they_carried(result)
     fig = maxsim_heatmap(result, 1, show_expansion=False)
     for branch, ax in heatmap_axes(fig).items():
         assert [label.get_text() for label in ax.get_yticklabels()] == WORDS
-        sim = (hit.sim_f if branch == "spatial" else hit.sim_v).numpy()[: len(WORDS)]
+        sim = (hit.sim_f if branch == "F" else hit.sim_v).numpy()[: len(WORDS)]
         assert marked_cells(ax) == [(row, int(sim[row].argmax())) for row in range(len(sim))]
         assert "from hidden pad rows" in ax.get_title()
-    spatial = heatmap_panels(result, 1, show_expansion=False)[0]
-    assert spatial.contribution.sum() + spatial.hidden == pytest.approx(hit.score_f, abs=1e-5)
+    panel_f = heatmap_panels(result, 1, show_expansion=False)[0]
+    assert panel_f.contribution.sum() + panel_f.hidden == pytest.approx(hit.score_f, abs=1e-5)
 
 
 def test_title_has_both_scores_and_their_sum(result):
@@ -141,7 +141,7 @@ def test_thumbnails_sit_over_the_frame_columns(result):
     strip = next(ax for ax in fig.axes if ax.get_title().startswith("sampled frames"))
     assert len(strip.images) == len(frames)
     assert [t.get_text() for t in strip.texts] == ["e1", "e2"]
-    assert strip.get_xlim() == heatmap_axes(fig)["temporal"].get_xlim()
+    assert strip.get_xlim() == heatmap_axes(fig)["V"].get_xlim()
     with pytest.raises(ValueError, match=f"{len(frames) + 1} frames given.*{result.hits[0].id}"):
         maxsim_heatmap(result, 1, fake_frames(len(frames) + 1))
 
@@ -150,7 +150,7 @@ def test_spatial_only_model_draws_one_panel():
     spatial = make_model(mode="spatial")
     result = random_index(spatial).search(QUERY, k=2, model=spatial)[0]
     fig = maxsim_heatmap(result, 1, frames_of(result, 1))
-    assert list(heatmap_axes(fig)) == ["spatial"]
+    assert list(heatmap_axes(fig)) == ["F"]
     assert "MMS_V" not in fig.get_suptitle()
 
 

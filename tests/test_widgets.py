@@ -20,7 +20,7 @@ from test_viz import PNG_SIGNATURE, QUERY, make_model, write_clips
 from vcb_utils.index import VideoIndex
 from vcb_utils.model import VideoColBERT, VideoEmbedding
 from vcb_utils.viz import index_frames
-from vcb_utils.widgets import QueryExplorer, caption_vocabulary, query_problem, render
+from vcb_utils.widgets import QueryExplorer, caption_vocabulary, query_problem, render_result
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "05_interactive_maxsim_explorer.ipynb"
@@ -29,8 +29,8 @@ WIDGET_CHECK = """
 explorer.query.value = "a red circle moves left"
 assert explorer.error is None and len(explorer.result.hits) == explorer.k.value
 explorer.k.value = 3
-explorer.branch.value = "temporal"
-assert len(explorer.result.hits) == 3 and explorer.result.branch == "temporal"
+explorer.branch.value = "V"
+assert len(explorer.result.hits) == 3 and explorer.result.branch == "V"
 assert bytes(explorer.heatmap_image.value).startswith(b"\\x89PNG")
 print("widget ok", {name: round(seconds, 3) for name, seconds in explorer.timings.items()})
 """
@@ -86,7 +86,7 @@ def test_changing_k_or_the_branch_searches_again(explorer):
     explorer.query.value = QUERY
     explorer.k.value = 5
     assert len(explorer.result.hits) == 5 and table_rows(explorer) == 5
-    for branch, score in (("spatial", "score_f"), ("temporal", "score_v"), ("both", "score_total")):
+    for branch, score in (("F", "score_f"), ("V", "score_v"), ("both", "score_total")):
         explorer.branch.value = branch
         scores = [getattr(hit, score) for hit in explorer.result.hits]
         assert explorer.result.branch == branch
@@ -95,7 +95,7 @@ def test_changing_k_or_the_branch_searches_again(explorer):
 
 def test_settings_without_a_query_do_not_search(explorer):
     explorer.k.value = 2
-    explorer.branch.value = "spatial"
+    explorer.branch.value = "F"
     assert explorer.result is None and explorer.error is None
 
 
@@ -106,7 +106,7 @@ def test_picking_a_result_draws_its_heatmap(explorer, index):
     assert explorer.heatmap_image.value != first
     assert '<tr style="font-weight:bold"><td>#2</td>' in explorer.table.value
     frames = {hit.id: index_frames(index, hit) for hit in explorer.result.hits}
-    assert explorer.heatmap_image.value == render(explorer.result, 2, frames).heatmap_png
+    assert explorer.heatmap_image.value == render_result(explorer.result, 2, frames).heatmap_png
 
 
 def test_hiding_the_pad_rows_shrinks_the_heatmap(explorer):

@@ -1,8 +1,20 @@
-"""Annotation readers: one record per caption, from each dataset's own files.
+"""Annotation readers: one record per query, from each dataset's own files.
 
-``read_annotations(datatype, anno_path, split, video_path)`` is the one entry point; a missing
-or malformed file raises an error that names it. ``check_videos`` finds missing, empty or
-corrupt videos before any work starts.
+``read_annotations(datatype, anno_path, split, video_path)`` is the one entry point:
+
+- ``msrvtt`` (CLIP4Clip's layout), ``csv`` / ``jsonl`` (your own clips), ``synthetic``;
+- ``msvd`` and ``vatex``: every caption of every video of the split is a query (duplicates
+  kept), over the whole clip;
+- ``didemo`` and ``activitynet``: paragraph-to-video, one query per video, all its sentences
+  joined in file order, over the whole video (``start = end = None``).
+
+The benchmark layouts and protocols are those of CLIP4Clip and its successors (``data/README.md``).
+Their videos are found through one index per video folder (file name, and file name without
+extension -> file, so any extension resolves); a video that is not there keeps the path it most
+likely has, so ``check_videos`` reports it by name. A missing annotation file raises
+``FileNotFoundError`` naming it and the files the split needs; a malformed one raises
+``ValueError`` naming the file, and for the benchmarks up to ``MAX_PROBLEMS`` of its problems
+at once. ``check_videos`` finds missing, empty or corrupt videos before any work starts.
 """
 
 from __future__ import annotations
@@ -11,8 +23,10 @@ import csv
 import json
 import logging
 import os
+import pickle
+import typing
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +34,13 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from vcb_utils import synthetic
+from vcb_utils.config import Datatype
 from vcb_utils.video import VideoReadError, VideoRef, probe
 
 logger = logging.getLogger(__name__)
 
-DATATYPES = ("msrvtt", "csv", "jsonl", "synthetic")
+DATATYPES: tuple[str, ...] = typing.get_args(Datatype)
+"""Every ``datatype`` that ``read_annotations`` reads (declared once, in ``config.Datatype``)."""
 MSRVTT_DATA = "MSRVTT_data.json"
 MSRVTT_SPLITS = {
     "train": "MSRVTT_train.9k.csv",
@@ -34,6 +50,27 @@ MSRVTT_SPLITS = {
     "val": "MSRVTT_JSFUSION_test.csv",
 }
 """MSR-VTT has no separate validation set: ``val`` is the 1k-A test split, as in the reference."""
+MSVD_SPLITS = {"train": "train_list.txt", "val": "val_list.txt", "test": "test_list.txt"}
+MSVD_CAPTIONS = ("raw-captions.pkl", "captions_msvd.json")
+"""CLIP4Clip's pickle of token lists, else X-Pool's JSON of sentences: the first one present."""
+VATEX_SPLITS = {"train": "train_list.txt", "val": "test_list.txt", "test": "test_list.txt"}
+"""The HGR split; ``val`` is the test list, as in TS2-Net."""
+VATEX_CAPTIONS = ("ref_captions.json", "vatex_data.json")
+"""``{id: [caption, ...]}`` (TS2-Net), else ``{id: {"enCap": [...], "chCap": [...]}}`` (English)."""
+DIDEMO_SPLITS = {"train": "train_data.json", "val": "val_data.json", "test": "test_data.json"}
+"""LocalizingMoments' files; an optional ``<split>_list.txt`` beside one keeps only its videos."""
+ACTIVITYNET_SPLITS = {
+    "train": ("train.json", "train_ids.json"),
+    "val": ("val_1.json", "val_ids.json"),
+    "test": ("val_1.json", "val_ids.json"),
+}
+"""(captions, optional id list) per split; there is no test split, so ``val`` and ``test`` are
+``val_1`` as in CLIP4Clip, and ``val_2.json`` is never read."""
+MAX_PROBLEMS = 10
+"""How many problems of one annotation file an error lists."""
+NOT_VIDEOS = frozenset({".csv", ".json", ".jsonl", ".md", ".part", ".pickle", ".pkl", ".tmp",
+                        ".txt", ".ytdl"})
+"""Extensions the video index skips (annotations beside the videos, partial downloads)."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +97,7 @@ def read_annotations(
     split: str,
     video_path: str | os.PathLike | None = None,
 ) -> list[Record]:
-    """One record per caption of ``split``.
+    """One record per query of ``split`` (a caption, or a paragraph for DiDeMo and ActivityNet).
 
     - ``msrvtt``: ``anno_path`` is the folder with ``MSRVTT_data.json``, ``MSRVTT_train.9k.csv``
       (``MSRVTT_train.7k.csv`` for ``train7k``) and ``MSRVTT_JSFUSION_test.csv``; ``video_path``
@@ -69,6 +106,10 @@ def read_annotations(
     - ``csv`` / ``jsonl``: ``anno_path`` is the file, with ``video`` (relative to ``video_path``,
       default the file's folder), ``caption`` and optional ``start``, ``end``, ``split``.
     - ``synthetic``: a generated folder (created on first use; default under ``data/synthetic``).
+    - ``msvd``, ``vatex``, ``didemo``, ``activitynet``: ``anno_path`` is the benchmark's annotation
+      folder (``MSVD_SPLITS`` ... ``ACTIVITYNET_SPLITS`` name its files), ``video_path`` the folder
+      of its videos, any extension (default: ``anno_path``). MSVD and VATEX give one record per
+      caption, DiDeMo and ActivityNet one per video (the paragraph); all cover whole videos.
     """
     if datatype == "msrvtt":
         return _read_msrvtt(_required(anno_path, datatype), split, video_path)
@@ -77,6 +118,11 @@ def read_annotations(
         return _read_own(path, datatype, split, Path(video_path) if video_path else path.parent)
     if datatype == "synthetic":
         return _read_synthetic(anno_path, split, video_path)
+    if datatype in _BENCHMARKS:
+        anno_dir = _required(anno_path, datatype)
+        if not anno_dir.is_dir():
+            raise NotADirectoryError(f"{anno_dir}: {datatype} anno_path must be a folder")
+        return _BENCHMARKS[datatype](anno_dir, split, Path(video_path) if video_path else anno_dir)
     raise ValueError(f"unknown datatype {datatype!r}; choose one of {DATATYPES}")
 
 
@@ -226,6 +272,357 @@ def _read_synthetic(
     return _read_own(
         folder / "annotations.jsonl", "jsonl", split, Path(video_path) if video_path else folder
     )
+
+
+# ---------------------------------------------------------------- the four benchmarks
+
+
+def _read_msvd(anno_dir: Path, split: str, video_dir: Path) -> list[Record]:
+    """Every caption of every video of the split list; videos ``<id>.<ext>`` (ids may start
+    with ``-``)."""
+    list_file = anno_dir / _split_file(MSVD_SPLITS, "msvd", split)
+    caption_file = _need(anno_dir, "msvd", split, [list_file.name], MSVD_CAPTIONS)
+    if caption_file.suffix == ".pkl":
+        captions = _msvd_pickle_captions(caption_file)
+    else:
+        captions = _json_captions(caption_file)
+    return _caption_records(list_file, caption_file, captions, video_dir, ".avi")
+
+
+def _read_vatex(anno_dir: Path, split: str, video_dir: Path) -> list[Record]:
+    """Every English caption of every video of the split list; videos ``<videoID>.<ext>``."""
+    list_file = anno_dir / _split_file(VATEX_SPLITS, "vatex", split)
+    caption_file = _need(anno_dir, "vatex", split, [list_file.name], VATEX_CAPTIONS)
+    captions = _json_captions(caption_file)
+    return _caption_records(list_file, caption_file, captions, video_dir, ".mp4")
+
+
+def _read_didemo(anno_dir: Path, split: str, video_dir: Path) -> list[Record]:
+    """One paragraph per video, of the split list's videos when ``<split>_list.txt`` exists.
+
+    Videos: ``<video>`` as downloaded (``x.mov``), ``<video>.<ext>`` (``x.mov.mp4``) or
+    ``<stem>.<ext>`` (``x.mp4``). The whole file, not CLIP4Clip's ``0..31`` s: the same frames
+    for the usual video of at most 31 s, and the paragraph describes the whole video.
+    """
+    data_file = anno_dir / _split_file(DIDEMO_SPLITS, "didemo", split)
+    _need(anno_dir, "didemo", split, [data_file.name])
+    paragraphs = _didemo_paragraphs(data_file)
+    ids = _split_ids(anno_dir / f"{split}_list.txt", _read_list, paragraphs, data_file)
+    videos = _VideoFolder(video_dir)
+    return [
+        Record(video, videos.find([video, os.path.splitext(video)[0]], video), paragraphs[video])
+        for video in ids
+    ]
+
+
+def _read_activitynet(anno_dir: Path, split: str, video_dir: Path) -> list[Record]:
+    """One paragraph per video, of the videos of ``train_ids.json`` / ``val_ids.json`` if present.
+
+    Videos: ``v_<id>.<ext>`` (official crawler) or ``<id>.<ext>`` (CLIP4Clip). The whole file, as
+    CLIP4Clip's ``0..ceil(duration)``.
+    """
+    data_name, ids_name = _split_file(ACTIVITYNET_SPLITS, "activitynet", split)
+    data_file = anno_dir / data_name
+    _need(anno_dir, "activitynet", split, [data_name])
+    paragraphs = _activitynet_paragraphs(data_file)
+    ids = _split_ids(anno_dir / ids_name, _json_ids, paragraphs, data_file)
+    videos = _VideoFolder(video_dir)
+    return [Record(v, videos.find(_activitynet_names(v), f"{v}.mp4"), paragraphs[v]) for v in ids]
+
+
+def _activitynet_names(video_id: str) -> list[str]:
+    """``v_<id>``, then ``<id>``: the prefix cut by position, since ids may start with ``v`` or
+    ``_`` (``v__jxpaVW4_cE``), which ``lstrip("v_")`` would eat."""
+    return [video_id, video_id[2:]] if video_id.startswith("v_") else [video_id]
+
+
+_BENCHMARKS: dict[str, Callable[[Path, str, Path], list[Record]]] = {
+    "msvd": _read_msvd,
+    "vatex": _read_vatex,
+    "didemo": _read_didemo,
+    "activitynet": _read_activitynet,
+}
+
+
+# ---------------------------------------------------------------- benchmark file helpers
+
+
+def _split_file(table: dict, datatype: str, split: str):
+    """The file(s) that ``table`` names for ``split``."""
+    if split not in table:
+        raise ValueError(f"unknown {datatype} split {split!r}; choose one of {sorted(table)}")
+    return table[split]
+
+
+def _need(
+    anno_dir: Path, datatype: str, split: str, needed: Sequence[str], one_of: Sequence[str] = ()
+) -> Path | None:
+    """Check that the split's files exist; the first of ``one_of`` present (if any is asked)."""
+    missing = [name for name in needed if not (anno_dir / name).is_file()]
+    found = next((anno_dir / name for name in one_of if (anno_dir / name).is_file()), None)
+    alternatives = [" or ".join(one_of)] if one_of else []
+    if one_of and found is None:
+        missing += alternatives
+    if missing:
+        raise FileNotFoundError(
+            f"{anno_dir}: missing {datatype} file(s) {'; '.join(missing)} for split {split!r} "
+            f"(it needs {'; '.join([*needed, *alternatives])}; see data/README.md)"
+        )
+    return found
+
+
+class _Problems:
+    """The problems found in one file, raised together as one ``ValueError``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.found: list[str] = []
+
+    def add(self, where: str, what: str) -> None:
+        self.found.append(f"{where}: {what}")
+
+    def raise_any(self) -> None:
+        if self.found:
+            raise ValueError(f"{self.path}: {len(self.found)} problem(s): {_first(self.found)}")
+
+
+def _first(items: Sequence[str], sep: str = "; ") -> str:
+    more = len(items) - MAX_PROBLEMS
+    return sep.join(items[:MAX_PROBLEMS]) + (f"{sep}and {more} more" if more > 0 else "")
+
+
+def _read_text(path: Path) -> str:
+    """A UTF-8 file's text, without its byte-order mark if it has one."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text ({err.reason})") from err
+
+
+def _load_json(path: Path) -> object:
+    try:
+        return json.loads(_read_text(path))
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path}:{err.lineno}: invalid JSON ({err.msg} at column {err.colno})"
+        ) from err
+
+
+def _read_list(path: Path) -> list[str]:
+    """A split list: one id a line, in order; blank lines and repeats dropped."""
+    ids = [line.strip() for line in _read_text(path).splitlines() if line.strip()]
+    if not ids:
+        raise ValueError(f"{path}: the split list is empty")
+    return _unique(ids, path)
+
+
+def _json_ids(path: Path) -> list[str]:
+    """A JSON list of ids (ActivityNet's ``train_ids.json``), in order."""
+    ids = _load_json(path)
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        raise ValueError(f'{path}: expected a non-empty JSON list of ids like "v_<youtube id>"')
+    return _unique(ids, path)
+
+
+def _unique(ids: list[str], path: Path) -> list[str]:
+    unique = list(dict.fromkeys(ids))
+    if len(unique) < len(ids):
+        logger.warning("%s: %d repeated id(s) read once", path, len(ids) - len(unique))
+    return unique
+
+
+def _split_ids(
+    list_file: Path, read: Callable[[Path], list[str]], known: dict, data_file: Path
+) -> list[str]:
+    """The ids of ``list_file`` if it exists (each must be in ``known``), else all of ``known``."""
+    if not list_file.is_file():
+        return list(known)
+    ids = read(list_file)
+    missing = [video for video in ids if video not in known]
+    if missing:
+        raise ValueError(
+            f"{list_file}: {len(missing)} of its {len(ids)} videos have no captions in "
+            f"{data_file.name}: {_first(missing, ', ')}"
+        )
+    return ids
+
+
+# ---------------------------------------------------------------- benchmark captions
+
+
+def _caption_records(
+    list_file: Path, caption_file: Path, captions: dict[str, list[str]], video_dir: Path, ext: str
+) -> list[Record]:
+    """One record per caption of each video of ``list_file``, in list order."""
+    videos = _VideoFolder(video_dir)
+    records = []
+    for video_id in _split_ids(list_file, _read_list, captions, caption_file):
+        path = videos.find([video_id], f"{video_id}{ext}")
+        records += [Record(video_id, path, text) for text in captions[video_id]]
+    return records
+
+
+def _json_captions(path: Path) -> dict[str, list[str]]:
+    """``{id: [caption, ...]}``, or VATEX's ``{id: {"enCap": [...], "chCap": [...]}}`` read in
+    English (``enCap``) only."""
+    data = _load_json(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object {{video id: [caption, ...]}}")
+    problems = _Problems(path)
+    captions = {}
+    for video_id, value in data.items():
+        if isinstance(value, dict):
+            value = value.get("enCap")
+        if not isinstance(value, list) or not all(isinstance(text, str) for text in value):
+            problems.add(repr(video_id), "expected a list of caption strings (or an 'enCap' one)")
+            continue
+        captions[video_id] = _clean_captions(value, problems, video_id)
+    problems.raise_any()
+    return captions
+
+
+def _msvd_pickle_captions(path: Path) -> dict[str, list[str]]:
+    """CLIP4Clip's ``raw-captions.pkl``: ``{id: [[token, ...], ...]}``, tokens joined by spaces."""
+    data = _load_plain_pickle(path)
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{path}: expected a pickled dict {{video id: [[token, ...], ...]}}, "
+            f"not {type(data).__name__}"
+        )
+    problems = _Problems(path)
+    captions = {}
+    for video_id, value in data.items():
+        if not isinstance(video_id, str):
+            problems.add(repr(video_id), "the video id is not a string")
+        elif not isinstance(value, list) or not all(
+            isinstance(tokens, list) and all(isinstance(t, str) for t in tokens) for tokens in value
+        ):
+            problems.add(repr(video_id), "expected a list of token lists [[token, ...], ...]")
+        else:
+            captions[video_id] = _clean_captions([" ".join(t) for t in value], problems, video_id)
+    problems.raise_any()
+    return captions
+
+
+def _clean_captions(texts: list[str], problems: _Problems, video_id: str) -> list[str]:
+    if not texts:
+        problems.add(repr(video_id), "no captions")
+    for i, text in enumerate(texts):
+        if not text.strip():
+            problems.add(f"{video_id!r} caption {i}", "empty caption")
+    return [text.strip() for text in texts]
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Builds plain data only (dicts, lists, strings, numbers): every reference to a class or a
+    function is refused, so loading cannot run code."""
+
+    def find_class(self, module: str, name: str):
+        raise _RefusedGlobal(f"{module}.{name}")
+
+
+def _load_plain_pickle(path: Path) -> object:
+    try:
+        with open(path, "rb") as handle:
+            return _PlainDataUnpickler(handle).load()
+    except _RefusedGlobal as err:
+        raise ValueError(
+            f"{path}: refuses to load: it references {err}; MSVD captions are plain dicts of "
+            "lists of strings, so no class or function may appear in the pickle"
+        ) from None
+    except Exception as err:  # a truncated or garbled pickle fails in many ways
+        raise ValueError(f"{path}: not a readable pickle ({type(err).__name__}: {err})") from err
+
+
+def _didemo_paragraphs(path: Path) -> dict[str, str]:
+    """``[{video, description, ...}, ...]`` -> video -> its descriptions joined in file order."""
+    data = _load_json(path)
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of {{video, description, times}} entries")
+    problems = _Problems(path)
+    sentences: dict[str, list[str]] = defaultdict(list)
+    for i, entry in enumerate(data):
+        video = entry.get("video") if isinstance(entry, dict) else None
+        if not isinstance(video, str) or not video.strip():
+            problems.add(f"entry {i}", "no 'video' name")
+        elif not isinstance(entry.get("description"), str):
+            problems.add(f"entry {i} ({video})", "no 'description' string")
+        else:
+            sentences[video].append(entry["description"])
+    return _paragraphs(sentences, problems)
+
+
+def _activitynet_paragraphs(path: Path) -> dict[str, str]:
+    """``{"v_<id>": {duration, timestamps, sentences}}`` -> id -> its sentences joined in order."""
+    data = _load_json(path)
+    if not isinstance(data, dict):
+        raise ValueError(f'{path}: expected a JSON object {{"v_<id>": {{"sentences": [...]}}}}')
+    problems = _Problems(path)
+    sentences = {}
+    for video_id, entry in data.items():
+        texts = entry.get("sentences") if isinstance(entry, dict) else None
+        if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
+            problems.add(repr(video_id), "no 'sentences' list of strings")
+        else:
+            sentences[video_id] = texts
+    return _paragraphs(sentences, problems)
+
+
+def _paragraphs(sentences: dict[str, list[str]], problems: _Problems) -> dict[str, str]:
+    """Each video's sentences, stripped and joined by a space; a blank one is left out (and
+    counted in a warning), a video with no sentence left is a problem."""
+    paragraphs, blank = {}, 0
+    for video_id, texts in sentences.items():
+        kept = [text.strip() for text in texts if text.strip()]
+        blank += len(texts) - len(kept)
+        if kept:
+            paragraphs[video_id] = " ".join(kept)
+        else:
+            problems.add(repr(video_id), "no non-empty sentence")
+    problems.raise_any()
+    if blank:
+        logger.warning("%s: %d empty sentence(s) left out of paragraphs", problems.path, blank)
+    return paragraphs
+
+
+# ---------------------------------------------------------------- finding benchmark videos
+
+
+class _VideoFolder:
+    """The files of one video folder, listed once: file name, and file name without extension,
+    -> path, so every extension resolves (``.mp4`` first when one name comes in several).
+
+    Hidden files and ``NOT_VIDEOS`` (annotations, partial downloads) are left out.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        try:
+            with os.scandir(folder) as entries:
+                names = [entry.name for entry in entries if entry.is_file()]
+        except (FileNotFoundError, NotADirectoryError):
+            logger.warning("video folder %s not found: every video of the split is missing", folder)
+            names = []
+        names = [
+            name
+            for name in names
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() not in NOT_VIDEOS
+        ]
+        stems: dict[str, Path] = {}
+        for name in sorted(names, key=lambda name: (not name.lower().endswith(".mp4"), name)):
+            stems.setdefault(os.path.splitext(name)[0], folder / name)
+        self.index = {**stems, **{name: folder / name for name in names}}
+
+    def find(self, names: Sequence[str], expected: str) -> Path:
+        """The file of the first of ``names`` (with or without extension) in the folder, else
+        ``folder / expected``, the path it most likely has (for ``check_videos`` to report)."""
+        return next((self.index[n] for n in names if n in self.index), self.folder / expected)
 
 
 # ---------------------------------------------------------------- checking videos

@@ -6,7 +6,9 @@ is what makes the cache an order of magnitude faster than decoding; one file per
 writes atomic (temporary file + rename), so parallel workers need no coordination and an
 interrupted build resumes where it stopped. Entries are keyed by the video's path, window,
 size and modification time, so a replaced video is decoded again; changing the sampling
-settings selects another folder, so stale frames are never read.
+settings selects another folder, so stale frames are never read. A damaged entry (unreadable, or
+not uint8 ``[1..max_frames, 3, S, S]``) is logged, deleted and decoded again, never returned;
+entries are never unpickled.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import logging
 import os
 import time
+import tokenize
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +33,14 @@ from vcb_utils.video import FrameSampling, VideoReadError, VideoRef
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
-"""Bump when the decoding or preprocessing changes, so that old entries are not read."""
+CACHE_VERSION = 2
+"""Bump when the decoding or preprocessing changes, so that old entries are not read.
+
+2: variable-frame-rate clips are sampled by timestamps.
+"""
 STALE_TMP_SECONDS = 3600
+_DAMAGED = (OSError, EOFError, ValueError, SyntaxError, tokenize.TokenError)
+"""What ``np.load`` raises on a damaged file (and ``FrameCache._check`` on a wrong array)."""
 
 
 @dataclass
@@ -70,21 +78,46 @@ class FrameCache:
                           stat.st_size, stat.st_mtime_ns])
         return self.dir / f"{hashlib.sha1(raw.encode()).hexdigest()}.npy"
 
-    def load(self, video: VideoRef) -> torch.Tensor | None:
-        """The cached frames (uint8 ``[t, 3, S, S]``), or None when not cached."""
+    def load(self, video: VideoRef, *, backend: str | None = None) -> torch.Tensor | None:
+        """The cached frames (uint8 ``[t, 3, S, S]``), or None when not cached.
+
+        A damaged entry is logged, deleted and rebuilt from the video; None when the video
+        cannot be decoded (the caller's own decoding then says why).
+        """
         path = self.entry(video)
         if path is None or not path.is_file():
             return None
         try:
-            frames = np.load(path)
-        except (OSError, ValueError) as err:
-            logger.warning("ignoring unreadable cache entry %s for %s: %s", path, video.path, err)
+            return torch.from_numpy(np.array(self._check(path)))
+        except _DAMAGED as err:
+            self._discard(path, video, err)
+        try:
+            frames = self.sampling.load(video, backend=backend)
+        except VideoReadError:
             return None
-        size = self.sampling.image_size
-        if frames.ndim != 4 or frames.shape[1:] != (3, size, size) or frames.dtype != np.uint8:
-            logger.warning("ignoring cache entry %s with shape %s", path, frames.shape)
-            return None
-        return torch.from_numpy(frames)
+        self.store(video, frames)
+        return frames
+
+    def _check(self, path: Path) -> np.ndarray:
+        """An entry's frames, memory-mapped (not read yet), once its header and size are sound.
+
+        Raises one of ``_DAMAGED`` when the file is unreadable, truncated, pickled, or not uint8
+        ``[t, 3, S, S]`` with ``1 <= t <= max_frames``.
+        """
+        frames = np.load(path, mmap_mode="r", allow_pickle=False)
+        if not isinstance(frames, np.ndarray):
+            raise ValueError("not a .npy file")
+        size, most = self.sampling.image_size, self.sampling.max_frames
+        shape_ok = frames.ndim == 4 and frames.shape[1:] == (3, size, size)
+        if frames.dtype != np.uint8 or not (shape_ok and 1 <= len(frames) <= most):
+            raise ValueError(f"{frames.dtype} {list(frames.shape)}, not uint8 "
+                             f"[1..{most}, 3, {size}, {size}]")
+        return frames
+
+    def _discard(self, path: Path, video: VideoRef, err: Exception) -> None:
+        logger.warning("frame cache: deleting damaged entry %s of %s (%s: %s); decoding it again",
+                       path, video.path, type(err).__name__, err)
+        path.unlink(missing_ok=True)
 
     def store(self, video: VideoRef, frames: torch.Tensor) -> None:
         """Write an entry atomically (a temporary file renamed into place)."""
@@ -133,8 +166,16 @@ class FrameCache:
         return report
 
     def _cached(self, video: VideoRef) -> bool:
+        """Whether a sound entry exists (header and size checked, frames not read)."""
         path = self.entry(video)
-        return path is not None and path.is_file()
+        if path is None or not path.is_file():
+            return False
+        try:
+            self._check(path)
+        except _DAMAGED as err:
+            self._discard(path, video, err)
+            return False
+        return True
 
     def _remove_stale_tmp(self) -> None:
         """Temporary files of builds that were killed (older than an hour)."""

@@ -1,53 +1,166 @@
 """One configuration object for model, data and training, plus named presets.
 
-A config is plain data: dataclasses that round-trip through JSON/YAML. A checkpoint
-stores its config, so evaluation and the widget rebuild the right model from the
-checkpoint alone. Defaults follow ``docs/method.md``; where the paper's text could not
-be checked, the default is the one stated there and the field says so.
+A config is plain data: dataclasses that round-trip through JSON/YAML and check their values
+when they are built (types from the annotations, ranges from ``BOUNDS``, choices from the
+``Literal`` types). A checkpoint stores its config, so evaluation and the widget rebuild the
+right model from the checkpoint alone. The command line (``vcb_utils.cli``) is generated from
+these classes: a field's docstring is its ``--help`` text. Defaults follow ``docs/method.md``;
+where the paper's text could not be checked, the default is the one stated there and the field
+says so.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Mode = Literal["both", "spatial", "temporal", "meanP"]
+Mode = Literal["both", "F", "V", "meanP"]
 LossKind = Literal["sigmoid", "infonce"]
+Datatype = Literal[
+    "synthetic", "msrvtt", "csv", "jsonl", "msvd", "vatex", "didemo", "activitynet"
+]
+
+VALUE_ALIASES: dict[str, dict[str, str]] = {"mode": {"spatial": "F", "temporal": "V"}}
+"""Old names still accepted from configs, checkpoints and flags: ``spatial`` is F, ``temporal``
+is V."""
+
+BOUNDS: dict[str, tuple[float, float | None]] = {
+    "max_words": (2, None),
+    "max_frames": (1, None),
+    "n_visual_expansion": (0, None),
+    "temporal_layers": (1, None),
+    "temporal_heads": (1, None),
+    "temporal_width": (1, None),
+    "temporal_mlp_ratio": (0, None),
+    "temporal_dropout": (0, 1),
+    "lambda_f": (0, None),
+    "lambda_v": (0, None),
+    "logit_scale_init": (0, None),
+    "video_framerate": (0, None),
+    "workers": (0, None),
+    "batch_size": (1, None),
+    "batch_size_val": (1, None),
+    "epochs": (1, None),
+    "lr": (0, None),
+    "coef_lr": (0, None),
+    "weight_decay": (0, None),
+    "warmup_ratio": (0, 1),
+    "grad_clip": (0, None),
+    "grad_accum": (1, None),
+    "save_every_steps": (0, None),
+    "world_size": (1, None),
+    "max_steps": (0, None),
+}
+"""Inclusive ranges of the numeric fields (None = no upper bound); floats must be finite."""
+POSITIVE = frozenset({"lr", "video_framerate", "logit_scale_init", "temporal_mlp_ratio"})
+"""Fields that must be strictly greater than zero."""
+
+
+class _Validated:
+    """Checks (and normalises) every field when the dataclass is built; ValueError otherwise."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            where = f"{type(self).__name__}.{f.name}"
+            value = _check_value(where, f.name, getattr(self, f.name), hints[f.name])
+            object.__setattr__(self, f.name, value)
+
+
+def _check_value(where: str, name: str, value: Any, hint: Any) -> Any:
+    options = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        hint = next(option for option in options if option is not type(None))
+        options = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        value = VALUE_ALIASES.get(name, {}).get(value, value)
+        if value not in options:
+            raise ValueError(f"{where}: {value!r} is not one of {list(options)}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise ValueError(f"{where}: expected a list of strings, got {value!r}")
+        if not all(isinstance(item, str) for item in value):
+            raise ValueError(f"{where}: expected a list of strings, got {value!r}")
+        return tuple(value)
+    value = _check_scalar(where, value, hint)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        _check_range(where, name, value)
+    return value
+
+
+def _check_scalar(where: str, value: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(value, bool) or value in (0, 1):
+            return bool(value)
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ValueError(f"{where}: must be a finite number, got {value!r}")
+            return float(value)
+    elif isinstance(value, kind):
+        return value
+    raise ValueError(f"{where}: expected {kind.__name__}, got {value!r}")
+
+
+def _check_range(where: str, name: str, value: float) -> None:
+    low, high = BOUNDS.get(name, (None, None))
+    if low is not None and value < low or high is not None and value > high:
+        span = f">= {low}" if high is None else f"between {low} and {high}"
+        raise ValueError(f"{where}: must be {span}, got {value!r}")
+    if name in POSITIVE and value <= 0:
+        raise ValueError(f"{where}: must be > 0, got {value!r}")
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(_Validated):
     """The VideoColBERT model: backbone, expansion, temporal transformer, score and loss."""
 
     backbone: str = "ViT-B-32"
-    """Any open_clip model name (``ViT-B-32``, ``ViT-B-16``, ``ViT-L-14``, ``vcb-tiny``)."""
+    """Any open_clip model name (ViT-B-32, ViT-B-16, ViT-L-14, vcb-tiny; ViT-B/32 works too)."""
     pretrained: str | None = None
-    """open_clip tag (``openai``, downloads), a local ``.pt``/``.safetensors`` file, or None."""
+    """open_clip tag (openai, downloads), a local .pt/.safetensors file, or none."""
     max_words: int = 32
     """Text length in tokens (start + words + end + pads); also the query-expansion length."""
     max_frames: int = 12
     """Frames per video; sets the number of learned frame position embeddings."""
     query_expansion: bool = True
-    """Pad positions up to ``max_words`` take part in the score (ColBERT's [MASK] expansion)."""
+    """Pad positions up to max_words take part in the score (ColBERT's [MASK] expansion)."""
     n_visual_expansion: int = 2
     """Learnable tokens appended at the temporal transformer input (26 = 12 + 12 + 2 vectors)."""
     temporal_layers: int = 4
+    """Layers of the temporal transformer that contextualises the frames (V)."""
     temporal_heads: int = 8
+    """Attention heads of the temporal transformer."""
     temporal_width: int | None = None
-    """Temporal transformer width; None = the joint embedding size (512 for ViT-B)."""
+    """Temporal transformer width; none = the joint embedding size (512 for ViT-B)."""
     temporal_mlp_ratio: float = 4.0
+    """Feed-forward width of the temporal transformer, as a multiple of its width."""
     temporal_dropout: float = 0.1
+    """Dropout inside the temporal transformer."""
     init_temporal_from_text: bool = True
     """Copy the first CLIP text layers into the temporal transformer when widths match."""
     mode: Mode = "both"
-    """``both`` = MMS_F + MMS_V, ``spatial`` = F only, ``temporal`` = V only,
-    ``meanP`` = mean-pooled single-vector baseline (CLIP4Clip)."""
+    """both = MMS_F + MMS_V, F = the frame branch only, V = the video branch only, meanP = the
+    mean-pooled single-vector baseline (CLIP4Clip). spatial/temporal are old names of F/V."""
     loss: LossKind = "sigmoid"
+    """sigmoid (the paper's, one per branch) or infonce (the ablation)."""
     lambda_f: float = 1.0
+    """Weight of the F branch's loss."""
     lambda_v: float = 1.0
+    """Weight of the V branch's loss."""
     logit_scale_init: float = 10.0
     """Initial t (stored as log t). SigLIP's 10; trained SigLIP ends near exp(4.77) = 118."""
     logit_bias_init: float = -10.0
@@ -55,49 +168,106 @@ class ModelConfig:
     frozen: tuple[str, ...] = ("token_embedding", "positional_embedding", "visual.conv1")
     """Prefixes of open_clip parameter names kept frozen (method.md: embeddings, patch conv)."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.backbone = self.backbone.replace("/", "-")  # the reference code's ViT-B/32
+
 
 @dataclass
-class DataConfig:
+class DataConfig(_Validated):
     """Which dataset, and how frames are sampled and decoded."""
 
-    datatype: str = "synthetic"
-    """``synthetic``, ``msrvtt``, ``csv`` or ``jsonl``."""
+    datatype: Datatype = "synthetic"
+    """Annotation layout: the generated synthetic set, a benchmark, or your own csv/jsonl."""
     anno_path: str | None = None
+    """The dataset's annotation folder, or your CSV/JSONL file."""
     video_path: str | None = None
+    """Folder of the video files (default: anno_path)."""
     video_framerate: float = 1.0
-    """Frames per second sampled before the linspace down to ``max_frames``."""
+    """Frames per second sampled before the linspace down to max_frames."""
     frame_jitter: bool = False
     """Training only: jitter each sampled position within its segment (seeded)."""
     workers: int = 2
+    """Data loader workers per process."""
     on_error: Literal["raise", "skip"] = "raise"
+    """What a video that cannot be decoded does: stop the run, or be reported and left out."""
     cache_dir: str | None = None
-    """Decoded-frame cache folder; None reads the videos directly."""
+    """Decoded-frame cache folder; none reads the videos directly."""
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Validated):
     """Optimisation, schedule, checkpoints."""
 
     batch_size: int = 128
-    """Global batch (all processes together), as in the reference code."""
+    """Global training batch (all processes together), as in the reference code."""
     batch_size_val: int = 128
+    """Evaluation batch per process."""
     epochs: int = 5
+    """Passes over the training pairs."""
     lr: float = 1e-4
+    """Learning rate of the new modules (peak, after warmup)."""
     coef_lr: float = 1e-3
-    """CLIP weights train at ``lr * coef_lr``; new modules at ``lr``."""
+    """CLIP weights train at lr * coef_lr."""
     weight_decay: float = 0.2
+    """AdamW weight decay (DRL's 0.2)."""
     warmup_ratio: float = 0.1
+    """Fraction of the steps spent in linear warmup before the cosine decay."""
     grad_clip: float = 1.0
+    """Max gradient norm (0 = off)."""
     grad_accum: int = 1
+    """Batches per optimiser step."""
     seed: int = 42
+    """Seed of the model init, shuffling and frame jitter."""
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    """Autocast precision on GPUs."""
     output_dir: str = "outputs/run"
+    """Checkpoints, logs and metrics go here."""
     save_every_steps: int = 0
     """Also checkpoint every N optimiser steps (0 = once per epoch only)."""
 
 
 @dataclass
+class RunOptions(_Validated):
+    """What to do in this run (the Config says how)."""
+
+    do_train: bool | None = None
+    """Train (default: yes, unless init_model is given)."""
+    do_eval: bool = True
+    """Evaluate on the test split at the end."""
+    init_model: str | None = None
+    """A Video-ColBERT checkpoint folder to start from (or to evaluate)."""
+    resume: str | None = None
+    """Continue an interrupted run from its saved state (alone: <output_dir>/state)."""
+    cpu: bool = False
+    """Run on the CPU (gloo) even when GPUs are present."""
+    report_to: Literal["none", "tensorboard", "wandb", "all"] = "none"
+    """Experiment trackers (through accelerate)."""
+    world_size: int | None = None
+    """Fail unless this many processes train together (catches launcher mistakes)."""
+    max_steps: int = 0
+    """Stop after this many optimiser steps (0 = all epochs); for smoke tests."""
+    zero_shot: bool = False
+    """Only evaluate the plain open_clip backbone (no Video-ColBERT training)."""
+    postprocessing: Literal["none", "dual_softmax", "inverted_softmax"] = "none"
+    """Final evaluation only; uses the other test queries, so its numbers are not comparable
+    to plain ones (labelled in the table and metrics.json)."""
+    verbose: bool = False
+    """Also show the libraries' INFO lines and every file saved."""
+
+    @property
+    def trains(self) -> bool:
+        """Whether this run trains: do_train, or by default when no init_model is given."""
+        return self.init_model is None if self.do_train is None else self.do_train
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+@dataclass
 class Config:
+    """Model, data and training settings together: what a run and a checkpoint store."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -107,17 +277,13 @@ class Config:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Config:
-        unknown = set(raw) - {"model", "data", "train"}
+        unknown = set(raw) - set(SECTIONS)
         if unknown:
             raise ValueError(f"unknown config sections: {sorted(unknown)}")
-        return cls(
-            model=_build(ModelConfig, raw.get("model", {})),
-            data=_build(DataConfig, raw.get("data", {})),
-            train=_build(TrainConfig, raw.get("train", {})),
-        )
+        return cls(**{name: _build(kind, raw.get(name, {})) for name, kind in SECTIONS.items()})
 
     def updated(self, **sections: dict[str, Any]) -> Config:
-        """A copy with some fields replaced: ``cfg.updated(model={"mode": "spatial"})``."""
+        """A copy with some fields replaced: ``cfg.updated(model={"mode": "F"})``."""
         raw = self.to_dict()
         for name, values in sections.items():
             if name not in raw:
@@ -131,9 +297,6 @@ def _build(kind: type, values: dict[str, Any]) -> Any:
     unknown = set(values) - names
     if unknown:
         raise ValueError(f"unknown {kind.__name__} fields: {sorted(unknown)}")
-    values = dict(values)
-    if "frozen" in values:
-        values["frozen"] = tuple(values["frozen"])
     return kind(**values)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +31,25 @@ logger = logging.getLogger(__name__)
 
 Tokenize = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
 """``tokenize(texts) -> (ids LongTensor [B, L], mask BoolTensor [B, L])``."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What the data pipeline needs from a model, as one value (``model.preprocessing``)."""
+
+    tokenize: Tokenize
+    max_frames: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def sampling(self, framerate: float, decode_size: int | None = None) -> FrameSampling:
+        """Frame sampling at ``framerate`` for this model's frame count and input size."""
+        return FrameSampling(self.max_frames, self.image_size, framerate, decode_size)
+
+    def source(self, framerate: float, **options: Any) -> ClipSource:
+        """A ``ClipSource`` for this model (``options``: see ``ClipSource``)."""
+        return ClipSource(self.sampling(framerate), self.mean, self.std, **options)
 
 
 # ---------------------------------------------------------------- datasets
@@ -102,31 +122,10 @@ class VideoTextDataset(Dataset):
     readable item (logged once per file), so batches keep their size.
     """
 
-    def __init__(
-        self,
-        records: Sequence[Record],
-        *,
-        tokenize: Tokenize,
-        max_frames: int,
-        image_size: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        framerate: float = 1.0,
-        decode_size: int | None = None,
-        jitter: bool = False,
-        seed: int = 0,
-        on_error: str = "raise",
-        cache: FrameCache | None = None,
-        backend: str | None = None,
-        uint8: bool = False,
-    ) -> None:
+    def __init__(self, records: Sequence[Record], tokenize: Tokenize, source: ClipSource) -> None:
         if not records:
             raise ValueError("no records: the annotation split is empty")
-        self.records = list(records)
-        self.tokenize = tokenize
-        sampling = FrameSampling(max_frames, image_size, framerate, decode_size)
-        self.source = ClipSource(sampling, mean, std, cache=cache, on_error=on_error,
-                                 jitter=jitter, seed=seed, backend=backend, uint8=uint8)
+        self.records, self.tokenize, self.source = list(records), tokenize, source
 
     def __len__(self) -> int:
         return len(self.records)
@@ -249,28 +248,11 @@ def eval_layout(records: Sequence[Record]) -> tuple[list[VideoRef], list[str], t
     return list(index), [r.caption for r in records], targets
 
 
-def make_eval_set(
-    records: Sequence[Record],
-    *,
-    tokenize: Tokenize,
-    max_frames: int,
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    framerate: float = 1.0,
-    decode_size: int | None = None,
-    on_error: str = "raise",
-    cache: FrameCache | None = None,
-    backend: str | None = None,
-    uint8: bool = False,
-) -> EvalSet:
+def make_eval_set(records: Sequence[Record], tokenize: Tokenize, source: ClipSource) -> EvalSet:
     """The evaluation layout of ``records`` with its video and caption datasets."""
     if not records:
         raise ValueError("no records: the annotation split is empty")
     videos, captions, targets = eval_layout(records)
-    sampling = FrameSampling(max_frames, image_size, framerate, decode_size)
-    source = ClipSource(sampling, mean, std, cache=cache, on_error=on_error, backend=backend,
-                        uint8=uint8)
     return EvalSet(videos, captions, targets, VideoDataset(videos, source),
                    CaptionDataset(captions, tokenize))
 
@@ -281,53 +263,38 @@ def make_eval_set(
 def build_dataset(
     cfg: DataConfig,
     split: str,
+    prep: Preprocessing,
     *,
-    tokenize: Tokenize,
-    max_frames: int,
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
     train: bool = True,
     seed: int = 0,
     uint8: bool = False,
 ) -> VideoTextDataset:
     """The training Dataset of a split: annotations read, videos checked, frame cache filled.
 
-    Frame jitter is on when ``train`` and ``cfg.frame_jitter``. With ``cfg.cache_dir`` set (and
-    no jitter) missing cache entries are decoded first; under data parallelism call this on the
-    main process first (``accelerator.main_process_first()``) so that the others find them.
-    ``uint8`` keeps videos unnormalised uint8 (see ``ClipSource``).
+    ``prep`` is the model's ``preprocessing``. Frame jitter is on when ``train`` and
+    ``cfg.frame_jitter``. With ``cfg.cache_dir`` set (and no jitter) missing cache entries are
+    decoded first; under data parallelism call this on the main process first
+    (``accelerator.main_process_first()``) so that the others find them. ``uint8`` keeps videos
+    unnormalised uint8 (see ``ClipSource``).
     """
     jitter = train and cfg.frame_jitter
-    records, cache = _prepare(cfg, split, max_frames, image_size, use_cache=not jitter)
-    return VideoTextDataset(
-        records, tokenize=tokenize, max_frames=max_frames, image_size=image_size, mean=mean,
-        std=std, framerate=cfg.video_framerate, jitter=jitter, seed=seed,
-        on_error=cfg.on_error, cache=cache, uint8=uint8,
-    )
+    records, cache = _prepare(cfg, split, prep, use_cache=not jitter)
+    source = prep.source(cfg.video_framerate, cache=cache, on_error=cfg.on_error, jitter=jitter,
+                         seed=seed, uint8=uint8)
+    return VideoTextDataset(records, prep.tokenize, source)
 
 
 def build_eval_set(
-    cfg: DataConfig,
-    split: str,
-    *,
-    tokenize: Tokenize,
-    max_frames: int,
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    uint8: bool = False,
+    cfg: DataConfig, split: str, prep: Preprocessing, *, uint8: bool = False
 ) -> EvalSet:
     """The evaluation layout of a split, prepared like ``build_dataset`` (no jitter)."""
-    records, cache = _prepare(cfg, split, max_frames, image_size, use_cache=True)
-    return make_eval_set(
-        records, tokenize=tokenize, max_frames=max_frames, image_size=image_size, mean=mean,
-        std=std, framerate=cfg.video_framerate, on_error=cfg.on_error, cache=cache, uint8=uint8,
-    )
+    records, cache = _prepare(cfg, split, prep, use_cache=True)
+    source = prep.source(cfg.video_framerate, cache=cache, on_error=cfg.on_error, uint8=uint8)
+    return make_eval_set(records, prep.tokenize, source)
 
 
 def _prepare(
-    cfg: DataConfig, split: str, max_frames: int, image_size: int, use_cache: bool
+    cfg: DataConfig, split: str, prep: Preprocessing, use_cache: bool
 ) -> tuple[list[Record], FrameCache | None]:
     """Records whose videos are usable, and the filled frame cache (when configured)."""
     records = read_annotations(cfg.datatype, cfg.anno_path, split, cfg.video_path)
@@ -336,8 +303,7 @@ def _prepare(
                             workers=cfg.workers)
     cache = None
     if cfg.cache_dir and use_cache:
-        cache = FrameCache(cfg.cache_dir, FrameSampling(max_frames, image_size,
-                                                        cfg.video_framerate))
+        cache = FrameCache(cfg.cache_dir, prep.sampling(cfg.video_framerate))
         usable = [r.video for r in records if str(r.path) not in problems]
         report = cache.build(usable, workers=cfg.workers, on_error=cfg.on_error)
         problems = {**problems, **report.failed}

@@ -1,22 +1,34 @@
-"""Download and unpack MSR-VTT (or any archive): progress bar, resume, checksum, clear failures.
+"""Download and unpack the benchmarks or any archive: progress, resume, checksum, clear failures.
 
 A download goes to ``<dest>.part`` first; an interrupted one resumes from there with an HTTP
-``Range`` request (or starts over when the server ignores it), and the file gets its final name
-only once complete and, when a SHA-256 is given, verified.
+``Range`` request (or starts over when the server ignores it or answers another range), and the
+file gets its final name, by one atomic rename, only once all its bytes arrived and, when a SHA-256
+is given, verified. An archive unpacks into a staging folder beside its destination and moves in
+only when complete; sizes are capped and members that would land outside are refused.
+
+``DATASETS`` lists the public files of each benchmark; ``download_dataset(name, root)`` fetches
+them. Videos that must be crawled (VATEX, DiDeMo, ActivityNet) or need a permission (LSMDC) are
+not downloaded: ``data/README.md`` says where to get them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import logging
 import os
+import re
+import shutil
 import tarfile
 import time
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 from tqdm.auto import tqdm
 
@@ -26,6 +38,10 @@ MSRVTT_ANNOTATIONS_URL = "https://github.com/ArrowLuo/CLIP4Clip/releases/downloa
 """The split files and ``MSRVTT_data.json`` (as in the CLIP4Clip README)."""
 MSRVTT_VIDEOS_URL = "https://www.robots.ox.ac.uk/~maxbain/frozen-in-time/data/MSRVTT.zip"
 """The 10,000 raw clips (about 6.3 GB; ``MSRVTT/videos/all/video*.mp4``)."""
+MAX_UNPACKED_SIZE = 64 << 30
+"""Default cap on the bytes one archive may unpack to (64 GiB)."""
+
+_CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)")
 
 
 class DownloadError(RuntimeError):
@@ -44,10 +60,11 @@ def download(
     """Fetch ``url`` to ``dest`` (skipped when ``dest`` exists and matches ``sha256``).
 
     Retries ``retries`` times after an interrupted transfer, resuming each time; a partial file
-    left by a failed call is resumed by the next call.
+    left by a failed call is resumed by the next call. An existing ``dest`` that fails the
+    checksum is moved aside to ``<dest>.mismatch`` before downloading again.
     """
     dest = Path(dest)
-    if dest.is_file() and (sha256 is None or _sha256(dest) == sha256.lower()):
+    if _present(dest, sha256):
         logger.info("%s already downloaded", dest)
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -60,8 +77,8 @@ def download(
             reason = _reason(err)
             if isinstance(err, urllib.error.HTTPError) or attempt == retries:
                 raise DownloadError(
-                    f"download of {url} failed after {attempt + 1} attempt(s): {reason}; "
-                    f"partial file kept at {part} (run again to resume)"
+                    f"download of {url} failed after {attempt + 1} attempt(s): {reason}"
+                    + _kept(part)
                 ) from err
             logger.warning("download of %s interrupted (%s); resuming", url, reason)
             time.sleep(min(2.0**attempt, 10.0))
@@ -70,31 +87,91 @@ def download(
     return dest
 
 
+def _present(dest: Path, sha256: str | None) -> bool:
+    """Whether ``dest`` is a finished download; one failing the checksum is moved aside."""
+    if not dest.is_file():
+        return False
+    if sha256 is None or _sha256(dest) == sha256.lower():
+        return True
+    aside = dest.with_name(dest.name + ".mismatch")
+    os.replace(dest, aside)
+    logger.warning("%s does not match sha256 %s; moved to %s", dest, sha256.lower(), aside)
+    return False
+
+
 def _fetch(url: str, part: Path, timeout: float, chunk_size: int) -> None:
-    """Append the missing bytes of ``url`` to ``part`` (restart when Range is not honoured)."""
+    """Complete ``part`` from ``url``: returns once it holds every byte the server announced
+    (or, with no length announced, when the body ended with a clean close).
+
+    Raises ``ConnectionError`` (after discarding ``part`` when its bytes cannot be trusted) for
+    anything to retry: a short body, a range that does not start where ``part`` ends.
+    """
     have = part.stat().st_size if part.is_file() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as err:
-        if err.code == 416 and have:  # the partial file is already complete
+        if err.code == 416 and have:
+            _check_complete(url, part, have, err.headers.get("Content-Range"))
             return
         raise
     with response:
-        resumed = response.status == 206
-        if have and not resumed:
-            logger.info("%s ignores Range requests; downloading from the start", url)
-        length = response.headers.get("Content-Length")
-        total = (int(length) + (have if resumed else 0)) if length else None
-        with open(part, "ab" if resumed else "wb") as out, tqdm(
-            total=total, initial=have if resumed else 0, unit="B", unit_scale=True,
+        start, total = _extent(url, response, have, part)
+        with open(part, "ab" if start else "wb") as out, tqdm(
+            total=total, initial=start, unit="B", unit_scale=True,
             desc=part.name.removesuffix(".part"),
         ) as bar:
             while chunk := response.read(chunk_size):
                 out.write(chunk)
                 bar.update(len(chunk))
-        if total is not None and part.stat().st_size < total:
-            raise ConnectionError(f"connection closed at {part.stat().st_size} of {total} bytes")
+    size = part.stat().st_size
+    if total is not None and size != total:
+        if size > total:
+            part.unlink()
+        raise ConnectionError(f"received {size} of {total} bytes")
+
+
+def _check_complete(url: str, part: Path, have: int, content_range: str | None) -> None:
+    """A 416 reply: ``part`` is complete only if the server's total length is its size."""
+    match = _CONTENT_RANGE.fullmatch((content_range or "").strip())
+    if match and match[3] == str(have):
+        return
+    part.unlink()
+    raise ConnectionError(
+        f"{url} refused the range from byte {have} (Content-Range {content_range!r}); "
+        "the partial file was discarded"
+    )
+
+
+def _extent(
+    url: str, response: http.client.HTTPResponse, have: int, part: Path
+) -> tuple[int, int | None]:
+    """``(first byte of the body, total length or None)``; a wrong range discards ``part``."""
+    length = response.headers.get("Content-Length")
+    if response.status != 206:
+        if have:
+            logger.info("%s ignores Range requests; downloading from the start", url)
+        return 0, int(length) if length else None
+    content_range = response.headers.get("Content-Range")
+    match = _CONTENT_RANGE.fullmatch((content_range or "").strip())
+    if match is None or match[1] is None or int(match[1]) not in (0, have):
+        part.unlink(missing_ok=True)
+        raise ConnectionError(
+            f"asked for bytes from {have}, got Content-Range {content_range!r}; "
+            "the partial file was discarded"
+        )
+    start, end = int(match[1]), int(match[2])
+    if start == 0 and have:
+        logger.info("%s sent the whole file again; downloading from the start", url)
+    return start, int(match[3]) if match[3] != "*" else end + 1
+
+
+def _kept(part: Path) -> str:
+    """The failure message's tail about the partial file: only when there is one."""
+    size = part.stat().st_size if part.is_file() else 0
+    if not size:
+        return ""
+    return f"; partial file kept at {part} ({size} bytes; run again to resume)"
 
 
 def _reason(err: BaseException) -> str:
@@ -113,7 +190,7 @@ def _verify(part: Path, sha256: str | None, url: str) -> None:
         part.unlink()
         raise DownloadError(
             f"checksum mismatch for {url}: expected sha256 {sha256.lower()}, got {actual}; "
-            "the download was deleted"
+            f"the download ({part}) was deleted"
         )
 
 
@@ -125,37 +202,237 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def extract(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
-    """Unpack a zip or tar archive into ``dest`` (once: a marker file records it)."""
+def extract(
+    archive: str | os.PathLike, dest: str | os.PathLike, *, max_size: int = MAX_UNPACKED_SIZE
+) -> Path:
+    """Unpack a zip or tar archive into ``dest``, once.
+
+    The members go to a staging folder beside ``dest`` and move in when all are written; the
+    marker ``dest/.extracted-<archive name>`` comes last, so an interrupted unpacking is redone.
+    Raises ``DownloadError`` naming the archive and the member for one that would land outside
+    ``dest`` (``..``, an absolute path, a link pointing out) or that takes the unpacked size past
+    ``max_size`` bytes.
+    """
     archive, dest = Path(archive), Path(dest)
-    marker = dest / f".extracted-{archive.name}"
+    marker = _marker(archive.name, dest)
     if marker.is_file():
         return dest
-    dest.mkdir(parents=True, exist_ok=True)
+    full = dest.resolve()
+    staging = full.with_name(f".{full.name}.unpacking-{archive.name}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     logger.info("unpacking %s into %s", archive, dest)
     try:
         if zipfile.is_zipfile(archive):
-            _extract_zip(archive, dest)
+            _extract_zip(archive, staging, max_size)
         elif tarfile.is_tarfile(archive):
-            with tarfile.open(archive) as tar:
-                tar.extractall(dest, filter="data")
+            _extract_tar(archive, staging, max_size)
         else:
             raise DownloadError(f"{archive}: not a zip or tar archive")
+        _move_into(staging, dest, marker.name)
     except (zipfile.BadZipFile, tarfile.TarError, OSError) as err:
         raise DownloadError(f"{archive}: cannot unpack ({err})") from err
-    marker.touch()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return dest
 
 
-def _extract_zip(archive: Path, dest: Path) -> None:
-    root = dest.resolve()
+def _marker(archive_name: str, dest: Path) -> Path:
+    return dest / f".extracted-{archive_name}"
+
+
+def _extract_zip(archive: Path, staging: Path, max_size: int) -> None:
+    root, total = staging.resolve(), 0
     with zipfile.ZipFile(archive) as zipped:
         members = zipped.infolist()
-        for member in members:
+        for member in members:  # zipfile never writes more than a member's declared size
             if not (root / member.filename).resolve().is_relative_to(root):
-                raise DownloadError(f"{archive}: member {member.filename!r} escapes {dest}")
+                raise DownloadError(f"{archive}: member {member.filename!r} escapes its folder")
+            total += member.file_size
+            _check_size(archive, member.filename, total, max_size)
         for member in tqdm(members, desc=f"unpack {archive.name}", unit="file"):
-            zipped.extract(member, dest)
+            zipped.extract(member, staging)
+
+
+def _extract_tar(archive: Path, staging: Path, max_size: int) -> None:
+    total = 0
+
+    def safe(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
+        nonlocal total
+        try:
+            if os.path.isabs(member.name):
+                raise tarfile.AbsolutePathError(member)
+            checked = tarfile.data_filter(member, path)
+        except tarfile.FilterError as err:
+            raise DownloadError(f"{archive}: member {member.name!r} is refused ({err})") from err
+        total += checked.size if checked.isfile() else 0
+        _check_size(archive, member.name, total, max_size)
+        return checked
+
+    with tarfile.open(archive) as tar:
+        tar.extractall(staging, filter=safe)
+
+
+def _check_size(archive: Path, member: str, total: int, max_size: int) -> None:
+    if total > max_size:
+        raise DownloadError(
+            f"{archive}: member {member!r} takes the unpacked size to {total} bytes, over the "
+            f"cap of {max_size} (extract(..., max_size=...) raises it for a trusted archive)"
+        )
+
+
+def _move_into(staging: Path, dest: Path, marker_name: str) -> None:
+    """Move the unpacked tree into ``dest`` (one rename when ``dest`` is new), its marker last."""
+    if not dest.exists():
+        (staging / marker_name).touch()
+        os.replace(staging, dest)
+        return
+    _merge(staging, dest)
+    (dest / marker_name).touch()
+
+
+def _merge(source: Path, dest: Path) -> None:
+    for entry in source.iterdir():
+        target = dest / entry.name
+        if entry.is_dir() and not entry.is_symlink() and target.is_dir():
+            _merge(entry, target)
+        else:
+            os.replace(entry, target)
+
+
+class Source(NamedTuple):
+    """One public file of a dataset.
+
+    Saved as ``root/<filename>``; an archive goes to ``root/archives/<filename>`` and is
+    unpacked into ``root``. ``videos`` marks a video archive (skipped with ``videos=False``).
+    """
+
+    url: str
+    filename: str
+    what: str
+    videos: bool = False
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """The public files of a benchmark and how to find its folders once they are fetched.
+
+    ``anno_file``: a file whose folder is ``anno_path``; ``video_file``: a name (or glob) whose
+    folder is ``video_path``, None when the videos are no public archive; ``prepare`` runs after
+    the downloads (e.g. to merge files into the layout ``read_annotations`` reads).
+    """
+
+    sources: list[Source]
+    anno_file: str
+    video_file: str | None = None
+    prepare: Callable[[Path], None] | None = None
+
+
+def _vatex_data(root: Path) -> None:
+    """Merge the official VATEX lists into ``vatex_data.json`` = ``{videoID: {"enCap": ...}}``."""
+    out = root / "vatex_data.json"
+    if out.is_file():
+        return
+    merged = {}
+    for name in ("vatex_training_v1.0.json", "vatex_validation_v1.0.json"):
+        path = root / name
+        try:
+            for item in json.loads(path.read_text(encoding="utf-8")):
+                merged[item["videoID"]] = {"enCap": item["enCap"], "chCap": item.get("chCap", [])}
+        except (ValueError, KeyError, TypeError) as err:
+            raise DownloadError(f"{path}: not the official VATEX format ({err!r})") from err
+    tmp = out.with_name(out.name + ".part")
+    tmp.write_text(json.dumps(merged), encoding="utf-8")
+    os.replace(tmp, out)
+
+
+_RAW = "https://raw.githubusercontent.com"
+_DIDEMO = f"{_RAW}/LisaAnne/LocalizingMoments/master/data"
+_CE_DIDEMO = f"{_RAW}/albanie/collaborative-experts/master/misc/datasets/didemo"
+_VATEX = "https://eric-xw.github.io/vatex-website/data"
+
+DATASETS: dict[str, Benchmark] = {
+    "msrvtt": Benchmark(
+        [
+            Source(MSRVTT_ANNOTATIONS_URL, "msrvtt_data.zip", "splits and MSRVTT_data.json"),
+            Source(MSRVTT_VIDEOS_URL, "MSRVTT.zip", "the 10,000 clips (6.3 GB)", videos=True),
+        ],
+        "MSRVTT_JSFUSION_test.csv",
+        "video0.mp4",
+    ),
+    "msvd": Benchmark(
+        [
+            Source(
+                "https://github.com/ArrowLuo/CLIP4Clip/releases/download/v0.0/msvd_data.zip",
+                "msvd_data.zip", "raw-captions.pkl and the split lists (CLIP4Clip release)",
+            ),
+            Source(
+                "https://www.cs.utexas.edu/users/ml/clamp/videoDescription/YouTubeClips.tar",
+                "YouTubeClips.tar", "the 1970 clips <id>.avi (1.7 GB)", videos=True,
+            ),
+        ],
+        "raw-captions.pkl",
+        "*.avi",
+    ),
+    "didemo": Benchmark(
+        [Source(f"{_DIDEMO}/{s}_data.json", f"{s}_data.json", f"{s} moments (LocalizingMoments)")
+         for s in ("train", "val", "test")]
+        + [Source(f"{_CE_DIDEMO}/{s}_list.txt", f"{s}_list.txt", f"{s} videos (coll. experts)")
+           for s in ("train", "val", "test")],
+        "train_data.json",
+    ),
+    "activitynet": Benchmark(
+        [
+            Source(
+                "https://cs.stanford.edu/people/ranjaykrishna/densevid/captions.zip",
+                "captions.zip", "train.json, val_1.json and the id lists (ActivityNet Captions)",
+            )
+        ],
+        "val_1.json",
+    ),
+    "vatex": Benchmark(
+        [
+            Source(f"{_VATEX}/vatex_training_v1.0.json", "vatex_training_v1.0.json",
+                   "25,991 training videos, 10 English captions each"),
+            Source(f"{_VATEX}/vatex_validation_v1.0.json", "vatex_validation_v1.0.json",
+                   "3,000 validation videos (the HGR val and test splits)"),
+        ],
+        "vatex_data.json",
+        prepare=_vatex_data,
+    ),
+}
+"""The public files of each benchmark: annotations, and videos where an archive exists."""
+
+
+def download_dataset(
+    name: str,
+    root: str | os.PathLike | None = None,
+    *,
+    videos: bool = True,
+    keep_archives: bool = True,
+) -> tuple[Path, Path | None]:
+    """Download the public files of ``name`` (a key of ``DATASETS``) under ``root``.
+
+    Returns ``(anno_path, video_path)`` for ``read_annotations(name, anno_path, split,
+    video_path)``. ``video_path`` is None with ``videos=False`` and for VATEX, DiDeMo and
+    ActivityNet, whose videos are crawled from YouTube or Flickr (``data/README.md`` says how);
+    VATEX's split lists (``train_list.txt``, ``test_list.txt``) come from the HGR authors' data,
+    not a public URL. ``root`` defaults to ``data/<name>``.
+    """
+    if name not in DATASETS:
+        raise ValueError(
+            f"unknown dataset {name!r}; known: {', '.join(DATASETS)} "
+            "(LSMDC needs a permission from MPII: see data/README.md)"
+        )
+    spec, root = DATASETS[name], Path(root or Path("data") / name)
+    _fetch_all(spec, root, videos=videos, keep_archives=keep_archives)
+    anno = _folder_of(root, spec.anno_file)
+    if spec.video_file is None:
+        logger.warning("%s videos are not a public download; see data/README.md", name)
+    if spec.video_file is None or not videos:
+        return anno, None
+    return anno, _folder_of(root, spec.video_file)
 
 
 def download_msrvtt(
@@ -173,22 +450,46 @@ def download_msrvtt(
     holding ``video0.mp4`` ... (found after unpacking, whatever the archive layout), ready for
     ``DataConfig(datatype="msrvtt", anno_path=..., video_path=...)``.
     """
+    spec = DATASETS["msrvtt"]
+    annotations, clips = spec.sources
+    sources = [
+        annotations._replace(
+            url=annotations_url, filename=_basename(annotations_url), sha256=annotations_sha256
+        ),
+        clips._replace(url=videos_url, filename=_basename(videos_url), sha256=videos_sha256),
+    ]
     root = Path(root)
-    found = []
-    for url, sha, marker in (
-        (annotations_url, annotations_sha256, "MSRVTT_JSFUSION_test.csv"),
-        (videos_url, videos_sha256, "video0.mp4"),
-    ):
-        archive = download(url, root / "archives" / url.rstrip("/").split("/")[-1], sha256=sha)
-        extract(archive, root)
-        found.append(_folder_of(root, marker, archive))
-        if not keep_archives:
-            archive.unlink()
-    return found[0], found[1]
+    _fetch_all(replace(spec, sources=sources), root, videos=True, keep_archives=keep_archives)
+    return _folder_of(root, spec.anno_file), _folder_of(root, str(spec.video_file))
 
 
-def _folder_of(root: Path, name: str, archive: Path) -> Path:
-    match = next(root.rglob(name), None)
+def _basename(url: str) -> str:
+    return url.rstrip("/").split("/")[-1]
+
+
+def _fetch_all(spec: Benchmark, root: Path, *, videos: bool, keep_archives: bool) -> None:
+    for source in spec.sources:
+        if videos or not source.videos:
+            _fetch_source(source, root, keep_archives)
+    if spec.prepare is not None:
+        spec.prepare(root)
+
+
+def _fetch_source(source: Source, root: Path, keep_archives: bool) -> None:
+    """Download one file; an archive goes to ``root/archives`` and is unpacked into ``root``."""
+    if not source.filename.endswith((".zip", ".tar", ".tar.gz", ".tgz")):
+        download(source.url, root / source.filename, sha256=source.sha256)
+        return
+    if _marker(source.filename, root).is_file():
+        return
+    archive = download(source.url, root / "archives" / source.filename, sha256=source.sha256)
+    extract(archive, root)
+    if not keep_archives:
+        archive.unlink()
+
+
+def _folder_of(root: Path, pattern: str) -> Path:
+    match = next(root.rglob(pattern), None)
     if match is None:
-        raise DownloadError(f"{archive}: unpacked into {root} but no {name} found in it")
+        raise DownloadError(f"{root}: no {pattern} found after downloading into it")
     return match.parent

@@ -1,33 +1,26 @@
 """Text-to-video and video-to-text evaluation (protocol of DRL / CLIP4Clip, ties counted).
 
-Every distinct video is encoded once and every caption once (batched, no grad, autocast on
-GPU, sharded over processes and gathered back in order without the padding duplicates),
-then scored with the chunked ``maxsim``: the full 4-D similarity tensor never exists. The
-three score variants come from one encoding pass: ``both`` (MMS_F + MMS_V), ``spatial``
-(MMS_F) and ``temporal`` (MMS_V).
+Every distinct video and every caption is encoded once (``vcb_utils.encode``), then scored
+with the chunked ``maxsim``: the full 4-D similarity tensor never exists. The three score
+variants come from one encoding pass: ``both`` (MMS_F + MMS_V), ``F`` (MMS_F) and ``V`` (MMS_V).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import json
 import logging
-import math
-from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 
 from vcb_utils.config import Config
 from vcb_utils.datasets import EvalSet, build_eval_set
+from vcb_utils.encode import default_accelerator, drop_failed, encode_captions, encode_videos
 from vcb_utils.metrics import format_metrics_table, multi_caption_metrics
-from vcb_utils.model import TextEmbedding, VideoColBERT, VideoEmbedding, map_tensors
+from vcb_utils.model import TextEmbedding, VideoColBERT, VideoEmbedding, mean_frame
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +37,7 @@ def evaluate(
     postprocessing: str = "none",
     eval_set: EvalSet | None = None,
 ) -> dict:
-    """Metrics ``{"t2v"|"v2t": {"both"|"spatial"|"temporal": {R1 R5 R10 MdR MnR}}}``.
+    """Metrics ``{"t2v"|"v2t": {"both"|"F"|"V": {R1 R5 R10 MdR MnR}}}``.
 
     Prints a table on the main process and, with ``output_dir``, writes ``metrics.json``
     with the checkpoint, dataset, split and settings the numbers came from.
@@ -58,7 +51,7 @@ def evaluate(
     texts, videos, targets = encode_split(model, config, eval_set, accelerator)
     matrices = score_variants(model, texts, videos)
     metrics = compute_metrics(matrices, targets, postprocessing)
-    _report(metrics, accelerator, split, len(texts.vectors), len(videos.frames), postprocessing)
+    _report(metrics, accelerator, split, len(texts.vectors), len(videos.F), postprocessing)
     if output_dir is not None and accelerator.is_main_process:
         _write_metrics(Path(output_dir), metrics, config, split, checkpoint, postprocessing)
     return metrics
@@ -77,7 +70,7 @@ def zero_shot(
     frames (Video-ColBERT's frame branch before training).
     """
     accelerator = accelerator or default_accelerator()
-    plain = dataclasses.replace(config.model, mode="spatial", query_expansion=False)
+    plain = dataclasses.replace(config.model, mode="F", query_expansion=False)
     model = VideoColBERT(plain).to(accelerator.device).eval()
     eval_set = load_eval_set(model, config, split, accelerator)
     texts, videos, targets = encode_split(model, config, eval_set, accelerator)
@@ -88,7 +81,7 @@ def zero_shot(
         accelerator,
         f"{split} (zero-shot {config.model.backbone})",
         len(texts.vectors),
-        len(videos.frames),
+        len(videos.F),
         "none",
     )
     if output_dir is not None and accelerator.is_main_process:
@@ -106,34 +99,12 @@ def zero_shot(
 def zero_shot_matrices(
     model: VideoColBERT, texts: TextEmbedding, videos: VideoEmbedding
 ) -> dict[str, torch.Tensor]:
-    """``mean`` and ``maxsim`` score matrices of a spatial, non-expanded model's encodings."""
+    """``mean`` and ``maxsim`` score matrices of an F-only, non-expanded model's encodings."""
     end = texts.mask.sum(dim=1) - 1
     sentence = texts.vectors[torch.arange(len(end), device=end.device), end].float()
-    weights = videos.frame_mask.unsqueeze(-1).to(videos.frames.dtype)
-    mean = F.normalize((videos.frames * weights).sum(dim=1), dim=-1).float()
     with torch.no_grad():
-        frame_branch = model.score(texts, videos).frame
-    return {"mean": (sentence @ mean.T).cpu(), "maxsim": frame_branch.float().cpu()}
-
-
-def _inference(encode):
-    """Run an encoder without gradients and in eval mode (no dropout), then restore the mode."""
-
-    @functools.wraps(encode)
-    def wrapper(model: VideoColBERT, *args, **kwargs):
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                return encode(model, *args, **kwargs)
-        finally:
-            model.train(was_training)
-
-    return wrapper
-
-
-def default_accelerator() -> Accelerator:
-    return Accelerator(cpu=not torch.cuda.is_available())
+        mms_f = model.score(texts, videos).F
+    return {"mean": (sentence @ mean_frame(videos).float().T).cpu(), "maxsim": mms_f.float().cpu()}
 
 
 def load_eval_set(
@@ -141,16 +112,8 @@ def load_eval_set(
 ) -> EvalSet:
     """A split's annotations, videos checked and frame cache filled (main process first)."""
     with accelerator.main_process_first():  # the main process fills the frame cache
-        return build_eval_set(
-            config.data,
-            split,
-            tokenize=model.tokenize,
-            max_frames=config.model.max_frames,
-            image_size=model.image_size,
-            mean=model.image_mean,
-            std=model.image_std,
-            uint8=True,  # normalised by the model, on its device
-        )
+        # uint8 frames: normalised by the model, on its device
+        return build_eval_set(config.data, split, model.preprocessing, uint8=True)
 
 
 def encode_split(
@@ -164,25 +127,7 @@ def encode_split(
     batch = config.train.batch_size_val
     videos = encode_videos(model, eval_set.video_dataset, batch, accelerator, config.data.workers)
     texts = encode_captions(model, eval_set.captions, batch, accelerator)
-    return _drop_failed(texts, videos, eval_set.caption_to_video)
-
-
-def _drop_failed(
-    texts: TextEmbedding, videos: VideoEmbedding, targets: torch.Tensor
-) -> tuple[TextEmbedding, VideoEmbedding, torch.Tensor]:
-    ok = videos.frame_mask.any(dim=1).cpu()
-    if bool(ok.all()):
-        return texts, videos, targets
-    keep = ok[targets]
-    log.warning(
-        "%d video(s) failed to decode: dropped with their %d caption(s) from the metrics",
-        int((~ok).sum()),
-        int((~keep).sum()),
-    )
-    new_index = torch.cumsum(ok.long(), dim=0) - 1
-    videos = map_tensors(videos, lambda t: t[ok.to(t.device)])
-    texts = map_tensors(texts, lambda t: t[keep.to(t.device)])
-    return texts, videos, new_index[targets[keep]]
+    return drop_failed(texts, videos, eval_set.caption_to_video)
 
 
 def compute_metrics(
@@ -226,94 +171,9 @@ def score_variants(
     with torch.no_grad():
         scores = model.score(texts, videos)
     variants = {"both": scores.total}
-    if scores.frame is not None and scores.video is not None:
-        variants.update(spatial=scores.frame, temporal=scores.video)
+    if scores.F is not None and scores.V is not None:
+        variants.update(F=scores.F, V=scores.V)
     return {name: sim.float().cpu() for name, sim in variants.items()}
-
-
-@_inference
-def encode_videos(
-    model: VideoColBERT,
-    dataset: torch.utils.data.Dataset,
-    batch_size: int,
-    accelerator: Accelerator | None = None,
-    num_workers: int = 0,
-) -> VideoEmbedding:
-    """Encode a dataset of ``(video [T, 3, H, W], mask [T])`` items, in dataset order."""
-    accelerator = accelerator or default_accelerator()
-    shard = _shard(len(dataset), accelerator)
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, shard), batch_size=batch_size, num_workers=num_workers
-    )
-    parts: list[VideoEmbedding] = []
-    bar = tqdm(loader, desc="encode videos", disable=not accelerator.is_local_main_process)
-    for video, mask in bar:
-        failed = ~mask.any(dim=1)  # a clip that could not be decoded (on_error="skip")
-        mask[failed, 0] = True  # encode one blank frame in its place, then mask it out
-        with _autocast(accelerator):
-            part = model.encode_video(video.to(model.device), mask.to(model.device))
-        for field in (part.frame_mask, part.video_mask):
-            if field is not None:
-                field[failed.to(field.device)] = False
-        parts.append(part)
-    return _gather_parts(parts, len(dataset), accelerator)
-
-
-@_inference
-def encode_captions(
-    model: VideoColBERT,
-    captions: Sequence[str],
-    batch_size: int,
-    accelerator: Accelerator | None = None,
-) -> TextEmbedding:
-    """Encode captions once each, in order."""
-    accelerator = accelerator or default_accelerator()
-    shard = _shard(len(captions), accelerator)
-    parts: list[TextEmbedding] = []
-    for start in range(shard.start, shard.stop, batch_size):
-        with _autocast(accelerator):
-            parts.append(model.encode_text(captions[start : min(start + batch_size, shard.stop)]))
-    return _gather_parts(parts, len(captions), accelerator)
-
-
-def _shard(n: int, accelerator: Accelerator) -> range:
-    """This process's contiguous slice of ``range(n)``.
-
-    A process left without items re-encodes the last one: its block lies past ``n`` in the
-    gathered order, so ``_gather_ordered`` drops it.
-    """
-    size = math.ceil(n / accelerator.num_processes)
-    start = min(n, accelerator.process_index * size)
-    return range(start, min(n, start + size)) if start < n else range(n - 1, n)
-
-
-def _gather_parts(parts: list, n: int, accelerator: Accelerator):
-    """Concatenate this process's batch embeddings, then gather all processes' in order."""
-    names = [f.name for f in dataclasses.fields(parts[0])]
-    local = {name: _cat([getattr(p, name) for p in parts]) for name in names}
-    return type(parts[0])(**{k: _gather_ordered(t, n, accelerator) for k, t in local.items()})
-
-
-def _cat(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
-    parts = [p for p in parts if p is not None]
-    return torch.cat(parts) if parts else None
-
-
-def _gather_ordered(tensor: torch.Tensor | None, n: int, accelerator: Accelerator):
-    """Gather contiguous shards in rank order and drop the padding (it is all at the end)."""
-    if tensor is None or accelerator.num_processes == 1:
-        return tensor
-    dtype = tensor.dtype
-    if dtype == torch.bool:
-        tensor = tensor.to(torch.uint8)  # gloo cannot gather bool
-    padded = accelerator.pad_across_processes(tensor, dim=0)
-    return accelerator.gather(padded)[:n].to(dtype)
-
-
-def _autocast(accelerator: Accelerator):
-    if accelerator.device.type == "cuda":
-        return accelerator.autocast()
-    return contextlib.nullcontext()
 
 
 def _write_metrics(

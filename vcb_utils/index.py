@@ -22,22 +22,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from torch.utils.data import Dataset
 
-from vcb_utils.config import ModelConfig
-from vcb_utils.evaluate import encode_videos
+from vcb_utils.cache import FrameCache
+from vcb_utils.config import VALUE_ALIASES, ModelConfig
+from vcb_utils.datasets import VideoDataset
+from vcb_utils.encode import encode_videos, failed_videos
 from vcb_utils.model import TextEmbedding, VideoColBERT, VideoEmbedding, real_token_mask
-from vcb_utils.scoring import maxsim
-from vcb_utils.video import VideoReadError, preprocess_frames, read_clip
+from vcb_utils.scoring import maxsim, token_shares, token_similarities
+from vcb_utils.video import VideoRef
 
-Branch = Literal["both", "spatial", "temporal"]
+Branch = Literal["both", "F", "V"]
+BRANCHES = ("both", "F", "V")
+"""Rank by MMS_F + MMS_V, MMS_F or MMS_V (``spatial``/``temporal``: old names of F/V)."""
 
 FORMAT = "vcb-video-index"
-VERSION = 1
+VERSION = 2
 TENSORS_FILE = "index.safetensors"
 MANIFEST_FILE = "index.json"
 DEFAULT_BLOCK_VIDEOS = 128
@@ -59,7 +61,7 @@ VECTOR_FIELDS = (
 """Model config fields that change the vectors or how they are scored: they must match."""
 
 PAD_TOKEN = "<pad>"
-FIELDS = ("frames", "frame_mask", "video", "video_mask")
+FIELDS = ("F", "F_mask", "V", "V_mask")
 """The stored tensors, in ``VideoEmbedding`` order."""
 
 
@@ -94,47 +96,11 @@ class QueryResult:
     """True for the rows of query-expansion (pad) positions."""
     hits: list[Hit]
 
-
-class _ClipFiles(Dataset):
-    """``(video [T, 3, S, S], mask [T])`` per file; unreadable files are flagged or raise.
-
-    With ``skip`` an unreadable file yields a one-frame placeholder and sets its flag in
-    ``failed``, a shared-memory tensor that data-loader workers write to as well.
-    """
-
-    def __init__(self, paths: Sequence[str], model: VideoColBERT, framerate: float, skip: bool):
-        self.paths, self.framerate, self.skip = list(paths), framerate, skip
-        self.max_frames, self.size = model.cfg.max_frames, model.image_size
-        self.mean, self.std = model.image_mean, model.image_std
-        self.failed = torch.zeros(len(self.paths), dtype=torch.bool).share_memory_()
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        try:
-            frames = self.read(i)
-        except VideoReadError:
-            if not self.skip:
-                raise
-            self.failed[i] = True
-            video = torch.zeros(self.max_frames, 3, self.size, self.size)
-            return video, torch.arange(self.max_frames) == 0
-        return preprocess_frames(frames, self.size, self.mean, self.std, self.max_frames)
-
-    def read(self, i: int) -> np.ndarray:
-        return read_clip(self.paths[i], framerate=self.framerate, max_frames=self.max_frames).frames
-
-    def failures(self) -> list[str]:
-        """The error of each flagged file (read again here: workers keep only the flag)."""
-        causes = []
-        for i in self.failed.nonzero().flatten().tolist():
-            try:
-                self.read(i)
-                causes.append(f"cannot read video {self.paths[i]}: failed in a loader worker")
-            except VideoReadError as err:
-                causes.append(str(err))
-        return causes
+    def hit(self, rank: int) -> Hit:
+        """The hit at ``rank`` (1 = best); ValueError when there is no such rank."""
+        if not 1 <= rank <= len(self.hits):
+            raise ValueError(f"rank {rank} is not among the {len(self.hits)} hits")
+        return self.hits[rank - 1]
 
 
 class VideoIndex:
@@ -156,7 +122,7 @@ class VideoIndex:
         self.framerate = float(framerate)
         self.ids: list[str] = []
         self.paths: list[str] = []
-        self.frames = self.frame_mask = self.video = self.video_mask = None
+        self.F = self.F_mask = self.V = self.V_mask = None
         self.add_embeddings(embedding, ids, paths)
 
     # ---- building ------------------------------------------------------------------------------
@@ -171,14 +137,16 @@ class VideoIndex:
         batch_size: int = 16,
         num_workers: int = 0,
         on_error: Literal["raise", "skip"] = "raise",
+        cache_dir: str | Path | None = None,
     ) -> VideoIndex:
         """Encode videos once (progress bar). Ids default to the file names without suffix.
 
         An unreadable file raises ``VideoReadError`` naming it, or with ``on_error="skip"`` is
-        left out with a warning that lists the files and causes.
+        left out with a warning that lists the files (each cause is logged as it happens).
+        ``cache_dir``: decoded frames are read from (and added to) this frame cache.
         """
         embedding, ids, paths = _encode_files(
-            model, paths, ids, framerate, batch_size, num_workers, on_error
+            model, paths, ids, framerate, batch_size, num_workers, on_error, cache_dir
         )
         return cls(model.cfg, embedding, ids, paths, framerate=framerate)
 
@@ -191,11 +159,12 @@ class VideoIndex:
         batch_size: int = 16,
         num_workers: int = 0,
         on_error: Literal["raise", "skip"] = "raise",
+        cache_dir: str | Path | None = None,
     ) -> None:
         """Encode more videos (at the index's framerate) and append them."""
         self.check_model(model)
         embedding, ids, paths = _encode_files(
-            model, paths, ids, self.framerate, batch_size, num_workers, on_error
+            model, paths, ids, self.framerate, batch_size, num_workers, on_error, cache_dir
         )
         self.add_embeddings(embedding, ids, paths)
 
@@ -210,14 +179,14 @@ class VideoIndex:
         repeated = [i for i, n in Counter(self.ids + ids).items() if n > 1]
         if repeated:
             raise ValueError(f"duplicate video ids: {sorted(repeated)[:5]}")
-        if (embedding.video is None) != (self.config["mode"] == "spatial"):
+        if (embedding.V is None) != (self.config["mode"] == "F"):
             raise ValueError(f"mode {self.config['mode']!r} and the embedding's V set disagree")
         new = _stored_tensors(embedding, self.config)
-        if self.frames is None:
-            self.frames, self.frame_mask, self.video, self.video_mask = new
+        if self.F is None:
+            self.F, self.F_mask, self.V, self.V_mask = new
         else:
-            old = (self.frames, self.frame_mask, self.video, self.video_mask)
-            self.frames, self.frame_mask, self.video, self.video_mask = (
+            old = (self.F, self.F_mask, self.V, self.V_mask)
+            self.F, self.F_mask, self.V, self.V_mask = (
                 None if a is None else torch.cat([a, b]) for a, b in zip(old, new, strict=True)
             )
         self.ids += ids
@@ -297,6 +266,7 @@ class VideoIndex:
         an error. The scan holds one block of ``block_videos`` videos in fp32 at a time.
         """
         self.check_model(model)
+        branch = _branch(branch)
         queries = _check_queries(query)
         _warn_truncated(model, queries)
         text = model.encode_text(queries)
@@ -337,8 +307,7 @@ class VideoIndex:
         return best, rows
 
     def _branch_vectors(self, branch: Branch) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        if branch not in ("both", "spatial", "temporal"):
-            raise ValueError(f"branch must be 'both', 'spatial' or 'temporal', not {branch!r}")
+        branch = _branch(branch)
         available = self._branches()
         wanted = list(available) if branch == "both" else [branch]
         if any(name not in available for name in wanted):
@@ -347,10 +316,10 @@ class VideoIndex:
 
     def _branches(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         branches = {}
-        if self.config["mode"] in ("both", "spatial"):
-            branches["spatial"] = (self.frames, self.frame_mask)
-        if self.video is not None:
-            branches["temporal"] = (self.video, self.video_mask)
+        if self.config["mode"] in ("both", "F"):
+            branches["F"] = (self.F, self.F_mask)
+        if self.V is not None:
+            branches["V"] = (self.V, self.V_mask)
         return branches
 
     def _result(
@@ -364,25 +333,24 @@ class VideoIndex:
     ) -> QueryResult:
         tokens, expansion = token_labels(model, text.ids[i], text.mask[i])
         vectors = text.vectors[i][text.mask[i]]
-        hits = [self._hit(rank, row, vectors) for rank, row in enumerate(rows, start=1)]
+        hits = [self._make_hit(rank, row, vectors) for rank, row in enumerate(rows, start=1)]
         return QueryResult(query, branch, tokens, expansion, hits)
 
-    def _hit(self, rank: int, row: int, query: torch.Tensor) -> Hit:
-        sims = {
-            name: query @ vectors[row][mask[row]].float().T
-            for name, (vectors, mask) in self._branches().items()
-        }
-        scores = {name: float(sim.amax(dim=1).mean()) for name, sim in sims.items()}
+    def _make_hit(self, rank: int, row: int, query: torch.Tensor) -> Hit:
+        sims, scores = {}, {}
+        for name, (vectors, mask) in self._branches().items():
+            sims[name] = token_similarities(query, vectors[row][mask[row]].float())
+            scores[name] = float(token_shares(sims[name]).sum())
         return Hit(
             rank=rank,
             row=row,
             id=self.ids[row],
             path=self.paths[row],
             score_total=sum(scores.values()),
-            score_f=scores.get("spatial"),
-            score_v=scores.get("temporal"),
-            sim_f=sims.get("spatial"),
-            sim_v=sims.get("temporal"),
+            score_f=scores.get("F"),
+            score_v=scores.get("V"),
+            sim_f=sims.get("F"),
+            sim_v=sims.get("V"),
         )
 
 
@@ -431,6 +399,7 @@ def _encode_files(
     batch_size: int,
     num_workers: int,
     on_error: str,
+    cache_dir: str | Path | None,
 ) -> tuple[VideoEmbedding, list[str], list[str]]:
     """Encode the readable files; returns their embedding, ids and paths in the given order."""
     if on_error not in ("raise", "skip"):
@@ -439,14 +408,18 @@ def _encode_files(
     ids = [Path(p).stem for p in paths] if ids is None else [str(i) for i in ids]
     if not paths or len(ids) != len(paths):
         raise ValueError(f"need one id per video: {len(paths)} paths, {len(ids)} ids")
-    files = _ClipFiles(paths, model, framerate, skip=on_error == "skip")
-    embedding = encode_videos(model, files, batch_size, num_workers=num_workers)
-    keep = ~files.failed
+    videos = [VideoRef(i, Path(p)) for i, p in zip(ids, paths, strict=True)]
+    prep = model.preprocessing
+    cache = FrameCache(cache_dir, prep.sampling(framerate)) if cache_dir else None
+    # uint8 frames, normalised by the model on its device
+    source = prep.source(framerate, cache=cache, on_error=on_error, uint8=True)
+    embedding = encode_videos(model, VideoDataset(videos, source), batch_size,
+                              num_workers=num_workers)
+    keep = ~failed_videos(embedding).cpu()
     if not bool(keep.all()):
-        causes = files.failures()
-        warnings.warn(
-            f"skipped {len(causes)} unreadable videos:\n" + "\n".join(causes), stacklevel=3
-        )
+        skipped = [p for p, ok in zip(paths, keep.tolist(), strict=True) if not ok]
+        warnings.warn(f"skipped {len(skipped)} unreadable videos (causes logged above):\n"
+                      + "\n".join(skipped), stacklevel=3)
     kept = keep.tolist()
     return (
         _select(embedding, keep),
@@ -462,12 +435,12 @@ def _select(embedding: VideoEmbedding, keep: torch.Tensor) -> VideoEmbedding:
 
 def _stored_tensors(embedding: VideoEmbedding, config: dict) -> tuple:
     """fp16 CPU tensors padded to the index widths (no copy when they already are)."""
-    frames_width = config["max_frames"]
-    video_width = frames_width + config["n_visual_expansion"]
-    frames, frame_mask = _pad(embedding.frames, embedding.frame_mask, frames_width)
-    if embedding.video is None:
-        return frames, frame_mask, None, None
-    return (frames, frame_mask, *_pad(embedding.video, embedding.video_mask, video_width))
+    f_width = config["max_frames"]
+    v_width = f_width + config["n_visual_expansion"]
+    f, f_mask = _pad(embedding.F, embedding.F_mask, f_width)
+    if embedding.V is None:
+        return f, f_mask, None, None
+    return (f, f_mask, *_pad(embedding.V, embedding.V_mask, v_width))
 
 
 def _pad(vectors: torch.Tensor, mask: torch.Tensor, width: int) -> tuple:
@@ -491,3 +464,11 @@ def _read_manifest(directory: Path) -> dict:
             f"{manifest.get('version')!r}; this code reads {FORMAT!r} version {VERSION}"
         )
     return manifest
+
+
+def _branch(name: str) -> str:
+    """A ranking branch by its name (or an old name); ValueError for anything else."""
+    name = VALUE_ALIASES["mode"].get(name, name)
+    if name not in BRANCHES:
+        raise ValueError(f"branch must be one of {BRANCHES}, not {name!r}")
+    return name

@@ -24,6 +24,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from vcb_utils.config import Config, ModelConfig
+from vcb_utils.datasets import Preprocessing
 from vcb_utils.losses import make_loss
 from vcb_utils.scoring import maxsim
 from vcb_utils.video import normalize
@@ -48,12 +49,20 @@ class TextEmbedding:
 
 @dataclass
 class VideoEmbedding:
-    """F (one vector per frame) and V (contextualised frames + expansion tokens)."""
+    """F (one vector per frame) and V (contextualised frames + expansion tokens).
 
-    frames: torch.Tensor  # [B, T, D], L2-normalised
-    frame_mask: torch.Tensor  # [B, T] bool
-    video: torch.Tensor | None  # [B, T + E, D], None when the mode does not use V
-    video_mask: torch.Tensor | None  # [B, T + E] bool
+    ``frames``/``frame_mask``/``video``/``video_mask`` are the old names of the four fields.
+    """
+
+    F: torch.Tensor  # [B, T, D], L2-normalised
+    F_mask: torch.Tensor  # [B, T] bool
+    V: torch.Tensor | None  # [B, T + E, D], None when the mode does not use V
+    V_mask: torch.Tensor | None  # [B, T + E] bool
+
+    frames = property(lambda self: self.F)
+    frame_mask = property(lambda self: self.F_mask)
+    video = property(lambda self: self.V)
+    video_mask = property(lambda self: self.V_mask)
 
 
 EmbeddingT = TypeVar("EmbeddingT", TextEmbedding, VideoEmbedding)
@@ -63,8 +72,8 @@ EmbeddingT = TypeVar("EmbeddingT", TextEmbedding, VideoEmbedding)
 class Scores:
     """Score matrices [texts, videos]: MMS_F, MMS_V (None when unused) and the total."""
 
-    frame: torch.Tensor | None
-    video: torch.Tensor | None
+    F: torch.Tensor | None
+    V: torch.Tensor | None
     total: torch.Tensor
 
 
@@ -265,12 +274,19 @@ class VideoColBERT(nn.Module):
         return tuple(self.clip.visual.preprocess_cfg["std"])
 
     @property
+    def preprocessing(self) -> Preprocessing:
+        """What the data pipeline needs: tokenizer, frame count, input size, mean and std."""
+        return Preprocessing(
+            self.tokenize, self.cfg.max_frames, self.image_size, self.image_mean, self.image_std
+        )
+
+    @property
     def uses_frame_branch(self) -> bool:
-        return self.cfg.mode in ("both", "spatial", "meanP")
+        return self.cfg.mode in ("both", "F", "meanP")
 
     @property
     def uses_video_branch(self) -> bool:
-        return self.cfg.mode in ("both", "temporal")
+        return self.cfg.mode in ("both", "V")
 
     def _freeze(self, prefixes: Sequence[str]) -> None:
         """Freeze the configured parts, and CLIP's own logit scale/bias, which are unused
@@ -342,19 +358,16 @@ class VideoColBERT(nn.Module):
     ) -> Scores:
         """MMS_F, MMS_V and the retrieval score for every text against every video."""
         if self.cfg.mode == "meanP":
-            weights = video.frame_mask.unsqueeze(-1).to(video.frames.dtype)
-            pooled = F.normalize((video.frames * weights).sum(dim=1), dim=-1)
-            total = text.vectors[:, 0].float() @ pooled.float().T
+            total = text.vectors[:, 0].float() @ mean_frame(video).float().T
             return Scores(None, None, total)
-        frame = video_score = None
+        mms_f = mms_v = None
         if self.uses_frame_branch:
-            frame = maxsim(text.vectors, video.frames, text.mask, video.frame_mask, chunk_size)
+            mms_f = maxsim(text.vectors, video.F, text.mask, video.F_mask, chunk_size)
         if self.uses_video_branch:
-            video_score = maxsim(text.vectors, video.video, text.mask, video.video_mask, chunk_size)
-        if frame is None:
-            return Scores(None, video_score, video_score)
-        total = frame if video_score is None else frame + video_score
-        return Scores(frame, video_score, total)
+            mms_v = maxsim(text.vectors, video.V, text.mask, video.V_mask, chunk_size)
+        if mms_f is None:
+            return Scores(None, mms_v, mms_v)
+        return Scores(mms_f, mms_v, mms_f if mms_v is None else mms_f + mms_v)
 
     def loss(self, scores: Scores) -> dict[str, torch.Tensor]:
         """``lambda_F * L(MMS_F) + lambda_V * L(MMS_V)`` (one branch in the ablation modes)."""
@@ -363,11 +376,11 @@ class VideoColBERT(nn.Module):
             parts["loss_f"] = self.loss_f(scores.total)
             return {"loss": parts["loss_f"], **parts}
         total = 0.0
-        if scores.frame is not None:
-            parts["loss_f"] = self.loss_f(scores.frame)
+        if scores.F is not None:
+            parts["loss_f"] = self.loss_f(scores.F)
             total = total + self.cfg.lambda_f * parts["loss_f"]
-        if scores.video is not None:
-            parts["loss_v"] = self.loss_v(scores.video)
+        if scores.V is not None:
+            parts["loss_v"] = self.loss_v(scores.V)
             total = total + self.cfg.lambda_v * parts["loss_v"]
         return {"loss": total, **parts}
 
@@ -407,9 +420,10 @@ def real_token_mask(ids: torch.Tensor) -> torch.Tensor:
     return positions[None, :] <= ids.argmax(dim=1, keepdim=True)
 
 
-def build_model(cfg: ModelConfig | Config) -> VideoColBERT:
-    """A fresh model from a config (loads the backbone weights it names)."""
-    return VideoColBERT(cfg.model if isinstance(cfg, Config) else cfg)
+def mean_frame(video: VideoEmbedding) -> torch.Tensor:
+    """The normalised mean of each video's valid F vectors ``[B, D]`` (the meanP baseline)."""
+    weights = video.F_mask.unsqueeze(-1).to(video.F.dtype)
+    return F.normalize((video.F * weights).sum(dim=1), dim=-1)
 
 
 def save_checkpoint(model: VideoColBERT, path: str | Path, config: Config | None = None) -> Path:

@@ -65,12 +65,24 @@ def maxsim(
         for q_start in range(0, n_q, queries_per_block):
             q_block = q[q_start : q_start + queries_per_block]
             n_qb = q_block.shape[0]
-            sim = q_block.reshape(n_qb * len_q, dim) @ d_major.T
+            sim = token_similarities(q_block.reshape(n_qb * len_q, dim), d_major)
             best = sim.view(n_qb, len_q, len_d, n_db).amax(dim=2)
             scores[q_start : q_start + n_qb, d_start : d_start + n_db] = torch.einsum(
                 "qld,ql->qd", best.to(out_dtype), weights[q_start : q_start + n_qb]
             )
     return scores
+
+
+def token_similarities(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """``<q_j, d_i>`` for every query vector j and document vector i: ``[Lq, D], [Ld, D] ->
+    [Lq, Ld]``, the matrix a MaxSim heatmap draws."""
+    return q @ d.T
+
+
+def token_shares(sim: torch.Tensor) -> torch.Tensor:
+    """Each query vector's share of the MeanMaxSim, from token similarities ``[..., Lq, Ld]``
+    of valid vectors: its best match divided by ``Lq``. The shares add up to ``maxsim``."""
+    return sim.amax(dim=-1) / sim.shape[-2]
 
 
 def _check_shapes(q, d, q_mask, d_mask) -> None:

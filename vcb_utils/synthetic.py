@@ -348,7 +348,7 @@ def _split_specs(
 # ---------------------------------------------------------------- drawing and writing
 
 
-def render(spec: ClipSpec) -> np.ndarray:
+def render_clip(spec: ClipSpec) -> np.ndarray:
     """The frames of a clip, uint8 RGB ``[num_frames, size, size, 3]``."""
     grid = (np.mgrid[0 : spec.size, 0 : spec.size] + 0.5) / spec.size
     frames = np.empty((spec.num_frames, spec.size, spec.size, 3), np.uint8)
@@ -394,7 +394,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: in
 
 def _write_clip(job: tuple[ClipSpec, str]) -> None:
     spec, path = job
-    write_video(path, render(spec), spec.fps)
+    write_video(path, render_clip(spec), spec.fps)
 
 
 # ---------------------------------------------------------------- datasets on disk

@@ -12,25 +12,28 @@ data, train (checkpoint every epoch, best by validation R@1, resumable), then ev
 
 from __future__ import annotations
 
-import argparse
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":  # parse the flags before torch loads: --help answers at once
+    if not __package__:  # `python vcb_utils/train.py`, `accelerate launch vcb_utils/train.py`
+        sys.path[0] = str(Path(__file__).resolve().parent.parent)
+    from vcb_utils.cli import main
+
+    sys.exit(main())
+
 import json
 import logging
 import math
 import signal
-import sys
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
-
-if __package__ in (None, ""):  # `python vcb_utils/train.py` and `accelerate launch vcb_utils/...`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from dataclasses import asdict
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from vcb_utils.config import PRESETS, Config, load_config, preset
+from vcb_utils.config import Config, RunOptions
 from vcb_utils.datasets import EvalSet, build_dataset, collate, read_annotations
 from vcb_utils.distributed import check_world_size, gather_with_grad
 from vcb_utils.evaluate import evaluate, load_eval_set, zero_shot
@@ -44,209 +47,12 @@ PROGRESS_FILE = "progress.json"
 LOG_FILE = "log.jsonl"
 
 
-@dataclass
-class RunOptions:
-    """What to do in this run (the Config says how)."""
-
-    do_train: bool = True
-    do_eval: bool = True
-    init_model: str | None = None
-    """A Video-ColBERT checkpoint folder to start from (or to evaluate)."""
-    resume: str | None = None
-    """A training-state folder (``<output_dir>/state``) to continue from exactly."""
-    cpu: bool = False
-    report_to: str = "none"
-    """``none``, ``tensorboard``, ``wandb`` or ``all`` (accelerate trackers)."""
-    world_size: int | None = None
-    """Fail unless this many processes train together (catches launcher mistakes)."""
-    max_steps: int = 0
-    """Stop after this many optimiser steps (0 = all epochs); for smoke tests."""
-    zero_shot: bool = False
-    """Only evaluate the plain open_clip backbone (no Video-ColBERT training)."""
-    postprocessing: str = "none"
-    """Final evaluation only: ``dual_softmax`` / ``inverted_softmax`` (uses other queries)."""
-
-
 class TrainingInterrupted(RuntimeError):
     """SIGINT/SIGTERM arrived; the state was saved first."""
 
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.exit_code = 128 + signum
-
-
-# ---- command line ------------------------------------------------------------------------------
-# flag -> (config section, field); flags left unset keep the preset's / config file's value
-FLAG_FIELDS = {
-    "datatype": ("data", "datatype"),
-    "anno_path": ("data", "anno_path"),
-    "video_path": ("data", "video_path"),
-    "video_framerate": ("data", "video_framerate"),
-    "workers": ("data", "workers"),
-    "on_error": ("data", "on_error"),
-    "cache_dir": ("data", "cache_dir"),
-    "max_words": ("model", "max_words"),
-    "max_frames": ("model", "max_frames"),
-    "base_encoder": ("model", "backbone"),
-    "pretrained": ("model", "pretrained"),
-    "mode": ("model", "mode"),
-    "loss": ("model", "loss"),
-    "query_expansion": ("model", "query_expansion"),
-    "n_visual_expansion": ("model", "n_visual_expansion"),
-    "temporal_layers": ("model", "temporal_layers"),
-    "batch_size": ("train", "batch_size"),
-    "batch_size_val": ("train", "batch_size_val"),
-    "epochs": ("train", "epochs"),
-    "lr": ("train", "lr"),
-    "coef_lr": ("train", "coef_lr"),
-    "weight_decay": ("train", "weight_decay"),
-    "warmup_ratio": ("train", "warmup_ratio"),
-    "grad_clip": ("train", "grad_clip"),
-    "grad_accum": ("train", "grad_accum"),
-    "seed": ("train", "seed"),
-    "mixed_precision": ("train", "mixed_precision"),
-    "output_dir": ("train", "output_dir"),
-    "save_every_steps": ("train", "save_every_steps"),
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vcb_utils/train.py",
-        description="Train and evaluate Video-ColBERT (flags of the reference code, plus more). "
-        "With no flags: the tiny preset on the synthetic dataset, on CPU, in a few minutes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    run = parser.add_argument_group("what to run")
-    run.add_argument(
-        "--do_train",
-        type=int,
-        choices=(0, 1),
-        default=None,
-        help="train (default 1, or 0 when --init_model is given)",
-    )
-    run.add_argument("--do_eval", type=int, choices=(0, 1), default=1, help="evaluate at the end")
-    run.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        default=None,
-        help="named settings; default tiny, or the method.md defaults when "
-        "--base_encoder, a non-synthetic --datatype or --config is given",
-    )
-    run.add_argument("--config", help="a .yaml/.json file with model/data/train sections")
-    run.add_argument("--output_dir", help="checkpoints, logs and metrics go here")
-    run.add_argument("--init_model", help="Video-ColBERT checkpoint folder to start from")
-    run.add_argument(
-        "--resume",
-        nargs="?",
-        const="auto",
-        help="continue an interrupted run from its saved state (default: <output_dir>/state)",
-    )
-    run.add_argument("--seed", type=int)
-    run.add_argument(
-        "--zero_shot",
-        action="store_true",
-        help="only evaluate the plain open_clip backbone, as a starting point",
-    )
-    run.add_argument(
-        "--postprocessing",
-        default="none",
-        choices=("none", "dual_softmax", "inverted_softmax"),
-        help="final evaluation only; uses the other test queries, so the numbers "
-        "are not comparable to plain ones (labelled in the table and metrics.json)",
-    )
-
-    data = parser.add_argument_group("data")
-    data.add_argument("--datatype", choices=("synthetic", "msrvtt", "csv", "jsonl"))
-    data.add_argument("--anno_path", help="MSR-VTT annotation folder, or a CSV/JSONL file")
-    data.add_argument("--video_path", help="folder of the video files")
-    data.add_argument("--max_words", type=int, help="text tokens (and query expansion length)")
-    data.add_argument("--max_frames", type=int, help="frames per video")
-    data.add_argument("--video_framerate", type=float, help="frames per second to sample")
-    data.add_argument("--workers", type=int, help="data loader workers per process")
-    data.add_argument("--on_error", choices=("raise", "skip"), help="what a bad video does")
-    data.add_argument("--cache_dir", help="decoded-frame cache folder")
-
-    model = parser.add_argument_group("model")
-    model.add_argument("--base_encoder", help="open_clip model, e.g. ViT-B-32 (ViT-B/32 works too)")
-    model.add_argument(
-        "--pretrained",
-        help="open_clip tag, local file, or 'none' (default 'openai' with "
-        "--base_encoder, as in the reference code)",
-    )
-    model.add_argument("--mode", choices=("both", "spatial", "temporal", "meanP"))
-    model.add_argument("--loss", choices=("sigmoid", "infonce"))
-    model.add_argument("--query_expansion", type=int, choices=(0, 1))
-    model.add_argument("--n_visual_expansion", type=int)
-    model.add_argument("--temporal_layers", type=int)
-
-    optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--batch_size", type=int, help="global training batch (all processes)")
-    optim.add_argument("--batch_size_val", type=int, help="evaluation batch per process")
-    optim.add_argument("--epochs", type=int)
-    optim.add_argument("--lr", type=float, help="learning rate of the new modules")
-    optim.add_argument("--coef_lr", type=float, help="CLIP weights train at lr * coef_lr")
-    optim.add_argument("--weight_decay", type=float)
-    optim.add_argument("--warmup_ratio", type=float)
-    optim.add_argument("--grad_clip", type=float, help="max gradient norm (0 = off)")
-    optim.add_argument("--grad_accum", type=int, help="batches per optimiser step")
-    optim.add_argument("--save_every_steps", type=int, help="also checkpoint every N steps")
-    optim.add_argument("--max_steps", type=int, default=0, help="stop after N steps (smoke tests)")
-
-    hardware = parser.add_argument_group("hardware and logging")
-    hardware.add_argument("--cpu", action="store_true", help="run on CPU (gloo) even with GPUs")
-    hardware.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"))
-    hardware.add_argument(
-        "--report_to", default="none", choices=("none", "tensorboard", "wandb", "all")
-    )
-    hardware.add_argument(
-        "--world_size", type=int, help="fail unless this many processes train together"
-    )
-    return parser
-
-
-def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, RunOptions]:
-    """Flags -> (Config, RunOptions): preset, then config file, then explicit flags."""
-    args = build_parser().parse_args(argv)
-    config = _base_config(args)
-    overrides: dict[str, dict] = {"model": {}, "data": {}, "train": {}}
-    for flag, (section, name) in FLAG_FIELDS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            overrides[section][name] = value
-    model = overrides["model"]
-    if "backbone" in model:
-        model["backbone"] = model["backbone"].replace("/", "-")
-        model.setdefault("pretrained", "openai")
-    if "pretrained" in model and model["pretrained"].lower() == "none":
-        model["pretrained"] = None
-    if "query_expansion" in model:
-        model["query_expansion"] = bool(model["query_expansion"])
-    config = config.updated(**overrides)
-    do_train = bool(args.do_train) if args.do_train is not None else args.init_model is None
-    options = RunOptions(
-        do_train=do_train,
-        do_eval=bool(args.do_eval),
-        init_model=args.init_model,
-        resume=args.resume,
-        cpu=args.cpu,
-        report_to=args.report_to,
-        world_size=args.world_size,
-        max_steps=args.max_steps,
-        zero_shot=args.zero_shot,
-        postprocessing=args.postprocessing,
-    )
-    return config, options
-
-
-def _base_config(args: argparse.Namespace) -> Config:
-    if args.config:
-        config = load_config(args.config)
-        return preset(args.preset).updated(**config.to_dict()) if args.preset else config
-    if args.preset:
-        return preset(args.preset)
-    paper_scale = args.base_encoder or args.datatype not in (None, "synthetic")
-    return Config() if paper_scale else preset("tiny")
 
 
 # ---- the run -----------------------------------------------------------------------------------
@@ -271,11 +77,11 @@ def run(config: Config, options: RunOptions) -> dict:
     if options.zero_shot:
         return zero_shot(config, accelerator, split="test", output_dir=output_dir)
     model, config = _initial_model(config, options)
-    if options.do_train:
+    if options.trains:
         model = train(accelerator, model, config, options)
     metrics: dict = {}
     if options.do_eval:
-        checkpoint = options.init_model or (str(output_dir / "last") if options.do_train else None)
+        checkpoint = options.init_model or (str(output_dir / "last") if options.trains else None)
         metrics = evaluate(
             model,
             config,
@@ -311,7 +117,7 @@ def _check_batch(config: Config, processes: int) -> None:
 
 def _check_annotations(config: Config, options: RunOptions) -> None:
     """Read the annotations of every split the run needs: bad paths fail before any work."""
-    train_split = options.do_train and not options.zero_shot
+    train_split = options.trains and not options.zero_shot
     splits = (["train"] if train_split else []) + (["test"] if options.do_eval else [])
     data = config.data
     for split in splits:
@@ -407,17 +213,9 @@ def train(accelerator: Accelerator, model: VideoColBERT, config: Config, options
 
 def _train_loader(accelerator: Accelerator, model: VideoColBERT, config: Config):
     with accelerator.main_process_first():  # the main process fills the frame cache
+        # uint8 frames: normalised by the model, on its device
         dataset = build_dataset(
-            config.data,
-            "train",
-            tokenize=model.tokenize,
-            max_frames=config.model.max_frames,
-            image_size=model.image_size,
-            mean=model.image_mean,
-            std=model.image_std,
-            train=True,
-            seed=config.train.seed,
-            uint8=True,  # normalised by the model, on its device
+            config.data, "train", model.preprocessing, seed=config.train.seed, uint8=True
         )
     batch_size = config.train.batch_size
     if len(dataset) < batch_size:
@@ -603,20 +401,3 @@ def notebook_train(config: Config, options: RunOptions | None = None, num_proces
     from accelerate import notebook_launcher
 
     notebook_launcher(run, args=(config, options or RunOptions()), num_processes=num_processes)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    config, options = parse_args(argv)
-    try:
-        run(config, options)
-    except TrainingInterrupted as stop:
-        log.error("%s", stop)
-        return stop.exit_code
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

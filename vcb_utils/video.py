@@ -3,8 +3,9 @@
 Two decoders give identical frames: decord (the default, fast random access) and PyAV (the
 fallback, chosen with ``backend="pyav"``, the ``VCB_VIDEO_BACKEND`` environment variable, or
 automatically when decord is not importable). Frame sampling follows the reference code
-(DRL, TS2-Net): one position every ``round(fps / framerate)`` frames between ``start`` and
-``end``, then ``linspace`` down to ``max_frames``.
+(DRL, TS2-Net) on constant-frame-rate clips: one position every ``round(fps / framerate)`` frames
+between ``start`` and ``end``, then ``linspace`` down to ``max_frames``. Variable-frame-rate clips
+are sampled by presentation time instead (``sample_frame_times``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("decord", "pyav")
 DECODE_CHUNK = 4
 """Frames decoded at a time when shrinking them (bounds memory on large videos)."""
+TIME_TOLERANCE = 1e-3
+"""Seconds of slack when comparing timestamps (decord reports them as float32)."""
 
 
 class VideoReadError(RuntimeError):
@@ -137,23 +140,88 @@ def sample_frame_indices(
     With ``jitter`` (training only), each kept position moves to a random frame of its segment,
     the frames up to the next kept position (or one stride past the last), drawn from ``rng``.
     """
-    if fps <= 0 or framerate <= 0 or max_frames < 1:
-        raise ValueError(
-            f"need fps > 0, framerate > 0 and max_frames >= 1; got fps={fps}, "
-            f"framerate={framerate}, max_frames={max_frames}"
-        )
-    if (start is not None and start < 0) or (end is not None and end < 0):
-        raise ValueError(f"start and end must be >= 0 seconds (got {start}, {end})")
+    if fps <= 0:
+        raise ValueError(f"need fps > 0; got fps={fps}")
+    _check_sampling(framerate, max_frames, start, end)
     first = 0 if start is None else int(start * fps)
     last = num_frames - 1 if end is None else int(min(end * fps, num_frames - 1))
     stride = max(1, int(round(fps / framerate)))
-    positions = list(range(first, last + 1, stride))
-    if len(positions) > max_frames:
-        keep = np.linspace(0, len(positions) - 1, num=max_frames, dtype=int)
-        positions = [positions[k] for k in keep]
+    positions = _thin(list(range(first, last + 1, stride)), max_frames)
     if jitter and positions:
         positions = _jitter(positions, min(positions[-1] + stride, last + 1), rng)
     return positions
+
+
+def sample_frame_times(
+    timestamps: Sequence[float] | np.ndarray,
+    framerate: float = 1.0,
+    max_frames: int = 12,
+    start: float | None = None,
+    end: float | None = None,
+    *,
+    jitter: bool = False,
+    rng: np.random.Generator | None = None,
+) -> list[int]:
+    """Frame indices to sample by presentation time, for variable-frame-rate clips.
+
+    ``timestamps`` are the frames' start times in seconds, ascending (shifted so that the first
+    frame starts at 0). Each target time takes the frame on screen then: the last one starting
+    at or before it (within ``TIME_TOLERANCE``). The targets run every ``1 / framerate`` seconds
+    from the start of the frame on screen at ``start`` (default 0) up to ``end`` (default, and
+    at most, the last frame's start). A frame taken twice is kept once, then ``linspace`` thins
+    to ``max_frames`` and ``jitter`` moves each position within its segment, as in
+    ``sample_frame_indices``, which gives the same indices on a constant-frame-rate clip when
+    ``fps / framerate`` is a whole number.
+    """
+    _check_sampling(framerate, max_frames, start, end)
+    times = np.asarray(timestamps, dtype=np.float64)
+    if times.size == 0:
+        return []
+    times = times - times[0]
+    first = 0.0 if start is None else start
+    last = times[-1] if end is None else min(end, times[-1])
+    if first > last + TIME_TOLERANCE:
+        return []
+    origin = times[_shown_at(times, first)]
+    targets = origin + np.arange(int((last - origin + TIME_TOLERANCE) * framerate) + 1) / framerate
+    positions = _thin(list(dict.fromkeys(_shown_at(times, targets).tolist())), max_frames)
+    if jitter:  # the last segment ends a step after its frame, or with the window
+        step_after = int(_shown_at(times, times[positions[-1]] + 1 / framerate))
+        stop = min(max(step_after, positions[-1] + 1), int(_shown_at(times, last)) + 1)
+        positions = _jitter(positions, stop, rng)
+    return positions
+
+
+def is_constant_rate(timestamps: Sequence[float] | np.ndarray, fps: float) -> bool:
+    """Whether every frame starts within half a frame of ``i / fps`` (from the first frame)."""
+    times = np.asarray(timestamps, dtype=np.float64)
+    nominal = np.arange(times.size) / fps
+    return times.size == 0 or bool(np.abs(times - times[0] - nominal).max() < 0.5 / fps)
+
+
+def _check_sampling(
+    framerate: float, max_frames: int, start: float | None, end: float | None
+) -> None:
+    if framerate <= 0 or max_frames < 1:
+        raise ValueError(
+            f"need framerate > 0 and max_frames >= 1; got framerate={framerate}, "
+            f"max_frames={max_frames}"
+        )
+    if (start is not None and start < 0) or (end is not None and end < 0):
+        raise ValueError(f"start and end must be >= 0 seconds (got {start}, {end})")
+
+
+def _thin(positions: list[int], max_frames: int) -> list[int]:
+    """``linspace(0, n - 1, max_frames)`` of the positions when there are more than that."""
+    if len(positions) <= max_frames:
+        return positions
+    keep = np.linspace(0, len(positions) - 1, num=max_frames, dtype=int)
+    return [positions[k] for k in keep]
+
+
+def _shown_at(times: np.ndarray, targets: float | np.ndarray) -> np.ndarray:
+    """Index of the last frame starting at or before each target time (times[0] <= target)."""
+    return np.searchsorted(times, np.asarray(targets) + TIME_TOLERANCE, side="right") - 1
 
 
 def _jitter(positions: list[int], stop: int, rng: np.random.Generator | None) -> list[int]:
@@ -198,17 +266,32 @@ def read_clip(
     rng: np.random.Generator | None = None,
     backend: str | None = None,
 ) -> Clip:
-    """Open a video once, sample its frame indices and decode them (see the two functions)."""
+    """Open a video once, sample its frame indices and decode them.
+
+    Variable-frame-rate clips are sampled by ``sample_frame_times``; constant-frame-rate ones
+    (``is_constant_rate``, or timestamps missing or out of order) by ``sample_frame_indices``,
+    the reference semantics.
+    """
     with _open(path, backend) as video:
-        info = video.info
-        indices = sample_frame_indices(info.num_frames, info.fps, framerate, max_frames, start,
-                                       end, jitter=jitter, rng=rng)
+        info, times = video.info, video.timestamps()
+        if _variable_rate(times, info.fps):
+            indices = sample_frame_times(times, framerate, max_frames, start, end,
+                                         jitter=jitter, rng=rng)
+        else:
+            indices = sample_frame_indices(info.num_frames, info.fps, framerate, max_frames,
+                                           start, end, jitter=jitter, rng=rng)
         if not indices:
             raise VideoReadError.at(
                 path, f"no frame between start={start} and end={end} "
                 f"({info.num_frames} frames at {info.fps:g} fps)"
             )
         return Clip(video.read(indices, size), indices, info)
+
+
+def _variable_rate(times: np.ndarray | None, fps: float) -> bool:
+    """Whether there are usable (strictly increasing) timestamps and they vary in rate."""
+    return (times is not None and bool(np.all(np.diff(times) > 0))
+            and not is_constant_rate(times, fps))
 
 
 def _open(path: str | os.PathLike, backend: str | None) -> _DecordFile | _PyAVFile:
@@ -266,6 +349,10 @@ class _DecordFile:
     def __exit__(self, *exc: object) -> None:
         del self.reader
 
+    def timestamps(self) -> np.ndarray:
+        """Every frame's start time in seconds (from decord's frame index, no decoding)."""
+        return self.reader.get_frame_timestamp(range(self.info.num_frames))[:, 0].astype(float)
+
     def read(self, indices: Sequence[int], size: int | None = None) -> np.ndarray:
         indices = _check_indices(self.path, indices, self.info.num_frames)
         step = len(indices) if size is None else DECODE_CHUNK
@@ -302,20 +389,30 @@ class _PyAVFile:
             raise VideoReadError.at(path, "no video stream")
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "AUTO"
+        self._pts: list[int | None] | None = None
         self.info = self._info()
 
     def _info(self) -> VideoInfo:
-        num_frames = self.stream.frames or self._count_frames()
+        num_frames = self.stream.frames or len(self._packet_pts())
         rate = self.stream.average_rate or self.stream.guessed_rate
         if num_frames == 0 or not rate:
             self.container.close()
             raise VideoReadError.at(self.path, "no video frames" if rate else "unknown frame rate")
         return VideoInfo(num_frames, float(rate))
 
-    def _count_frames(self) -> int:
-        count = sum(1 for packet in self.container.demux(self.stream) if packet.size)
-        self.container.seek(0)
-        return count
+    def _packet_pts(self) -> list[int | None]:
+        """The video packets' presentation times (demuxed once, without decoding)."""
+        if self._pts is None:
+            self._pts = [p.pts for p in self.container.demux(self.stream) if p.size]
+            self.container.seek(0)
+        return self._pts
+
+    def timestamps(self) -> np.ndarray | None:
+        """Every frame's start time in seconds, or None when packets lack them or miscount."""
+        pts = self._packet_pts()
+        if None in pts or len(pts) != self.info.num_frames:
+            return None
+        return np.sort(np.array(pts, dtype=np.int64)) * float(self.stream.time_base)
 
     def __enter__(self) -> _PyAVFile:
         return self

@@ -25,12 +25,12 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
 from vcb_utils.index import Hit, QueryResult, VideoIndex
+from vcb_utils.scoring import token_shares
 from vcb_utils.video import read_clip
 
-BRANCH_NAMES = {"spatial": "F", "temporal": "V"}
 BRANCH_TITLES = {
-    "spatial": "F: one vector per frame",
-    "temporal": "V: contextualised frames + visual expansion tokens",
+    "F": "F: one vector per frame",
+    "V": "V: contextualised frames + visual expansion tokens",
 }
 ARGMAX_GID = "maxsim-argmax"
 AXES_LABEL = "maxsim-{}"
@@ -38,7 +38,7 @@ EXPANSION_COLOUR = "0.45"
 MARK_COLOUR = "#ff3b30"
 ROW_INCHES = 0.24
 """Height of one query row."""
-RANKED_BY = {"both": "MMS_F + MMS_V", "spatial": "MMS_F", "temporal": "MMS_V"}
+RANKED_BY = {"both": "MMS_F + MMS_V", "F": "MMS_F", "V": "MMS_V"}
 FrameSource = Mapping[str, np.ndarray] | Callable[[Hit], np.ndarray | None]
 """Frames of a hit's video: a mapping from video id, or a function of the hit."""
 
@@ -48,7 +48,7 @@ class Panel:
     """One branch of a heatmap: the rows drawn, their MaxSim choices and contributions."""
 
     branch: str
-    """``spatial`` (F) or ``temporal`` (V)."""
+    """``F`` or ``V``."""
     matrix: np.ndarray
     """``[rows drawn, columns]`` similarities."""
     tokens: list[str]
@@ -65,14 +65,14 @@ class Panel:
 
 def heatmap_panels(result: QueryResult, rank: int = 1, show_expansion: bool = True) -> list[Panel]:
     """The F and V panels (those the model has) of the hit at ``rank`` (1 = best)."""
-    hit = _hit(result, rank)
+    hit = result.hit(rank)
     shown = [show_expansion or not pad for pad in result.expansion]
     panels = []
-    for branch, sim in (("spatial", hit.sim_f), ("temporal", hit.sim_v)):
+    for branch, sim in (("F", hit.sim_f), ("V", hit.sim_v)):
         if sim is None:
             continue
         matrix = sim.float().numpy()
-        contribution = matrix.max(axis=1) / len(matrix)
+        contribution = token_shares(sim.float()).numpy()
         keep = np.array(shown)
         panels.append(
             Panel(
@@ -105,7 +105,7 @@ def maxsim_heatmap(
     ``frames``, a temporal-only hit cannot tell frames from expansion tokens: all V columns are
     then labelled as frames.)
     """
-    hit = _hit(result, rank)
+    hit = result.hit(rank)
     panels = heatmap_panels(result, rank, show_expansion)
     n_frames = _frame_columns(hit, frames)
     n_columns = max(p.matrix.shape[1] for p in panels)
@@ -132,8 +132,8 @@ def maxsim_heatmap(
 
 
 def heatmap_axes(fig: Figure) -> dict[str, Axes]:
-    """The heatmap axes of a ``maxsim_heatmap`` figure by branch (``spatial``, ``temporal``)."""
-    labels = {AXES_LABEL.format(branch): branch for branch in BRANCH_NAMES}
+    """The heatmap axes of a ``maxsim_heatmap`` figure by branch (``F``, ``V``)."""
+    labels = {AXES_LABEL.format(branch): branch for branch in BRANCH_TITLES}
     return {labels[ax.get_label()]: ax for ax in fig.axes if ax.get_label() in labels}
 
 
@@ -186,12 +186,6 @@ def figure_png(fig: Figure, dpi: int = 100) -> bytes:
 
 
 # ---- drawing -----------------------------------------------------------------------------------
-def _hit(result: QueryResult, rank: int) -> Hit:
-    if not 1 <= rank <= len(result.hits):
-        raise ValueError(f"rank {rank} is not among the {len(result.hits)} hits")
-    return result.hits[rank - 1]
-
-
 def _frame_columns(hit: Hit, frames: np.ndarray | None) -> int:
     """How many leading columns are frames (the rest of V are visual expansion tokens)."""
     if hit.sim_f is not None:
@@ -246,10 +240,10 @@ def _draw_panel(ax: Axes, panel: Panel, n_frames: int, norm: Normalize, cmap: st
     _style_expansion_rows(ax, panel.expansion)
     if columns > n_frames:
         ax.axvline(n_frames - 0.5, color="white", linewidth=1.5, linestyle="--")
-    name = BRANCH_NAMES[panel.branch]
     hidden = f", {panel.hidden:.3f} from hidden pad rows" if panel.hidden else ""
     ax.set_title(
-        f"{BRANCH_TITLES[panel.branch]}: MMS_{name} = {panel.score:.3f}{hidden}", fontsize=9
+        f"{BRANCH_TITLES[panel.branch]}: MMS_{panel.branch} = {panel.score:.3f}{hidden}",
+        fontsize=9,
     )
     ax.set_xlabel("frame" if columns == n_frames else "frame | visual expansion", fontsize=8)
     ax.set_ylabel("query token", fontsize=8)
@@ -273,7 +267,7 @@ def _draw_contributions(ax: Axes, panel: Panel) -> None:
     low = min(0.0, float(panel.contribution.min()))
     ax.set_xlim(low, max(float(panel.contribution.max()), 1e-6) * 1.6)
     ax.tick_params(labelleft=False, labelsize=7)
-    ax.set_title(f"share of MMS_{BRANCH_NAMES[panel.branch]}", fontsize=9)
+    ax.set_title(f"share of MMS_{panel.branch}", fontsize=9)
     ax.set_xlabel("row max / rows", fontsize=8)
 
 
@@ -290,8 +284,8 @@ def _legend_handles(panels: list[Panel]) -> list:
 
 def _heatmap_title(result: QueryResult, hit: Hit) -> str:
     parts = [
-        f"MMS_{BRANCH_NAMES[b]} = {s:.3f}"
-        for b, s in (("spatial", hit.score_f), ("temporal", hit.score_v))
+        f"MMS_{b} = {s:.3f}"
+        for b, s in (("F", hit.score_f), ("V", hit.score_v))
         if s is not None
     ]
     total = " + ".join(parts) + (f" = {hit.score_total:.3f}" if len(parts) > 1 else "")
@@ -309,8 +303,8 @@ def _draw_hit_row(ax: Axes, hit: Hit, frames: np.ndarray | None, columns: int) -
         spine.set_visible(False)
     ax.set_ylabel(f"#{hit.rank}", rotation=0, ha="right", va="center", fontsize=10)
     scores = [
-        f"MMS_{BRANCH_NAMES[b]} {s:.3f}"
-        for b, s in (("spatial", hit.score_f), ("temporal", hit.score_v))
+        f"MMS_{b} {s:.3f}"
+        for b, s in (("F", hit.score_f), ("V", hit.score_v))
         if s is not None
     ]
     text = f"{hit.id}\ntotal {hit.score_total:.3f}\n" + "  ".join(scores)

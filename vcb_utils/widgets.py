@@ -27,11 +27,7 @@ from vcb_utils.video import VideoReadError
 from vcb_utils.viz import figure_png, index_frames, maxsim_heatmap, ranked_results_figure
 
 EXAMPLE_QUERY = "a red circle moves left"
-BRANCHES = {
-    "both": ["both", "spatial", "temporal"],
-    "spatial": ["spatial"],
-    "temporal": ["temporal"],
-}
+BRANCHES = {"both": ["both", "F", "V"], "F": ["F"], "V": ["V"]}
 """The rankings each index mode offers."""
 
 
@@ -44,7 +40,7 @@ class Rendered:
     heatmap_png: bytes
 
 
-def render(
+def render_result(
     result: QueryResult,
     rank: int,
     frames: dict[str, np.ndarray | None],
@@ -52,7 +48,7 @@ def render(
     dpi: int = 80,
 ) -> Rendered:
     """The ranking table, the thumbnail strips and the heatmap of the hit at ``rank``."""
-    hit = result.hits[rank - 1]
+    hit = result.hit(rank)
     results = ranked_results_figure(result, frames)
     heatmap = maxsim_heatmap(result, rank, frames[hit.id], show_expansion=show_expansion)
     return Rendered(results_table(result, rank), figure_png(results, dpi), figure_png(heatmap, dpi))
@@ -223,7 +219,7 @@ class QueryExplorer:
         start = time.perf_counter()
         for hit in self.result.hits:
             self._load_frames(hit)
-        shown = render(
+        shown = render_result(
             self.result, self.selected.value or 1, self._frames, self.show_expansion.value
         )
         self.table.value = shown.table_html
