@@ -118,7 +118,8 @@ def tiny(tmp_path_factory) -> Path:
 
 
 def test_captions_are_true_of_the_pixels(tiny):
-    specs = synthetic.read_specs(tiny)
+    rows = [json.loads(line) for line in (tiny / "clips.jsonl").read_text().splitlines()]
+    specs = [(r["video"], r["split"], synthetic.ClipSpec.from_dict(r["spec"])) for r in rows]
     assert len(specs) == 16
     for video, _, spec in specs:
         frames = read_frames(tiny / video, range(spec.num_frames))

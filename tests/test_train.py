@@ -145,8 +145,18 @@ def test_main_job_runs_and_loss_goes_down(tmp_path):
     assert last < 0.8 * first
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     assert metrics["t2v"]["both"]["R1"] >= 50.0  # the target; chance is 1% on 100 test clips
-    assert "t2v both" in result.stderr
     assert (out / "best" / "model.safetensors").is_file()
+    # stdout: one line per epoch, the metrics table and where the results are; nothing else
+    lines = result.stdout.splitlines()
+    epochs = preset("tiny").train.epochs
+    assert [line.split()[:2] for line in lines if line.startswith("epoch ")] == [
+        ["epoch", f"{n}/{epochs}"] for n in range(1, epochs + 1)
+    ]
+    assert "t2v both" in result.stdout and "initialized randomly" not in result.stdout
+    best = json.loads((out / "best" / "val_metrics.json").read_text())
+    assert f"best: epoch {best['epoch']}, validation R@1" in result.stdout
+    assert str(out / "metrics.json").endswith(lines[-1].split(": ")[-1].lstrip("./"))
+    assert "initialized randomly" not in result.stderr and "Saving" not in result.stderr
 
 
 @pytest.mark.slow
@@ -323,8 +333,8 @@ def test_non_finite_loss_stops_naming_the_step_after_saving(tmp_path, small_synt
 
 
 def test_an_interrupt_inside_an_accumulation_window_replays_the_window():
-    from vcb_utils.train import _window_start
+    from vcb_utils.checkpoints import Progress, window_start
 
-    assert _window_start({"batch": 7, "step": 3}, grad_accum=2) == {"batch": 6, "step": 3}
-    assert _window_start({"batch": 6, "step": 3}, grad_accum=2)["batch"] == 6
-    assert _window_start({"batch": 5, "step": 5}, grad_accum=1)["batch"] == 5
+    assert window_start(Progress(batch=7, step=3), grad_accum=2) == Progress(batch=6, step=3)
+    assert window_start(Progress(batch=6, step=3), grad_accum=2).batch == 6
+    assert window_start(Progress(batch=5, step=5), grad_accum=1).batch == 5

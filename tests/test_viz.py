@@ -11,18 +11,21 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from vcb_utils.config import preset
 from vcb_utils.index import QueryResult, VideoIndex
 from vcb_utils.model import VideoColBERT, VideoEmbedding
 from vcb_utils.synthetic import write_video
 from vcb_utils.viz import (
+    ARGMAX_GID,
+    AXES_LABEL,
+    BRANCH_TITLES,
     EXPANSION_COLOUR,
     figure_png,
-    heatmap_axes,
     heatmap_panels,
     index_frames,
-    marked_cells,
     maxsim_heatmap,
     ranked_results_figure,
 )
@@ -30,6 +33,22 @@ from vcb_utils.viz import (
 QUERY = "a red circle moves left"
 WORDS = ["<start_of_text>", "a", "red", "circle", "moves", "left", "<end_of_text>"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def heatmap_axes(fig: Figure) -> dict[str, Axes]:
+    """The heatmap axes of a ``maxsim_heatmap`` figure by branch (``F``, ``V``)."""
+    labels = {AXES_LABEL.format(branch): branch for branch in BRANCH_TITLES}
+    return {labels[ax.get_label()]: ax for ax in fig.axes if ax.get_label() in labels}
+
+
+def marked_cells(ax: Axes) -> list[tuple[int, int]]:
+    """``(row, column)`` of every MaxSim mark drawn on a heatmap axes, top row first."""
+    cells = [
+        (round(p.get_y() + 0.5), round(p.get_x() + 0.5))
+        for p in ax.patches
+        if p.get_gid() == ARGMAX_GID
+    ]
+    return sorted(cells)
 
 
 def make_model(**changes) -> VideoColBERT:

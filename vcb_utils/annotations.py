@@ -68,8 +68,9 @@ ACTIVITYNET_SPLITS = {
 ``val_1`` as in CLIP4Clip, and ``val_2.json`` is never read."""
 MAX_PROBLEMS = 10
 """How many problems of one annotation file an error lists."""
-NOT_VIDEOS = frozenset({".csv", ".json", ".jsonl", ".md", ".part", ".pickle", ".pkl", ".tmp",
-                        ".txt", ".ytdl"})
+NOT_VIDEOS = frozenset(
+    {".csv", ".json", ".jsonl", ".md", ".part", ".pickle", ".pkl", ".tmp", ".txt", ".ytdl"}
+)
 """Extensions the video index skips (annotations beside the videos, partial downloads)."""
 
 

@@ -74,8 +74,15 @@ class FrameCache:
             stat = Path(video.path).stat()
         except OSError:
             return None
-        raw = json.dumps([str(Path(video.path).resolve()), video.start, video.end,
-                          stat.st_size, stat.st_mtime_ns])
+        raw = json.dumps(
+            [
+                str(Path(video.path).resolve()),
+                video.start,
+                video.end,
+                stat.st_size,
+                stat.st_mtime_ns,
+            ]
+        )
         return self.dir / f"{hashlib.sha1(raw.encode()).hexdigest()}.npy"
 
     def load(self, video: VideoRef, *, backend: str | None = None) -> torch.Tensor | None:
@@ -110,13 +117,19 @@ class FrameCache:
         size, most = self.sampling.image_size, self.sampling.max_frames
         shape_ok = frames.ndim == 4 and frames.shape[1:] == (3, size, size)
         if frames.dtype != np.uint8 or not (shape_ok and 1 <= len(frames) <= most):
-            raise ValueError(f"{frames.dtype} {list(frames.shape)}, not uint8 "
-                             f"[1..{most}, 3, {size}, {size}]")
+            raise ValueError(
+                f"{frames.dtype} {list(frames.shape)}, not uint8 [1..{most}, 3, {size}, {size}]"
+            )
         return frames
 
     def _discard(self, path: Path, video: VideoRef, err: Exception) -> None:
-        logger.warning("frame cache: deleting damaged entry %s of %s (%s: %s); decoding it again",
-                       path, video.path, type(err).__name__, err)
+        logger.warning(
+            "frame cache: deleting damaged entry %s of %s (%s: %s); decoding it again",
+            path,
+            video.path,
+            type(err).__name__,
+            err,
+        )
         path.unlink(missing_ok=True)
 
     def store(self, video: VideoRef, frames: torch.Tensor) -> None:
@@ -161,8 +174,13 @@ class FrameCache:
             else:
                 logger.warning("frame cache: skipping %s", error)
                 report.failed[path] = error
-        logger.info("frame cache %s: %d cached, %d decoded, %d failed", self.dir,
-                    report.cached, report.built, len(report.failed))
+        logger.info(
+            "frame cache %s: %d cached, %d decoded, %d failed",
+            self.dir,
+            report.cached,
+            report.built,
+            len(report.failed),
+        )
         return report
 
     def _cached(self, video: VideoRef) -> bool:

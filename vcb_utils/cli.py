@@ -17,6 +17,7 @@ import dataclasses
 import inspect
 import logging
 import os
+import sys
 import textwrap
 import types
 import typing
@@ -39,13 +40,12 @@ FLAG_CONST = {"resume": "auto"}
 """Field -> the value of its flag given alone (``--resume`` = resume from <output_dir>/state)."""
 GROUPS = {"run": RunOptions, **SECTIONS}
 TITLES = {"run": "what to run", "model": "model", "data": "data", "train": "training"}
-QUIET_LOGGERS = ("open_clip", "accelerate", "root")
-"""Libraries whose INFO lines stay out of the default output (``-v`` shows them)."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, RunOptions]:
     """Flags -> (Config, RunOptions): preset, then config file, then explicit flags."""
-    args = vars(build_parser(argv).parse_args(argv))
+    parser = build_parser(argv)
+    args = vars(parser.parse_args(argv))
     values = {name: {} for name in GROUPS}
     for name, kind in GROUPS.items():
         for f in dataclasses.fields(kind):
@@ -54,7 +54,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, RunOptions]:
     if "backbone" in values["model"]:  # the reference code: --base_encoder means OpenAI weights
         values["model"].setdefault("pretrained", "openai")
     options = values.pop("run")
-    return _base_config(args).updated(**values), RunOptions(**options)
+    options.setdefault("do_train", options.get("init_model") is None)  # the reference code
+    try:
+        return _base_config(args).updated(**values), RunOptions(**options)
+    except ValueError as err:  # a value out of range: the usage line and the reason, exit 2
+        parser.error(str(err))
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
@@ -64,7 +68,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         prog="vcb_utils/train.py",
         description="Train and evaluate Video-ColBERT (the reference code's flags, generated "
         "from vcb_utils/config.py). With no flags: the tiny preset on the synthetic dataset, "
-        "on CPU, in a few minutes. [brackets]: the value this run uses unless the flag is given.",
+        "on CPU, in a few minutes. Defaults shown are those of the chosen preset or config file.",
         argument_default=argparse.SUPPRESS,
     )
     base = _base_config(vars(_selector().parse_known_args(argv)[0]))
@@ -78,7 +82,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         for f in dataclasses.fields(kind):
             flags = (f"--{f.name}", *FLAG_ALIASES.get(f.name, ()))
             value = defaults[name][f.name]
-            help_text = f"{docs.get(f.name, '')} [{_shown(value)}]".replace("%", "%%")
+            help_text = f"{docs.get(f.name, '')} (default: {_shown(value)})".replace("%", "%%")
             group.add_argument(*flags, dest=f.name, help=help_text, **_kind_options(f, hints))
     return parser
 
@@ -93,9 +97,12 @@ def _selector() -> argparse.ArgumentParser:
 
 
 def _add_selectors(group: argparse._ActionsContainer) -> None:
-    group.add_argument("--preset", choices=sorted(PRESETS), help="named settings [tiny, or the "
-                       "method.md defaults when --backbone, a non-synthetic --datatype or "
-                       "--config is given]")
+    group.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="named settings (default: tiny, or the method.md defaults when --backbone, "
+        "a non-synthetic --datatype or --config is given)",
+    )
     group.add_argument("--config", help="a .yaml/.json file with model/data/train sections")
 
 
@@ -172,10 +179,18 @@ def _shown(value: Any) -> str:
 
 
 def configure_output(verbose: bool) -> None:
-    """One line per event from this package; the libraries' INFO lines only with ``-v``."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    """This package's lines (epochs, metrics, summary) on stdout, warnings and errors on
+    stderr; the libraries' INFO lines (open_clip, accelerate's saved files) only with ``-v``."""
+    results = logging.StreamHandler(sys.stdout)
+    results.addFilter(lambda record: record.levelno < logging.WARNING)
+    problems = logging.StreamHandler(sys.stderr)
+    problems.setLevel(logging.WARNING)
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[results, problems],
+    )
+    logging.getLogger("vcb_utils").setLevel(logging.INFO)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -185,7 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # OpenMP threads that spin while they wait steal the CPU from each other, and from any
     # other program, when the cores are shared; set before torch loads (a user's value wins)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from vcb_utils.train import TrainingInterrupted, run
+    from vcb_utils.checkpoints import TrainingInterrupted
+    from vcb_utils.train import run
 
     try:
         run(config, options)

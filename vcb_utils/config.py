@@ -22,9 +22,7 @@ from typing import Any, Literal
 
 Mode = Literal["both", "F", "V", "meanP"]
 LossKind = Literal["sigmoid", "infonce"]
-Datatype = Literal[
-    "synthetic", "msrvtt", "csv", "jsonl", "msvd", "vatex", "didemo", "activitynet"
-]
+Datatype = Literal["synthetic", "msrvtt", "csv", "jsonl", "msvd", "vatex", "didemo", "activitynet"]
 
 VALUE_ALIASES: dict[str, dict[str, str]] = {"mode": {"spatial": "F", "temporal": "V"}}
 """Old names still accepted from configs, checkpoints and flags: ``spatial`` is F, ``temporal``
@@ -231,8 +229,8 @@ class TrainConfig(_Validated):
 class RunOptions(_Validated):
     """What to do in this run (the Config says how)."""
 
-    do_train: bool | None = None
-    """Train (default: yes, unless init_model is given)."""
+    do_train: bool = True
+    """Train (on the command line: 1 unless --init_model is given)."""
     do_eval: bool = True
     """Evaluate on the test split at the end."""
     init_model: str | None = None
@@ -254,11 +252,6 @@ class RunOptions(_Validated):
     to plain ones (labelled in the table and metrics.json)."""
     verbose: bool = False
     """Also show the libraries' INFO lines and every file saved."""
-
-    @property
-    def trains(self) -> bool:
-        """Whether this run trains: do_train, or by default when no init_model is given."""
-        return self.init_model is None if self.do_train is None else self.do_train
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}

@@ -215,8 +215,12 @@ def make_loader(
 ) -> DataLoader:
     """A DataLoader with ``collate`` and a seeded shuffle."""
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-        collate_fn=collate, drop_last=drop_last,
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        collate_fn=collate,
+        drop_last=drop_last,
         generator=torch.Generator().manual_seed(seed) if shuffle else None,
     )
 
@@ -253,8 +257,9 @@ def make_eval_set(records: Sequence[Record], tokenize: Tokenize, source: ClipSou
     if not records:
         raise ValueError("no records: the annotation split is empty")
     videos, captions, targets = eval_layout(records)
-    return EvalSet(videos, captions, targets, VideoDataset(videos, source),
-                   CaptionDataset(captions, tokenize))
+    return EvalSet(
+        videos, captions, targets, VideoDataset(videos, source), CaptionDataset(captions, tokenize)
+    )
 
 
 # ---------------------------------------------------------------- from a DataConfig
@@ -279,8 +284,14 @@ def build_dataset(
     """
     jitter = train and cfg.frame_jitter
     records, cache = _prepare(cfg, split, prep, use_cache=not jitter)
-    source = prep.source(cfg.video_framerate, cache=cache, on_error=cfg.on_error, jitter=jitter,
-                         seed=seed, uint8=uint8)
+    source = prep.source(
+        cfg.video_framerate,
+        cache=cache,
+        on_error=cfg.on_error,
+        jitter=jitter,
+        seed=seed,
+        uint8=uint8,
+    )
     return VideoTextDataset(records, prep.tokenize, source)
 
 
@@ -299,8 +310,9 @@ def _prepare(
     """Records whose videos are usable, and the filled frame cache (when configured)."""
     records = read_annotations(cfg.datatype, cfg.anno_path, split, cfg.video_path)
     source = f"{cfg.datatype} split {split!r}"
-    problems = check_videos([r.video for r in records], cfg.on_error, source=source,
-                            workers=cfg.workers)
+    problems = check_videos(
+        [r.video for r in records], cfg.on_error, source=source, workers=cfg.workers
+    )
     cache = None
     if cfg.cache_dir and use_cache:
         cache = FrameCache(cfg.cache_dir, prep.sampling(cfg.video_framerate))

@@ -83,3 +83,17 @@ def check_world_size(seen: int) -> None:
             "not training together. On CPU pass --cpu (gloo backend); on GPUs check that "
             "num_processes does not exceed the visible devices."
         )
+
+
+def set_cpu_threads() -> int:
+    """Intra-op threads for this process: its share of the cores it may run on.
+
+    torch starts one thread per core in every process; N processes on one machine (or another
+    busy program) then oversubscribe the cores and slow down far more than the fair share.
+    ``OMP_NUM_THREADS``, when set, wins. Returns the number of threads now in use.
+    """
+    if "OMP_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, (cores or 1) // per_machine))
+    return torch.get_num_threads()

@@ -34,7 +34,9 @@ from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
-MSRVTT_ANNOTATIONS_URL = "https://github.com/ArrowLuo/CLIP4Clip/releases/download/v0.0/msrvtt_data.zip"
+MSRVTT_ANNOTATIONS_URL = (
+    "https://github.com/ArrowLuo/CLIP4Clip/releases/download/v0.0/msrvtt_data.zip"
+)
 """The split files and ``MSRVTT_data.json`` (as in the CLIP4Clip README)."""
 MSRVTT_VIDEOS_URL = "https://www.robots.ox.ac.uk/~maxbain/frozen-in-time/data/MSRVTT.zip"
 """The 10,000 raw clips (about 6.3 GB; ``MSRVTT/videos/all/video*.mp4``)."""
@@ -117,10 +119,16 @@ def _fetch(url: str, part: Path, timeout: float, chunk_size: int) -> None:
         raise
     with response:
         start, total = _extent(url, response, have, part)
-        with open(part, "ab" if start else "wb") as out, tqdm(
-            total=total, initial=start, unit="B", unit_scale=True,
-            desc=part.name.removesuffix(".part"),
-        ) as bar:
+        with (
+            open(part, "ab" if start else "wb") as out,
+            tqdm(
+                total=total,
+                initial=start,
+                unit="B",
+                unit_scale=True,
+                desc=part.name.removesuffix(".part"),
+            ) as bar,
+        ):
             while chunk := response.read(chunk_size):
                 out.write(chunk)
                 bar.update(len(chunk))
@@ -365,38 +373,52 @@ DATASETS: dict[str, Benchmark] = {
         [
             Source(
                 "https://github.com/ArrowLuo/CLIP4Clip/releases/download/v0.0/msvd_data.zip",
-                "msvd_data.zip", "raw-captions.pkl and the split lists (CLIP4Clip release)",
+                "msvd_data.zip",
+                "raw-captions.pkl and the split lists (CLIP4Clip release)",
             ),
             Source(
                 "https://www.cs.utexas.edu/users/ml/clamp/videoDescription/YouTubeClips.tar",
-                "YouTubeClips.tar", "the 1970 clips <id>.avi (1.7 GB)", videos=True,
+                "YouTubeClips.tar",
+                "the 1970 clips <id>.avi (1.7 GB)",
+                videos=True,
             ),
         ],
         "raw-captions.pkl",
         "*.avi",
     ),
     "didemo": Benchmark(
-        [Source(f"{_DIDEMO}/{s}_data.json", f"{s}_data.json", f"{s} moments (LocalizingMoments)")
-         for s in ("train", "val", "test")]
-        + [Source(f"{_CE_DIDEMO}/{s}_list.txt", f"{s}_list.txt", f"{s} videos (coll. experts)")
-           for s in ("train", "val", "test")],
+        [
+            Source(f"{_DIDEMO}/{s}_data.json", f"{s}_data.json", f"{s} moments (LocalizingMoments)")
+            for s in ("train", "val", "test")
+        ]
+        + [
+            Source(f"{_CE_DIDEMO}/{s}_list.txt", f"{s}_list.txt", f"{s} videos (coll. experts)")
+            for s in ("train", "val", "test")
+        ],
         "train_data.json",
     ),
     "activitynet": Benchmark(
         [
             Source(
                 "https://cs.stanford.edu/people/ranjaykrishna/densevid/captions.zip",
-                "captions.zip", "train.json, val_1.json and the id lists (ActivityNet Captions)",
+                "captions.zip",
+                "train.json, val_1.json and the id lists (ActivityNet Captions)",
             )
         ],
         "val_1.json",
     ),
     "vatex": Benchmark(
         [
-            Source(f"{_VATEX}/vatex_training_v1.0.json", "vatex_training_v1.0.json",
-                   "25,991 training videos, 10 English captions each"),
-            Source(f"{_VATEX}/vatex_validation_v1.0.json", "vatex_validation_v1.0.json",
-                   "3,000 validation videos (the HGR val and test splits)"),
+            Source(
+                f"{_VATEX}/vatex_training_v1.0.json",
+                "vatex_training_v1.0.json",
+                "25,991 training videos, 10 English captions each",
+            ),
+            Source(
+                f"{_VATEX}/vatex_validation_v1.0.json",
+                "vatex_validation_v1.0.json",
+                "3,000 validation videos (the HGR val and test splits)",
+            ),
         ],
         "vatex_data.json",
         prepare=_vatex_data,

@@ -36,6 +36,7 @@ def evaluate(
     checkpoint: str | None = None,
     postprocessing: str = "none",
     eval_set: EvalSet | None = None,
+    report: bool = True,
 ) -> dict:
     """Metrics ``{"t2v"|"v2t": {"both"|"F"|"V": {R1 R5 R10 MdR MnR}}}``.
 
@@ -43,7 +44,8 @@ def evaluate(
     with the checkpoint, dataset, split and settings the numbers came from.
     ``postprocessing`` (dual / inverted softmax) uses the other test queries: off by default
     and labelled wherever it is reported. ``eval_set`` (from ``load_eval_set``) saves
-    reading and checking the split again when evaluating repeatedly.
+    reading and checking the split again when evaluating repeatedly; ``report=False`` prints
+    no table (training prints one line per epoch instead).
     """
     accelerator = accelerator or default_accelerator()
     model.to(accelerator.device).eval()
@@ -51,7 +53,8 @@ def evaluate(
     texts, videos, targets = encode_split(model, config, eval_set, accelerator)
     matrices = score_variants(model, texts, videos)
     metrics = compute_metrics(matrices, targets, postprocessing)
-    _report(metrics, accelerator, split, len(texts.vectors), len(videos.F), postprocessing)
+    if report:
+        _report(metrics, accelerator, split, len(texts.vectors), len(videos.F), postprocessing)
     if output_dir is not None and accelerator.is_main_process:
         _write_metrics(Path(output_dir), metrics, config, split, checkpoint, postprocessing)
     return metrics

@@ -10,11 +10,26 @@ Layout: padded ``[N, max_frames, D]`` (F) and ``[N, max_frames + E, D]`` (V) wit
 Every video has at most ``max_frames`` frames, so padding costs space only for clips shorter
 than that, while a block of the padded tensors is exactly what ``maxsim`` takes (a flat
 layout with offsets would save those bytes but re-pad every block of every search).
+
+On disk (format version 3) a save never changes a file that a reader may be reading::
+
+    my_index/
+      index.json        the pointer: {"format": ..., "version": 3, "current": "v000012"}
+      v000012/          the current version: index.json (ids, paths, config) + index.safetensors
+      .lock             taken by writers
+
+``save`` writes and flushes a new version folder, replaces the pointer (an atomic rename), then
+deletes the older versions: killed at any point, it leaves the previous version current, and
+the next save deletes what it left. A version 2 folder (one version at the top) still loads;
+saving to it converts it. Two processes may load, add to and save one folder at once: see
+``VideoIndex.save``.
 """
 
 from __future__ import annotations
 
 import json
+import numbers
+import re
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -24,6 +39,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vcb_utils.cache import FrameCache
@@ -32,6 +48,14 @@ from vcb_utils.datasets import VideoDataset
 from vcb_utils.encode import encode_videos, failed_videos
 from vcb_utils.model import TextEmbedding, VideoColBERT, VideoEmbedding, real_token_mask
 from vcb_utils.scoring import maxsim, token_shares, token_similarities
+from vcb_utils.storage import (
+    folder_lock,
+    fsync_tree,
+    read_json,
+    remove,
+    remove_temps,
+    write_json_atomic,
+)
 from vcb_utils.video import VideoRef
 
 Branch = Literal["both", "F", "V"]
@@ -39,9 +63,17 @@ BRANCHES = ("both", "F", "V")
 """Rank by MMS_F + MMS_V, MMS_F or MMS_V (``spatial``/``temporal``: old names of F/V)."""
 
 FORMAT = "vcb-video-index"
-VERSION = 2
-TENSORS_FILE = "index.safetensors"
+VERSION = 3
+READABLE_VERSIONS = (2, 3)
+"""Manifest versions that load: 2 had one version at the top of the folder, 3 adds the pointer."""
+POINTER_FILE = "index.json"
 MANIFEST_FILE = "index.json"
+TENSORS_FILE = "index.safetensors"
+MANIFEST_KEYS = ("model", "framerate", "ids", "paths")
+VERSION_NAME = re.compile(r"v\d{6}")
+LEGACY = "."
+"""The version "folder" of a version 2 index: the index folder itself."""
+REBUILD = "rebuild the index: VideoIndex.build(model, paths).save(directory)"
 DEFAULT_BLOCK_VIDEOS = 128
 """Videos per step of the scan (7 MB as fp32 at 26 x 512 per video): small blocks stay in cache
 and reuse their buffers, the fastest on CPU in ``benchmarks/bench_search.py``."""
@@ -123,6 +155,8 @@ class VideoIndex:
         self.ids: list[str] = []
         self.paths: list[str] = []
         self.F = self.F_mask = self.V = self.V_mask = None
+        # (folder, version, rows) of the last load or save: the first `rows` are saved there
+        self._origin: tuple[Path, str, int] | None = None
         self.add_embeddings(embedding, ids, paths)
 
     # ---- building ------------------------------------------------------------------------------
@@ -145,6 +179,7 @@ class VideoIndex:
         left out with a warning that lists the files (each cause is logged as it happens).
         ``cache_dir``: decoded frames are read from (and added to) this frame cache.
         """
+        paths, ids = _names(paths, "paths"), None if ids is None else _names(ids, "ids")
         embedding, ids, paths = _encode_files(
             model, paths, ids, framerate, batch_size, num_workers, on_error, cache_dir
         )
@@ -163,6 +198,7 @@ class VideoIndex:
     ) -> None:
         """Encode more videos (at the index's framerate) and append them."""
         self.check_model(model)
+        paths, ids = _names(paths, "paths"), None if ids is None else _names(ids, "ids")
         embedding, ids, paths = _encode_files(
             model, paths, ids, self.framerate, batch_size, num_workers, on_error, cache_dir
         )
@@ -172,7 +208,8 @@ class VideoIndex:
         self, embedding: VideoEmbedding, ids: Sequence[str], paths: Sequence[str] | None = None
     ) -> None:
         """Append precomputed vectors (any device and dtype; stored fp16 on the CPU)."""
-        ids, paths = [str(i) for i in ids], [str(p) for p in (paths or [""] * len(ids))]
+        ids = _names(ids, "ids")
+        paths = [""] * len(ids) if paths is None else _names(paths, "paths")
         count = embedding.frames.shape[0]
         if not len(ids) == len(paths) == count:
             raise ValueError(f"{count} videos but {len(ids)} ids and {len(paths)} paths")
@@ -203,12 +240,64 @@ class VideoIndex:
 
     # ---- saving and loading --------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
-        """Write ``index.safetensors`` (vectors, masks) and ``index.json`` (ids, paths, config)."""
+        """Save as a new version of the index in ``directory`` (made if needed); return it.
+
+        Nothing saved there by another process is lost: under the folder's lock, the current
+        version is read again first.
+        - If this index was loaded from (or last saved to) ``directory``, the videos added here
+          since are appended to that version, which may hold videos that others added
+          meanwhile; this index then holds the merged collection.
+        - Otherwise it replaces that version, if it holds no video id that this index lacks.
+        An id added both here and by another process is a ValueError; nothing is written then.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        with folder_lock(directory):
+            current = _current_version(directory)
+            _remove_versions(directory, keep=current)
+            if current is not None:
+                self._merge_saved(directory, current)
+            name = f"v{1 if current in (None, LEGACY) else int(current[1:]) + 1:06d}"
+            self._write_version(directory / name)
+            pointer = {"format": FORMAT, "version": VERSION, "current": name}
+            write_json_atomic(directory / POINTER_FILE, pointer)
+            _remove_versions(directory, keep=name)
+            self._origin = (directory.resolve(), name, len(self))
+        return directory
+
+    def _merge_saved(self, directory: Path, current: str) -> None:
+        """Make this index what ``save`` writes over the saved version ``current``."""
+        here = directory.resolve()
+        if self._origin is not None and self._origin[:2] == (here, current):
+            return  # nothing saved since this index was: it holds that version and more
+        if self._origin is None or self._origin[0] != here:
+            lost = set(_read_manifest(directory / current)["ids"]).difference(self.ids)
+            if lost:
+                raise ValueError(
+                    f"{directory} holds {len(lost)} videos that this index lacks "
+                    f"({sorted(lost)[:5]}): saving would lose them. Add to VideoIndex.load("
+                    f"{str(directory)!r}) instead, or save to another folder"
+                )
+            return
+        saved = VideoIndex._read(directory / current)
+        if (saved.config, saved.framerate) != (self.config, self.framerate):
+            raise ValueError(
+                f"{directory} was saved with another model config or framerate since this "
+                "index was loaded from it: load it again"
+            )
+        added = slice(self._origin[2], None)
+        tensors = (getattr(self, name) for name in FIELDS)
+        embedding = VideoEmbedding(*(None if t is None else t[added] for t in tensors))
+        saved.add_embeddings(embedding, self.ids[added], self.paths[added])
+        for name in (*FIELDS, "ids", "paths"):
+            setattr(self, name, getattr(saved, name))
+
+    def _write_version(self, folder: Path) -> None:
+        """Write the vectors and the manifest into the new folder ``folder``, flushed to disk."""
+        folder.mkdir()
         tensors = {name: getattr(self, name) for name in FIELDS}
         tensors = {name: t.contiguous() for name, t in tensors.items() if t is not None}
-        save_file(tensors, str(directory / TENSORS_FILE))
+        save_file(tensors, str(folder / TENSORS_FILE))
         manifest = {
             "format": FORMAT,
             "version": VERSION,
@@ -217,26 +306,51 @@ class VideoIndex:
             "ids": self.ids,
             "paths": self.paths,
         }
-        (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
-        return directory
+        (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+        fsync_tree(folder)
 
     @classmethod
     def load(cls, directory: str | Path, model: VideoColBERT | None = None) -> VideoIndex:
-        """Read an index saved by ``save``; with ``model``, refuse one built by another config."""
+        """Read the current version saved by ``save``; with ``model``, refuse another config."""
         directory = Path(directory)
-        manifest = _read_manifest(directory)
-        tensors = load_file(str(directory / TENSORS_FILE))
-        embedding = VideoEmbedding(*(tensors.get(name) for name in FIELDS))
-        index = cls(
-            manifest["model"],
-            embedding,
-            manifest["ids"],
-            manifest["paths"],
-            framerate=manifest["framerate"],
-        )
+        while True:
+            current = _current_version(directory)
+            if current is None:
+                raise FileNotFoundError(f"{directory}: not a video index ({POINTER_FILE} missing)")
+            try:
+                index = cls._read(directory / current)
+                break
+            except FileNotFoundError:
+                if _current_version(directory) == current:
+                    raise  # not deleted by a save that made a newer version meanwhile
+        index._origin = (directory.resolve(), current, len(index))
         if model is not None:
             index.check_model(model, source=str(directory))
         return index
+
+    @classmethod
+    def _read(cls, folder: Path) -> VideoIndex:
+        """The index in one version folder; ValueError naming the file if it is damaged."""
+        manifest = _read_manifest(folder)
+        path = folder / TENSORS_FILE
+        try:
+            tensors = load_file(str(path))
+        except SafetensorError as err:
+            raise ValueError(f"{path} is corrupt ({err}); {REBUILD}") from err
+        missing = [name for name in ("F", "F_mask") if name not in tensors]
+        if missing:
+            raise ValueError(f"{path} lacks the tensors {missing}; {REBUILD}")
+        embedding = VideoEmbedding(*(tensors.get(name) for name in FIELDS))
+        try:
+            return cls(
+                manifest["model"],
+                embedding,
+                manifest["ids"],
+                manifest["paths"],
+                framerate=manifest["framerate"],
+            )
+        except (ValueError, TypeError, KeyError) as err:
+            raise ValueError(f"{folder} is not a consistent index ({err}); {REBUILD}") from err
 
     def check_model(self, model: VideoColBERT, source: str = "the index") -> None:
         """ValueError naming every vector-changing config field where ``model`` differs."""
@@ -289,8 +403,7 @@ class VideoIndex:
         ``text`` is on the CPU; each block of fp16 vectors is cast to ``text.vectors.dtype``
         (``search`` passes fp32: exact, and faster than fp16 on CPUs without fp16 arithmetic).
         """
-        if k < 1:
-            raise ValueError(f"k must be >= 1, not {k}")
+        k = _check_k(k)
         parts = self._branch_vectors(branch)
         best = torch.empty(len(text.vectors), 0)
         rows = torch.empty(len(text.vectors), 0, dtype=torch.long)
@@ -413,13 +526,17 @@ def _encode_files(
     cache = FrameCache(cache_dir, prep.sampling(framerate)) if cache_dir else None
     # uint8 frames, normalised by the model on its device
     source = prep.source(framerate, cache=cache, on_error=on_error, uint8=True)
-    embedding = encode_videos(model, VideoDataset(videos, source), batch_size,
-                              num_workers=num_workers)
+    embedding = encode_videos(
+        model, VideoDataset(videos, source), batch_size, num_workers=num_workers
+    )
     keep = ~failed_videos(embedding).cpu()
     if not bool(keep.all()):
         skipped = [p for p, ok in zip(paths, keep.tolist(), strict=True) if not ok]
-        warnings.warn(f"skipped {len(skipped)} unreadable videos (causes logged above):\n"
-                      + "\n".join(skipped), stacklevel=3)
+        warnings.warn(
+            f"skipped {len(skipped)} unreadable videos (causes logged above):\n"
+            + "\n".join(skipped),
+            stacklevel=3,
+        )
     kept = keep.tolist()
     return (
         _select(embedding, keep),
@@ -453,17 +570,63 @@ def _pad(vectors: torch.Tensor, mask: torch.Tensor, width: int) -> tuple:
     return F.pad(vectors, (0, 0, 0, extra)), F.pad(mask, (0, extra), value=False)
 
 
-def _read_manifest(directory: Path) -> dict:
-    for name in (MANIFEST_FILE, TENSORS_FILE):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"{directory}: not a video index ({name} is missing)")
-    manifest = json.loads((directory / MANIFEST_FILE).read_text())
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise ValueError(
-            f"{directory / MANIFEST_FILE}: format {manifest.get('format')!r} version "
-            f"{manifest.get('version')!r}; this code reads {FORMAT!r} version {VERSION}"
+def _read_manifest(folder: Path) -> dict:
+    path = folder / MANIFEST_FILE
+    if not (path.is_file() and (folder / TENSORS_FILE).is_file()):
+        raise FileNotFoundError(
+            f"{folder}: not a video index ({MANIFEST_FILE} or {TENSORS_FILE} missing)"
         )
+    manifest = read_json(path, REBUILD)
+    if manifest.get("format") != FORMAT or manifest.get("version") not in READABLE_VERSIONS:
+        raise ValueError(
+            f"{path}: format {manifest.get('format')!r} version {manifest.get('version')!r}; "
+            f"this code reads {FORMAT!r} versions {READABLE_VERSIONS}: {REBUILD}"
+        )
+    missing = [key for key in MANIFEST_KEYS if key not in manifest]
+    if missing:
+        raise ValueError(f"{path} lacks {missing}; {REBUILD}")
     return manifest
+
+
+def _current_version(directory: Path) -> str | None:
+    """The current version folder's name (``LEGACY`` for version 2); None if nothing is saved."""
+    path = directory / POINTER_FILE
+    if not path.is_file():
+        return None
+    pointer = read_json(path, REBUILD)
+    if "current" not in pointer:
+        return LEGACY
+    current = pointer["current"]
+    if (pointer.get("format"), pointer.get("version")) != (FORMAT, VERSION) or not (
+        isinstance(current, str) and VERSION_NAME.fullmatch(current)
+    ):
+        raise ValueError(f"{path}: not a {FORMAT!r} version {VERSION} pointer; {REBUILD}")
+    return current
+
+
+def _remove_versions(directory: Path, keep: str | None) -> None:
+    """Delete the versions other than ``keep`` and temporary files (holding the lock)."""
+    remove_temps(directory)
+    for entry in directory.iterdir():
+        if VERSION_NAME.fullmatch(entry.name) and entry.name != keep:
+            remove(entry)
+    if keep not in (None, LEGACY):
+        remove(directory / TENSORS_FILE)  # the vectors of a version 2 index, now converted
+
+
+def _names(values: Sequence[str | Path], what: str) -> list[str]:
+    """``values`` as strings; TypeError for one string, which would be split into characters."""
+    if isinstance(values, (str, bytes, Path)):
+        raise TypeError(f"{what} must be a list of strings, not the single value {values!r}")
+    return [str(value) for value in values]
+
+
+def _check_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"k must be an int, not {k!r}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, not {k}")
+    return int(k)
 
 
 def _branch(name: str) -> str:

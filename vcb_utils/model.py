@@ -9,10 +9,11 @@ its own contrastive loss.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TypeVar
@@ -20,6 +21,7 @@ from typing import TypeVar
 import open_clip
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -27,6 +29,7 @@ from vcb_utils.config import Config, ModelConfig
 from vcb_utils.datasets import Preprocessing
 from vcb_utils.losses import make_loss
 from vcb_utils.scoring import maxsim
+from vcb_utils.storage import read_json, saved_folder, writing_folder
 from vcb_utils.video import normalize
 
 log = logging.getLogger(__name__)
@@ -90,11 +93,28 @@ def create_backbone(cfg: ModelConfig, load_weights: bool = True) -> nn.Module:
     is_file_path = pretrained and Path(pretrained).suffix in {".pt", ".pth", ".bin", ".safetensors"}
     if is_file_path and not Path(pretrained).is_file():
         raise FileNotFoundError(f"backbone checkpoint not found: {pretrained}")
-    return open_clip.create_model(
-        cfg.backbone,
-        pretrained=pretrained,
-        force_quick_gelu=cfg.pretrained == "openai",
-    )
+    with _quiet_random_init() if pretrained is None else contextlib.nullcontext():
+        return open_clip.create_model(
+            cfg.backbone,
+            pretrained=pretrained,
+            force_quick_gelu=cfg.pretrained == "openai",
+        )
+
+
+@contextlib.contextmanager
+def _quiet_random_init() -> Iterator[None]:
+    """Drop open_clip's "initialized randomly" warning when no weights were asked for (none,
+    or they come from a Video-ColBERT checkpoint next)."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def text_tower(clip: nn.Module) -> nn.Module:
@@ -249,7 +269,7 @@ class VideoColBERT(nn.Module):
                 activation=copy.deepcopy(blocks[0].mlp.gelu),
             )
             if cfg.init_temporal_from_text and not self.temporal.init_from_text(self.clip):
-                log.info("temporal transformer: random init (shapes differ from the text layers)")
+                log.debug("temporal transformer: random init (shapes differ from the text layers)")
         scale, bias = cfg.logit_scale_init, cfg.logit_bias_init
         self.loss_f = make_loss(cfg.loss, scale, bias) if self.uses_frame_branch else None
         self.loss_v = make_loss(cfg.loss, scale, bias) if self.uses_video_branch else None
@@ -427,33 +447,45 @@ def mean_frame(video: VideoEmbedding) -> torch.Tensor:
 
 
 def save_checkpoint(model: VideoColBERT, path: str | Path, config: Config | None = None) -> Path:
-    """Write ``model.safetensors`` and ``config.json`` (the full run config) into ``path``."""
+    """Write ``model.safetensors`` and ``config.json`` (the full run config) as the folder ``path``.
+
+    The folder is replaced whole (``storage.writing_folder``; other files in it go): a save
+    that is killed leaves the previous checkpoint loadable.
+    """
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     config = config or Config(model=model.cfg)
     raw = config.to_dict()
     raw["model"] = asdict(model.cfg)
-    save_model(model, str(path / WEIGHTS_FILE))
-    (path / CONFIG_FILE).write_text(json.dumps(raw, indent=2) + "\n")
+    with writing_folder(path) as folder:
+        save_model(model, str(folder / WEIGHTS_FILE))
+        (folder / CONFIG_FILE).write_text(json.dumps(raw, indent=2) + "\n")
     return path
 
 
 def load_checkpoint(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[VideoColBERT, Config]:
-    """Rebuild the model saved by ``save_checkpoint`` (no download, no unpickling)."""
-    path = Path(path)
+    """Rebuild the model saved by ``save_checkpoint`` (no download, no unpickling).
+
+    A checkpoint whose save was killed mid-swap is read from ``<path>.old``, with a warning.
+    """
+    path = saved_folder(Path(path))
+    resave = "save the checkpoint again (save_checkpoint) or use another one"
     for name in (WEIGHTS_FILE, CONFIG_FILE):
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path}: not a Video-ColBERT checkpoint ({name} is missing)")
+    raw = read_json(path / CONFIG_FILE, resave)
     try:
-        config = Config.from_dict(json.loads((path / CONFIG_FILE).read_text()))
+        config = Config.from_dict(raw)
     except (ValueError, TypeError) as err:
-        raise ValueError(f"{path / CONFIG_FILE}: {err}") from err
+        raise ValueError(f"{path / CONFIG_FILE}: {err}; {resave}") from err
     model = VideoColBERT(config.model, load_backbone_weights=False)
-    missing, unexpected = load_model(
-        model, str(path / WEIGHTS_FILE), strict=False, device=str(device)
-    )
+    try:
+        missing, unexpected = load_model(
+            model, str(path / WEIGHTS_FILE), strict=False, device=str(device)
+        )
+    except SafetensorError as err:
+        raise ValueError(f"{path / WEIGHTS_FILE} is corrupt ({err}); {resave}") from err
     if missing or unexpected:
         raise ValueError(
             f"{path / WEIGHTS_FILE} does not match its config: "

@@ -41,11 +41,16 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 BACKGROUND = (25, 25, 25)
 SHAPES = ("circle", "square", "triangle")
 DIRECTIONS: dict[str, tuple[float, float]] = {
-    "left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0),
+    "left": (-1.0, 0.0),
+    "right": (1.0, 0.0),
+    "up": (0.0, -1.0),
+    "down": (0.0, 1.0),
 }
 POSITIONS: dict[str, tuple[float, float]] = {
-    "on the left": (0.2, 0.5), "on the right": (0.8, 0.5),
-    "at the top": (0.5, 0.2), "at the bottom": (0.5, 0.8),
+    "on the left": (0.2, 0.5),
+    "on the right": (0.8, 0.5),
+    "at the top": (0.5, 0.2),
+    "at the bottom": (0.5, 0.8),
 }
 KINDS = ("moves", "appears", "disappears", "changes")
 PHASES = ((0.0, 0.5), (0.5, 1.0))
@@ -383,8 +388,11 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: in
         stream.pix_fmt = "yuv420p"
         # Single-threaded and without lookahead/B-frames: x264's lookahead gave run-to-run
         # differences at some frame sizes (e.g. 96 px) even on one thread.
-        stream.codec_context.options = {"crf": str(crf), "preset": "veryfast",
-                                        "tune": "zerolatency"}
+        stream.codec_context.options = {
+            "crf": str(crf),
+            "preset": "veryfast",
+            "tune": "zerolatency",
+        }
         stream.codec_context.thread_count = 1
         for image in frames:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
@@ -400,8 +408,9 @@ def _write_clip(job: tuple[ClipSpec, str]) -> None:
 # ---------------------------------------------------------------- datasets on disk
 
 
-def generate(out_dir: str | os.PathLike, cfg: SyntheticConfig | None = None,
-             workers: int = 2) -> Path:
+def generate(
+    out_dir: str | os.PathLike, cfg: SyntheticConfig | None = None, workers: int = 2
+) -> Path:
     """Write the clips, ``annotations.jsonl`` (own-data format) and ``clips.jsonl`` (specs).
 
     Returns ``out_dir``. ``clips.jsonl`` holds each clip's structured description.
@@ -417,8 +426,10 @@ def generate(out_dir: str | os.PathLike, cfg: SyntheticConfig | None = None,
             jobs.append((spec, str(out / video)))
             clips.append({"video": video, "split": split, "spec": spec.to_dict()})
             variants = cfg.train_captions if split == "train" else 1
-            annotations += [{"video": video, "caption": caption(spec, v), "split": split}
-                            for v in range(variants)]
+            annotations += [
+                {"video": video, "caption": caption(spec, v), "split": split}
+                for v in range(variants)
+            ]
     _run(jobs, workers)
     _write_jsonl(out / "annotations.jsonl", annotations)
     _write_jsonl(out / "clips.jsonl", clips)
@@ -440,13 +451,6 @@ def _run(jobs: list[tuple[ClipSpec, str]], workers: int) -> None:
 
 def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-
-
-def read_specs(root: str | os.PathLike) -> list[tuple[str, str, ClipSpec]]:
-    """(video, split, spec) for every clip of a generated folder."""
-    path = Path(root) / "clips.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [(r["video"], r["split"], ClipSpec.from_dict(r["spec"])) for r in rows]
 
 
 def default_root() -> Path:
@@ -486,4 +490,3 @@ def ensure_synthetic(
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return target
-

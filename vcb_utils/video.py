@@ -38,9 +38,7 @@ class VideoReadError(RuntimeError):
     from a data-loader worker, which keeps only the message).
     """
 
-    def __init__(
-        self, message: str, *, path: str | None = None, cause: str | None = None
-    ) -> None:
+    def __init__(self, message: str, *, path: str | None = None, cause: str | None = None) -> None:
         super().__init__(message)
         self.path = path
         self.cause = cause
@@ -81,8 +79,14 @@ class FrameSampling:
     ) -> torch.Tensor:
         """Sampled frames after resize and centre crop: uint8 ``[t, 3, S, S]``, t <= max_frames."""
         clip = read_clip(
-            video.path, framerate=self.framerate, max_frames=self.max_frames,
-            start=video.start, end=video.end, size=self.decode_size, jitter=jitter, rng=rng,
+            video.path,
+            framerate=self.framerate,
+            max_frames=self.max_frames,
+            start=video.start,
+            end=video.end,
+            size=self.decode_size,
+            jitter=jitter,
+            rng=rng,
             backend=backend,
         )
         return resize_center_crop(clip.frames, self.image_size)
@@ -275,23 +279,27 @@ def read_clip(
     with _open(path, backend) as video:
         info, times = video.info, video.timestamps()
         if _variable_rate(times, info.fps):
-            indices = sample_frame_times(times, framerate, max_frames, start, end,
-                                         jitter=jitter, rng=rng)
+            indices = sample_frame_times(
+                times, framerate, max_frames, start, end, jitter=jitter, rng=rng
+            )
         else:
-            indices = sample_frame_indices(info.num_frames, info.fps, framerate, max_frames,
-                                           start, end, jitter=jitter, rng=rng)
+            indices = sample_frame_indices(
+                info.num_frames, info.fps, framerate, max_frames, start, end, jitter=jitter, rng=rng
+            )
         if not indices:
             raise VideoReadError.at(
-                path, f"no frame between start={start} and end={end} "
-                f"({info.num_frames} frames at {info.fps:g} fps)"
+                path,
+                f"no frame between start={start} and end={end} "
+                f"({info.num_frames} frames at {info.fps:g} fps)",
             )
         return Clip(video.read(indices, size), indices, info)
 
 
 def _variable_rate(times: np.ndarray | None, fps: float) -> bool:
     """Whether there are usable (strictly increasing) timestamps and they vary in rate."""
-    return (times is not None and bool(np.all(np.diff(times) > 0))
-            and not is_constant_rate(times, fps))
+    return (
+        times is not None and bool(np.all(np.diff(times) > 0)) and not is_constant_rate(times, fps)
+    )
 
 
 def _open(path: str | os.PathLike, backend: str | None) -> _DecordFile | _PyAVFile:
@@ -357,8 +365,10 @@ class _DecordFile:
         indices = _check_indices(self.path, indices, self.info.num_frames)
         step = len(indices) if size is None else DECODE_CHUNK
         try:
-            chunks = [self.reader.get_batch(indices[i : i + step]).asnumpy()
-                      for i in range(0, len(indices), step)]
+            chunks = [
+                self.reader.get_batch(indices[i : i + step]).asnumpy()
+                for i in range(0, len(indices), step)
+            ]
         except Exception as err:
             raise VideoReadError.at(self.path, f"decoding failed: {_short(err)}") from err
         return np.concatenate([_shrink(chunk, size) for chunk in chunks])
@@ -468,8 +478,9 @@ def resize_center_crop(frames: np.ndarray | torch.Tensor, image_size: int) -> to
     if short != image_size:
         new_long = int(image_size * long / short)
         new_size = (image_size, new_long) if height <= width else (new_long, image_size)
-        video = F.interpolate(video, size=new_size, mode="bicubic", antialias=True,
-                              align_corners=False)
+        video = F.interpolate(
+            video, size=new_size, mode="bicubic", antialias=True, align_corners=False
+        )
     height, width = video.shape[-2:]
     top = int(round((height - image_size) / 2.0))
     left = int(round((width - image_size) / 2.0))

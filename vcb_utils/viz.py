@@ -131,22 +131,6 @@ def maxsim_heatmap(
     return fig
 
 
-def heatmap_axes(fig: Figure) -> dict[str, Axes]:
-    """The heatmap axes of a ``maxsim_heatmap`` figure by branch (``F``, ``V``)."""
-    labels = {AXES_LABEL.format(branch): branch for branch in BRANCH_TITLES}
-    return {labels[ax.get_label()]: ax for ax in fig.axes if ax.get_label() in labels}
-
-
-def marked_cells(ax: Axes) -> list[tuple[int, int]]:
-    """``(row, column)`` of every MaxSim mark drawn on a heatmap axes, top row first."""
-    cells = [
-        (round(p.get_y() + 0.5), round(p.get_x() + 0.5))
-        for p in ax.patches
-        if p.get_gid() == ARGMAX_GID
-    ]
-    return sorted(cells)
-
-
 def ranked_results_figure(
     result: QueryResult, frames: FrameSource, k: int | None = None, max_width: float = 10.0
 ) -> Figure:
@@ -284,9 +268,7 @@ def _legend_handles(panels: list[Panel]) -> list:
 
 def _heatmap_title(result: QueryResult, hit: Hit) -> str:
     parts = [
-        f"MMS_{b} = {s:.3f}"
-        for b, s in (("F", hit.score_f), ("V", hit.score_v))
-        if s is not None
+        f"MMS_{b} = {s:.3f}" for b, s in (("F", hit.score_f), ("V", hit.score_v)) if s is not None
     ]
     total = " + ".join(parts) + (f" = {hit.score_total:.3f}" if len(parts) > 1 else "")
     return f'"{_short(result.query, 90)}" vs {hit.id} (rank {hit.rank})\n{total}'
@@ -303,9 +285,7 @@ def _draw_hit_row(ax: Axes, hit: Hit, frames: np.ndarray | None, columns: int) -
         spine.set_visible(False)
     ax.set_ylabel(f"#{hit.rank}", rotation=0, ha="right", va="center", fontsize=10)
     scores = [
-        f"MMS_{b} {s:.3f}"
-        for b, s in (("F", hit.score_f), ("V", hit.score_v))
-        if s is not None
+        f"MMS_{b} {s:.3f}" for b, s in (("F", hit.score_f), ("V", hit.score_v)) if s is not None
     ]
     text = f"{hit.id}\ntotal {hit.score_total:.3f}\n" + "  ".join(scores)
     ax.text(1.03, 0.5, text, va="center", fontsize=8, transform=ax.transAxes, clip_on=False)

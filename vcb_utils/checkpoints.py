@@ -1,0 +1,291 @@
+"""Everything a training run keeps beside its loop: where it is, what it saved, its log, signals.
+
+``TrainingSession`` owns the run's folder (``<output_dir>``):
+
+- ``state/``: the full training state (model, optimiser, scheduler, random states) and
+  ``progress.json``, to continue exactly with ``--resume``;
+- ``last/`` and ``best/``: the weights and config after the last epoch and at the best
+  validation R@1 (Video-ColBERT checkpoints, for ``--init_model``);
+- ``log.jsonl``: one JSON line per optimiser step and per epoch; ``config.json``.
+
+It also turns SIGINT/SIGTERM into "save the state, then stop" and prints one line per epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from vcb_utils.config import Config, RunOptions
+from vcb_utils.model import VideoColBERT, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = "state"
+PROGRESS_FILE = "progress.json"
+LOG_FILE = "log.jsonl"
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT/SIGTERM arrived; the state was saved first."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+@dataclass
+class Progress:
+    """Where a run is: the next epoch and batch, optimiser steps done, the best epoch so far."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    best_r1: float = -1.0
+    best_epoch: int = -1
+
+
+class TrainingSession:
+    """Resumes, counts, logs, saves and listens for signals around a training loop."""
+
+    def __init__(
+        self, accelerator: Accelerator, config: Config, options: RunOptions, steps_per_epoch: int
+    ) -> None:
+        self.accelerator, self.config, self.options = accelerator, config, options
+        self.output_dir = Path(config.train.output_dir)
+        self.progress = Progress()
+        if options.resume:
+            self.progress = self._load_state(_resume_dir(options.resume, self.output_dir))
+        if accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "config.json").write_text(
+                json.dumps(config.to_dict(), indent=2) + "\n"
+            )
+        if options.report_to != "none":
+            accelerator.init_trackers("videocolbert", config=_flat(config.to_dict()))
+        self.logbook = Logbook(self.output_dir / LOG_FILE, accelerator)
+        self.logbook.start(self.progress.step, steps_per_epoch)
+        self.stop = StopFlag()
+        self.bar = tqdm(
+            total=config.train.epochs * steps_per_epoch,
+            initial=self.progress.step,
+            desc="train",
+            disable=not accelerator.is_local_main_process,
+            dynamic_ncols=True,
+        )
+        self.epoch_started = time.perf_counter()
+
+    @property
+    def stopped_early(self) -> bool:
+        """``--max_steps`` reached (a smoke test: no validation)."""
+        return 0 < self.options.max_steps <= self.progress.step
+
+    def epochs(self) -> range:
+        return range(self.progress.epoch, self.config.train.epochs)
+
+    def batches(self, loader, epoch: int) -> Iterator:
+        """The epoch's batches, past those a resumed run already did; stops at ``max_steps``."""
+        loader.set_epoch(epoch)
+        done = self.progress.batch
+        self.epoch_started = time.perf_counter()
+        for batch in self.accelerator.skip_first_batches(loader, done) if done else loader:
+            yield batch
+            if self.stopped_early:
+                return
+
+    def batch_done(self, losses: dict[str, torch.Tensor], model, optimizer, epoch: int) -> None:
+        """Count the batch; at each optimiser step log it and save when due; stop on a signal."""
+        self.progress.batch += 1
+        if self.accelerator.sync_gradients:
+            self.progress.step += 1
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{losses['loss'].item():.3f}")
+            plain = self.accelerator.unwrap_model(model)
+            self.logbook.step(self.progress.step, epoch, losses, optimizer, plain)
+            every = self.config.train.save_every_steps
+            if every and self.progress.step % every == 0:
+                self.save_state(self.progress)
+        if self.stop.requested(self.accelerator):
+            self.save_state(window_start(self.progress, self.config.train.grad_accum))
+            raise TrainingInterrupted(
+                f"interrupted at epoch {epoch}, step {self.progress.step}; state saved in "
+                f"{self.output_dir / STATE_DIR}. Resume with the same command plus --resume",
+                self.stop.signal,
+            )
+
+    def check_finite(self, what: str, value: torch.Tensor | float) -> None:
+        """Stop before the optimiser touches the weights: the state saved is the last good one."""
+        number = float(torch.as_tensor(value).detach())
+        if math.isfinite(number):
+            return
+        self.save_state(window_start(self.progress, self.config.train.grad_accum))
+        raise FloatingPointError(
+            f"non-finite {what} {number} at step {self.progress.step + 1}; the weights "
+            f"were not updated and the last good state is in {self.output_dir / STATE_DIR}"
+        )
+
+    def end_epoch(self, model, metrics: dict, epoch: int) -> None:
+        """Keep the best weights by text-to-video R@1, save ``last/`` and the state, one line."""
+        self.progress.epoch, self.progress.batch = epoch + 1, 0
+        plain = self.accelerator.unwrap_model(model)
+        r1 = metrics["t2v"]["both"]["R1"]
+        if r1 > self.progress.best_r1:
+            self.progress.best_r1, self.progress.best_epoch = r1, epoch
+            if self.accelerator.is_main_process:
+                save_checkpoint(plain, self.output_dir / "best", self.config)
+                record = {"epoch": epoch + 1, "val": metrics}
+                (self.output_dir / "best" / "val_metrics.json").write_text(
+                    json.dumps(record, indent=2)
+                )
+        losses = self.logbook.epoch(epoch, self.progress.step, metrics)
+        self.save_weights(plain)
+        seconds = time.perf_counter() - self.epoch_started
+        parts = [f"{name} {value:.3f}" for name, value in losses.items()]
+        self.say(
+            f"epoch {epoch + 1}/{self.config.train.epochs}  {'  '.join(parts)}  "
+            f"val R@1 {r1:.1f}  ({seconds:.0f} s)"
+        )
+
+    def close(self, model) -> None:
+        """Save the weights of a run stopped by ``max_steps``; restore the signal handlers."""
+        if self.stopped_early:
+            self.save_weights(self.accelerator.unwrap_model(model))
+        self.bar.close()
+        self.stop.restore()
+
+    def save_weights(self, model: VideoColBERT) -> None:
+        """``last/``: the weights and config (a checkpoint to evaluate); ``state/``: to resume."""
+        if self.accelerator.is_main_process:
+            save_checkpoint(model, self.output_dir / "last", self.config)
+        self.save_state(self.progress)
+
+    def save_state(self, progress: Progress) -> None:
+        state_dir = self.output_dir / STATE_DIR
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(state_dir))
+        if self.accelerator.is_main_process:
+            (state_dir / PROGRESS_FILE).write_text(json.dumps(asdict(progress)) + "\n")
+        self.accelerator.wait_for_everyone()
+
+    def say(self, line: str) -> None:
+        """One line for the user, from the main process, below the progress bar."""
+        if self.accelerator.is_main_process:
+            self.bar.clear()
+            log.info(line)
+            self.bar.refresh()
+
+    def _load_state(self, state_dir: Path) -> Progress:
+        self.accelerator.load_state(str(state_dir))
+        progress = Progress(**json.loads((state_dir / PROGRESS_FILE).read_text()))
+        log.info("resumed from %s at epoch %d, step %d", state_dir, progress.epoch, progress.step)
+        return progress
+
+
+def window_start(progress: Progress, grad_accum: int) -> Progress:
+    """Progress rewound to the first batch of the current accumulation window.
+
+    Gradients accumulated inside a window are not saved, so a resumed run replays it.
+    """
+    return Progress(**{**asdict(progress), "batch": progress.batch - progress.batch % grad_accum})
+
+
+def _resume_dir(resume: str, output_dir: Path) -> Path:
+    state_dir = output_dir / STATE_DIR if resume == "auto" else Path(resume)
+    if not (state_dir / PROGRESS_FILE).is_file():
+        raise FileNotFoundError(f"--resume: no saved training state in {state_dir}")
+    return state_dir
+
+
+class Logbook:
+    """Step losses, learning rates and epoch metrics as JSON lines (and trackers)."""
+
+    def __init__(self, path: Path, accelerator: Accelerator) -> None:
+        self.path, self.accelerator = path, accelerator
+        self.sums: dict[str, float] = {}
+        self.steps = 0
+
+    def start(self, step: int, steps_per_epoch: int) -> None:
+        self._write(
+            {
+                "step": step,
+                "event": "resume" if step else "start",
+                "world_size": self.accelerator.num_processes,
+                "steps_per_epoch": steps_per_epoch,
+            }
+        )
+
+    def step(self, step: int, epoch: int, losses: dict, optimizer, model: VideoColBERT) -> None:
+        record = {"step": step, "epoch": epoch}
+        record.update(
+            {k: self.accelerator.reduce(v.detach(), "mean").item() for k, v in losses.items()}
+        )
+        for name, value in record.items():
+            if name.startswith("loss_"):
+                self.sums[name] = self.sums.get(name, 0.0) + value
+        self.steps += 1
+        record.update({f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups})
+        for branch in ("loss_f", "loss_v"):
+            module = getattr(model, branch)
+            if module is not None:
+                record[f"t_{branch[-1]}"] = module.log_scale.exp().item()
+                if hasattr(module, "bias"):
+                    record[f"b_{branch[-1]}"] = module.bias.item()
+        self._write(record)
+        self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+
+    def epoch(self, epoch: int, step: int, metrics: dict) -> dict[str, float]:
+        """Log the epoch's validation metrics; returns its mean loss per branch."""
+        self._write({"step": step, "epoch": epoch, "val": metrics})
+        flat = {f"val/{d}/{m}/R1": r["R1"] for d, rows in metrics.items() for m, r in rows.items()}
+        self.accelerator.log(flat, step=step)
+        means = {name: total / max(self.steps, 1) for name, total in self.sums.items()}
+        self.sums, self.steps = {}, 0
+        return means
+
+    def _write(self, record: dict) -> None:
+        if self.accelerator.is_main_process:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+class StopFlag:
+    """Turns SIGINT/SIGTERM into a request to stop after the current batch."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+
+    def requested(self, accelerator: Accelerator) -> bool:
+        flag = torch.tensor(float(self.signal is not None), device=accelerator.device)
+        if accelerator.num_processes > 1:
+            flag = accelerator.reduce(flag, "max")
+        return bool(flag.item())
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _flat(raw: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = (
+                value if isinstance(value, int | float | str | bool) else str(value)
+            )
+    return out
