@@ -24,9 +24,8 @@ import torch
 from torch.utils.data import ConcatDataset
 
 from vcb_utils.cache import FrameCache
-from vcb_utils.datasets import Record, VideoTextDataset, make_loader
+from vcb_utils.datasets import Preprocessing, Record, VideoTextDataset, make_loader
 from vcb_utils.synthetic import write_video
-from vcb_utils.video import FrameSampling
 
 SECONDS, FPS, WIDTH, HEIGHT = 10, 30, 320, 240
 MAX_FRAMES, IMAGE_SIZE, FRAMERATE = 12, 224, 2.0
@@ -93,17 +92,18 @@ def main() -> None:
               f"{size_mb:.2f} MB each) in {time.perf_counter() - started:.1f} s")
 
         records = [Record(p.stem, p, f"caption {i}") for i, p in jobs]
-        cache = FrameCache(root / "cache", FrameSampling(MAX_FRAMES, IMAGE_SIZE, FRAMERATE))
+        prep = Preprocessing(tokenize, MAX_FRAMES, IMAGE_SIZE, MEAN, STD)
+        cache = FrameCache(root / "cache", prep.sampling(FRAMERATE))
         started = time.perf_counter()
         cache.build([r.video for r in records], workers=args.workers)
         build = time.perf_counter() - started
         entry_mb = sum(p.stat().st_size for p in cache.dir.glob("*.npy")) / len(records) / 1e6
         rates = {}
         for uint8 in (False, True):
-            kwargs = dict(tokenize=tokenize, max_frames=MAX_FRAMES, image_size=IMAGE_SIZE,
-                          mean=MEAN, std=STD, framerate=FRAMERATE, uint8=uint8)
-            raw = VideoTextDataset(records, **kwargs)
-            cached = VideoTextDataset(records, cache=cache, **kwargs)
+            raw = VideoTextDataset(records, tokenize, prep.source(FRAMERATE, uint8=uint8))
+            cached = VideoTextDataset(
+                records, tokenize, prep.source(FRAMERATE, cache=cache, uint8=uint8)
+            )
             rates[uint8] = (throughput(raw, args.workers, args.raw_passes),
                             throughput(cached, args.workers, args.cache_passes))
 

@@ -43,12 +43,12 @@ def random_index(n: int) -> VideoIndex:
         for count in (FRAMES, VIDEO_VECTORS)
     ]
     repeats = math.ceil(n / unique)
-    frames, video = (v.repeat(repeats, 1, 1)[:n] for v in vectors)
+    f_vectors, v_vectors = (v.repeat(repeats, 1, 1)[:n] for v in vectors)
     embedding = VideoEmbedding(
-        frames,
-        torch.ones(n, FRAMES, dtype=torch.bool),
-        video,
-        torch.ones(n, VIDEO_VECTORS, dtype=torch.bool),
+        F=f_vectors,
+        F_mask=torch.ones(n, FRAMES, dtype=torch.bool),
+        V=v_vectors,
+        V_mask=torch.ones(n, VIDEO_VECTORS, dtype=torch.bool),
     )
     cfg = ModelConfig(max_frames=FRAMES, n_visual_expansion=VIDEO_VECTORS - FRAMES)
     return VideoIndex(cfg, embedding, [f"video{i}" for i in range(n)])

@@ -1,14 +1,8 @@
 """Helpers for the tests that launch training processes."""
 
 import os
-import socket
 
-
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from vcb_utils.jupyter import free_port
 
 
 def launch_env() -> dict[str, str]:

@@ -67,7 +67,6 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 # ---- jobs run by the children ----------------------------------------------------------------
 NEW_IDS = ["new0", "new1", "new2"]
-NEW_MODEL = {"seed": 1, "n_visual_expansion": 3}  # another shape: a mixed checkpoint won't load
 
 
 def grow_index(directory: str) -> None:
@@ -76,9 +75,13 @@ def grow_index(directory: str) -> None:
     index.save(directory)
 
 
+def new_model() -> VideoColBERT:
+    """Other weights of other shapes than ``make_model(0)``: a mixed checkpoint won't load."""
+    return make_model(1, n_visual_expansion=3)
+
+
 def resave_checkpoint(directory: str) -> None:
-    changes = dict(NEW_MODEL)
-    save_checkpoint(make_model(changes.pop("seed"), **changes), directory)
+    save_checkpoint(new_model(), directory)
 
 
 def add_rounds(directory: str, worker: int, rounds: int, barrier) -> None:
@@ -183,9 +186,7 @@ def test_index_save_killed_at_any_step_leaves_the_old_or_the_new_index(context, 
 
 
 def test_checkpoint_save_killed_at_any_step_leaves_the_old_or_the_new_one(context, tmp_path):
-    old = make_model(0)
-    changes = dict(NEW_MODEL)
-    new = make_model(changes.pop("seed"), **changes)
+    old, new = make_model(0), new_model()
     save_checkpoint(old, tmp_path / "probe" / "best")
     points = kill_points(context, resave_checkpoint, tmp_path / "probe" / "best")
     assert len(points) >= 4
@@ -260,3 +261,14 @@ def test_failed_folder_write_leaves_the_target_and_no_temporary_folder(tmp_path)
         raise RuntimeError("stopped")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".best.lock", "best"]
     assert (target / "a.txt").read_text() == "old"
+
+
+def test_checkpoint_left_mid_swap_loads_the_previous_copy_with_a_warning(tmp_path):
+    old = make_model(0)
+    save_checkpoint(old, tmp_path / "best")
+    (tmp_path / "best").rename(tmp_path / "best.old")  # killed between the two renames
+    with pytest.warns(UserWarning, match="best is missing .*reading the previous copy"):
+        loaded, _ = load_checkpoint(tmp_path / "best")
+    assert same_weights(loaded, old)
+    save_checkpoint(new_model(), tmp_path / "best")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".best.lock", "best"]

@@ -1,4 +1,6 @@
 import dataclasses
+import json
+import shutil
 
 import av
 import numpy as np
@@ -311,3 +313,117 @@ def test_text_embedding_top_k_is_usable_without_the_model(model):
     expected = brute_force(model, index, QUERIES, "both").topk(3, dim=1)
     torch.testing.assert_close(scores, expected.values)
     assert torch.equal(rows, expected.indices)
+
+
+# ---- saving: versions, concurrent writers, damaged files, argument checks (issue 11) ----------
+def test_copies_loaded_from_one_folder_and_saved_in_turn_keep_both_additions(model, tmp_path):
+    make_index(model, n=4).save(tmp_path / "idx")
+    first, second = VideoIndex.load(tmp_path / "idx"), VideoIndex.load(tmp_path / "idx")
+    first.add_embeddings(random_embedding(model, 2, seed=1), ["a", "b"])
+    second.add_embeddings(random_embedding(model, 3, seed=2), ["c", "d", "e"])
+    first.save(tmp_path / "idx")
+    second.save(tmp_path / "idx")
+    assert second.ids == make_index(model, n=4).ids + ["a", "b", "c", "d", "e"]
+    loaded = VideoIndex.load(tmp_path / "idx")
+    assert loaded.ids == second.ids
+    assert torch.equal(loaded.V, second.V) and torch.equal(loaded.F_mask, second.F_mask)
+    torch.testing.assert_close(loaded.F[4:6], first.F[4:6])
+    third = VideoIndex.load(tmp_path / "idx")
+    first.add_embeddings(random_embedding(model, 1, seed=3), ["z"])
+    third.add_embeddings(random_embedding(model, 1, seed=4), ["z"])
+    first.save(tmp_path / "idx")
+    with pytest.raises(ValueError, match="duplicate video ids"):
+        third.save(tmp_path / "idx")
+    assert VideoIndex.load(tmp_path / "idx").ids == second.ids + ["z"]
+
+
+def test_saving_over_videos_this_index_lacks_is_refused(model, tmp_path):
+    make_index(model, n=4).save(tmp_path / "idx")
+    with pytest.raises(ValueError, match="holds 4 videos that this index lacks"):
+        make_index(model, n=3, seed=1).save(tmp_path / "idx")
+    rebuilt = make_index(model, n=5, seed=0)  # the same ids and more: replaces the saved index
+    rebuilt.save(tmp_path / "idx")
+    assert VideoIndex.load(tmp_path / "idx").ids == rebuilt.ids
+
+
+def test_saves_switch_one_pointer_and_keep_one_version(model, tmp_path):
+    index = make_index(model, n=3)
+    for _ in range(3):
+        index.save(tmp_path / "idx")
+    pointer = json.loads((tmp_path / "idx" / "index.json").read_text())
+    assert pointer == {"format": "vcb-video-index", "version": 3, "current": "v000003"}
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == [
+        ".lock",
+        "index.json",
+        "v000003",
+    ]
+    version = tmp_path / "idx" / "v000003"
+    assert sorted(p.name for p in version.iterdir()) == ["index.json", "index.safetensors"]
+
+
+def test_a_version_2_folder_loads_and_saving_converts_it(model, tmp_path):
+    index = make_index(model, n=3)
+    index.save(tmp_path / "idx")
+    legacy = tmp_path / "legacy"
+    shutil.copytree(tmp_path / "idx" / "v000001", legacy)  # the one-version layout of version 2
+    manifest = json.loads((legacy / "index.json").read_text())
+    (legacy / "index.json").write_text(json.dumps({**manifest, "version": 2}))
+    loaded = VideoIndex.load(legacy)
+    assert loaded.ids == index.ids and torch.equal(loaded.V, index.V)
+    loaded.add_embeddings(random_embedding(model, 1, seed=5), ["new"])
+    loaded.save(legacy)
+    assert sorted(p.name for p in legacy.iterdir()) == [".lock", "index.json", "v000001"]
+    assert VideoIndex.load(legacy).ids == index.ids + ["new"]
+
+
+def damage(path, kind):
+    data = path.read_bytes()
+    path.write_bytes(
+        {"truncated": data[: len(data) // 2], "garbage": b"\xff\xfe\x00garbage", "empty": b""}[kind]
+    )
+
+
+@pytest.mark.parametrize("kind", ["truncated", "garbage", "empty"])
+@pytest.mark.parametrize("name", ["index.json", "v000001/index.json", "v000001/index.safetensors"])
+def test_a_damaged_index_file_is_a_clear_error(model, tmp_path, name, kind):
+    make_index(model, n=3).save(tmp_path / "idx")
+    damage(tmp_path / "idx" / name, kind)
+    with pytest.raises(ValueError, match=rf"{name} is corrupt .*VideoIndex\.build"):
+        VideoIndex.load(tmp_path / "idx")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: {k: v for k, v in m.items() if k != "ids"},
+        lambda m: {**m, "ids": m["ids"][:-1], "paths": m["paths"][:-1]},
+        lambda m: {**m, "version": 1},
+    ],
+    ids=["no ids", "too few ids", "old version"],
+)
+def test_an_inconsistent_manifest_is_a_clear_error(model, tmp_path, change):
+    make_index(model, n=3).save(tmp_path / "idx")
+    path = tmp_path / "idx" / "v000001" / "index.json"
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    with pytest.raises(ValueError, match=r"v000001.*VideoIndex\.build"):
+        VideoIndex.load(tmp_path / "idx")
+
+
+def test_k_ids_and_paths_of_the_wrong_type_are_refused(model, clips):
+    index = make_index(model, n=3)
+    with torch.no_grad():
+        text = model.encode_text(["a dog"])
+    text = TextEmbedding(text.vectors.float(), text.mask, text.ids)
+    for k in (1.5, True, "3"):
+        with pytest.raises(TypeError, match="k must be an int"):
+            index.top_k(text, k)
+        with pytest.raises(TypeError, match="k must be an int"):
+            index.search("a dog", k=k, model=model)
+    assert index.top_k(text, np.int64(2))[1].shape == (1, 2)
+    with pytest.raises(TypeError, match="ids must be a list of strings"):
+        index.add_embeddings(random_embedding(model, 3, seed=1), "abc")
+    with pytest.raises(TypeError, match="paths must be a list of strings"):
+        index.add_embeddings(random_embedding(model, 1, seed=1), ["x"], "x.mp4")
+    with pytest.raises(TypeError, match="paths must be a list of strings"):
+        VideoIndex.build(model, clips[0])
+    assert len(index) == 3

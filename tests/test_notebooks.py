@@ -1,11 +1,13 @@
 """The tutorial notebooks: committed clean, parameterised, and each one runs on its own.
 
 Static checks cover every notebook in ``notebooks/``. The slow tests execute notebooks 01-04 in
-fast mode (``VCB_FAST=1``) with nbclient, one fresh kernel each, started in ``notebooks/`` as
-JupyterLab would. Each run gets its own empty output folder, injected after the ``parameters``
-cell the way papermill does, so a notebook passes only if it creates or finds everything it
-needs by itself (notebook 4 trains its checkpoint when notebook 3's is absent). Wall times are
-printed (``pytest -s``) and recorded as the ``wall_s`` property (``--junitxml``).
+fast mode (the default: ``VCB_FULL`` is removed from the environment) with nbclient, one fresh
+kernel each, started in ``notebooks/`` as JupyterLab would. Each run gets its own empty output
+folder (notebook 3's run folder, ``train.output_dir``, through ``OVERRIDES``), injected after the
+``parameters`` cell the way papermill does, so a notebook passes only if it creates or finds
+everything it needs by itself (notebook 4 trains its checkpoint when notebook 3's is absent).
+Wall times are printed (``pytest -s``) and recorded as the ``wall_s`` property
+(``--junitxml``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ FAST_RUN = (
     "03_training_with_accelerate.ipynb",
     "04_evaluation.ipynb",
 )
-FAST_SWITCH = 'FAST = os.environ.get("VCB_FAST") == "1"'
+FAST_SWITCH = "FAST = fast_mode()"
+NO_OVERRIDES = "OVERRIDES = {}"
 CELL_TIMEOUT_S = 300
 
 
@@ -66,7 +69,8 @@ def test_first_code_cell_is_the_parameters_cell_with_the_fast_switch(path):
     assert "parameters" in cell.metadata.get("tags", []), (
         f"{path.name}: the first code cell must be tagged 'parameters'"
     )
-    assert FAST_SWITCH in cell.source, f"{path.name}: the parameters cell must set {FAST_SWITCH}"
+    for line in (FAST_SWITCH, NO_OVERRIDES):
+        assert line in cell.source, f"{path.name}: the parameters cell must set {line}"
 
 
 @pytest.mark.slow
@@ -75,12 +79,15 @@ def test_runs_on_its_own_in_fast_mode(name, tmp_path, monkeypatch, record_proper
     from nbclient import NotebookClient
 
     nb = read(NOTEBOOK_DIR / name)
+    run_dir = str(tmp_path / "outputs" / "train")
     injected = nbformat.v4.new_code_cell(
-        f"OUTPUT_DIR = {str(tmp_path / 'outputs')!r}",
+        "assert FAST, 'the tests run the fast mode'\n"
+        'OVERRIDES = {**OVERRIDES, "train": {**OVERRIDES.get("train", {}), '
+        f'"output_dir": {run_dir!r}}}}}',
         metadata={"tags": ["injected-parameters"]},
     )
     nb.cells.insert(nb.cells.index(first_code_cell(nb)) + 1, injected)
-    monkeypatch.setenv("VCB_FAST", "1")  # the kernel inherits the environment
+    monkeypatch.delenv("VCB_FULL", raising=False)  # the kernel inherits the environment
     client = NotebookClient(
         nb,
         timeout=CELL_TIMEOUT_S,

@@ -630,32 +630,39 @@ class _VideoFolder:
 
 
 def check_videos(
-    videos: Sequence[VideoRef], on_error: str = "raise", *, source: str = "", workers: int = 2
+    videos: Sequence[VideoRef],
+    on_error: str = "raise",
+    *,
+    source: str = "",
+    workers: int = 2,
+    open_files: bool | None = None,
 ) -> dict[str, str]:
     """Problems with the videos, before any training: path -> reason.
 
-    ``raise``: one error listing every missing or empty file. ``skip``: each file is also
-    opened (header only) to find corrupt ones; each problem is logged once with a summary.
+    Every file must exist and not be empty; with ``open_files`` (default: with ``skip`` only)
+    each is also opened (header only) to find corrupt ones. ``raise``: one error listing every
+    problem. ``skip``: each problem is logged once, with a summary.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     unique = list(dict.fromkeys(v.path for v in videos))
-    if on_error == "raise":
+    check = _open_problem if (on_error == "skip" if open_files is None else open_files) else None
+    if check is None:
         problems = {str(p): why for p in unique if (why := _file_problem(Path(p)))}
-        if problems:
-            raise FileNotFoundError(_problem_summary(problems, len(unique), source))
-        return problems
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        found = list(
-            tqdm(
-                pool.map(_open_problem, unique),
-                total=len(unique),
-                unit="video",
-                desc="checking videos",
-                disable=len(unique) < 100,
+    else:
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            found = list(
+                tqdm(
+                    pool.map(check, unique),
+                    total=len(unique),
+                    unit="video",
+                    desc="checking videos",
+                    disable=len(unique) < 100,
+                )
             )
-        )
-    problems = {str(p): why for p, why in zip(unique, found, strict=True) if why}
+        problems = {str(p): why for p, why in zip(unique, found, strict=True) if why}
+    if problems and on_error == "raise":
+        raise FileNotFoundError(_problem_summary(problems, len(unique), source))
     for path, why in problems.items():
         logger.warning("skipping video %s: %s", path, why)
     if problems:

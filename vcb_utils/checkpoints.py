@@ -3,7 +3,9 @@
 ``TrainingSession`` owns the run's folder (``<output_dir>``):
 
 - ``state/``: the full training state (model, optimiser, scheduler, random states) and
-  ``progress.json``, to continue exactly with ``--resume``;
+  ``progress.json``, to continue exactly with ``--resume``. Each save fills a temporary folder
+  and swaps it in whole, so a crash leaves the previous state; ``progress.json`` lists every
+  file with its size and the settings that fix the schedule, and a resume checks both;
 - ``last/`` and ``best/``: the weights and config after the last epoch and at the best
   validation R@1 (Video-ColBERT checkpoints, for ``--init_model``);
 - ``log.jsonl``: one JSON line per optimiser step and per epoch; ``config.json``.
@@ -28,12 +30,23 @@ from tqdm.auto import tqdm
 
 from vcb_utils.config import Config, RunOptions
 from vcb_utils.model import VideoColBERT, save_checkpoint
+from vcb_utils.storage import (
+    remove,
+    remove_temps,
+    replace_folder,
+    saved_folder,
+    write_json_atomic,
+)
 
 log = logging.getLogger(__name__)
 
 STATE_DIR = "state"
 PROGRESS_FILE = "progress.json"
 LOG_FILE = "log.jsonl"
+
+
+SCHEDULE_FIELDS = ("batch_size", "grad_accum", "epochs", "lr", "coef_lr", "warmup_ratio", "seed")
+"""Training settings a resumed run must share with the saved one (with the process count)."""
 
 
 class TrainingInterrupted(RuntimeError):
@@ -66,11 +79,11 @@ class TrainingSession:
         self.progress = Progress()
         if options.resume:
             self.progress = self._load_state(_resume_dir(options.resume, self.output_dir))
+        else:
+            self._start_afresh()
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.json").write_text(
-                json.dumps(config.to_dict(), indent=2) + "\n"
-            )
+            write_json_atomic(self.output_dir / "config.json", config.to_dict())
         if options.report_to != "none":
             accelerator.init_trackers("videocolbert", config=_flat(config.to_dict()))
         self.logbook = Logbook(self.output_dir / LOG_FILE, accelerator)
@@ -142,11 +155,8 @@ class TrainingSession:
         if r1 > self.progress.best_r1:
             self.progress.best_r1, self.progress.best_epoch = r1, epoch
             if self.accelerator.is_main_process:
-                save_checkpoint(plain, self.output_dir / "best", self.config)
-                record = {"epoch": epoch + 1, "val": metrics}
-                (self.output_dir / "best" / "val_metrics.json").write_text(
-                    json.dumps(record, indent=2)
-                )
+                notes = {"val_metrics.json": {"epoch": epoch + 1, "val": metrics}}
+                save_checkpoint(plain, self.output_dir / "best", self.config, notes)
         losses = self.logbook.epoch(epoch, self.progress.step, metrics)
         self.save_weights(plain)
         seconds = time.perf_counter() - self.epoch_started
@@ -155,6 +165,12 @@ class TrainingSession:
             f"epoch {epoch + 1}/{self.config.train.epochs}  {'  '.join(parts)}  "
             f"val R@1 {r1:.1f}  ({seconds:.0f} s)"
         )
+        if self.stop.requested(self.accelerator):  # a signal during validation or the save
+            raise TrainingInterrupted(
+                f"interrupted after epoch {epoch + 1}; state saved in "
+                f"{self.output_dir / STATE_DIR}. Resume with the same command plus --resume",
+                self.stop.signal,
+            )
 
     def close(self, model) -> None:
         """Save the weights of a run stopped by ``max_steps``; restore the signal handlers."""
@@ -170,11 +186,52 @@ class TrainingSession:
         self.save_state(self.progress)
 
     def save_state(self, progress: Progress) -> None:
+        """Every process writes its part into one temporary folder, which then replaces
+        ``state/`` whole: a crash at any moment leaves the previous complete state."""
         state_dir = self.output_dir / STATE_DIR
+        temp = state_dir.with_name(f".tmp-{progress.step % 2**32:08x}-{STATE_DIR}")
         self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(state_dir))
         if self.accelerator.is_main_process:
-            (state_dir / PROGRESS_FILE).write_text(json.dumps(asdict(progress)) + "\n")
+            remove_temps(self.output_dir, STATE_DIR)  # left by a killed run
+            temp.mkdir(parents=True)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(temp))
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            record = {
+                "progress": asdict(progress),
+                "settings": self._settings(),
+                "files": _file_sizes(temp),
+            }
+            (temp / PROGRESS_FILE).write_text(json.dumps(record, indent=1) + "\n")
+            replace_folder(temp, state_dir)
+        self.accelerator.wait_for_everyone()
+
+    def _settings(self) -> dict:
+        train = asdict(self.config.train)
+        return {
+            "processes": self.accelerator.num_processes,
+            **{name: train[name] for name in SCHEDULE_FIELDS},
+        }
+
+    def _start_afresh(self) -> None:
+        """Refuse to mix a new run into the log and state of an earlier one (``--overwrite``
+        deletes them first)."""
+        earlier = [
+            self.output_dir / n for n in (LOG_FILE, STATE_DIR) if (self.output_dir / n).exists()
+        ]
+        if not earlier:
+            return
+        if not self.options.overwrite:
+            raise FileExistsError(
+                f"{self.output_dir} already holds a run ({', '.join(p.name for p in earlier)}): "
+                "continue it with --resume, start it again with --overwrite, or choose another "
+                "--output_dir"
+            )
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            for path in earlier:
+                remove(path)
         self.accelerator.wait_for_everyone()
 
     def say(self, line: str) -> None:
@@ -185,10 +242,55 @@ class TrainingSession:
             self.bar.refresh()
 
     def _load_state(self, state_dir: Path) -> Progress:
+        """Load a saved state after checking it is whole and was saved with these settings."""
+        record = check_state(state_dir)
+        changed = [
+            f"{name} {saved!r} -> {now!r}"
+            for name, now in self._settings().items()
+            if (saved := record["settings"].get(name)) != now
+        ]
+        if changed:
+            raise ValueError(
+                f"--resume: {state_dir} was saved with other training settings ("
+                + ", ".join(changed)
+                + "); resume with the same settings, or start afresh with --overwrite"
+            )
         self.accelerator.load_state(str(state_dir))
-        progress = Progress(**json.loads((state_dir / PROGRESS_FILE).read_text()))
+        progress = Progress(**record["progress"])
         log.info("resumed from %s at epoch %d, step %d", state_dir, progress.epoch, progress.step)
         return progress
+
+
+def check_state(state_dir: Path) -> dict:
+    """The ``progress.json`` record of a saved state, after checking that every file it lists
+    is there with its size (ValueError naming the first that is not)."""
+    path = state_dir / PROGRESS_FILE
+    try:
+        record = json.loads(path.read_text())
+        files = dict(record["files"])
+        Progress(**record["progress"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"--resume: {path} is not a training state of this version ({err}); "
+            "start afresh with --overwrite"
+        ) from err
+    sizes = _file_sizes(state_dir)
+    for name, size in files.items():
+        if sizes.get(name) != size:
+            raise ValueError(
+                f"--resume: {state_dir / name} is missing or has another size than when the "
+                "state was saved: the state is incomplete; start afresh with --overwrite"
+            )
+    return record
+
+
+def _file_sizes(folder: Path) -> dict[str, int]:
+    """Size of every file under ``folder`` except ``progress.json``, by relative path."""
+    return {
+        str(path.relative_to(folder)): path.stat().st_size
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != PROGRESS_FILE
+    }
 
 
 def window_start(progress: Progress, grad_accum: int) -> Progress:
@@ -200,7 +302,7 @@ def window_start(progress: Progress, grad_accum: int) -> Progress:
 
 
 def _resume_dir(resume: str, output_dir: Path) -> Path:
-    state_dir = output_dir / STATE_DIR if resume == "auto" else Path(resume)
+    state_dir = saved_folder(output_dir / STATE_DIR if resume == "auto" else Path(resume))
     if not (state_dir / PROGRESS_FILE).is_file():
         raise FileNotFoundError(f"--resume: no saved training state in {state_dir}")
     return state_dir

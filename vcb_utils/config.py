@@ -237,6 +237,8 @@ class RunOptions(_Validated):
     """A Video-ColBERT checkpoint folder to start from (or to evaluate)."""
     resume: str | None = None
     """Continue an interrupted run from its saved state (alone: <output_dir>/state)."""
+    overwrite: bool = False
+    """Start afresh in an output_dir that holds an earlier run (its log and state are deleted)."""
     cpu: bool = False
     """Run on the CPU (gloo) even when GPUs are present."""
     report_to: Literal["none", "tensorboard", "wandb", "all"] = "none"

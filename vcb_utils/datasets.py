@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -235,6 +235,10 @@ class EvalSet:
     """Long ``[num_captions]``: the index in ``videos`` of each caption's video."""
     video_dataset: VideoDataset
     caption_dataset: CaptionDataset
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Video path -> why, for the split's videos left out before encoding (``on_error="skip"``)."""
+    skipped_captions: int = 0
+    """How many captions were left out with them."""
 
     def video_loader(self, batch_size: int, workers: int = 0) -> DataLoader:
         return make_loader(self.video_dataset, batch_size, workers=workers)
@@ -283,7 +287,7 @@ def build_dataset(
     unnormalised uint8 (see ``ClipSource``).
     """
     jitter = train and cfg.frame_jitter
-    records, cache = _prepare(cfg, split, prep, use_cache=not jitter)
+    records, cache, _, _ = _prepare(cfg, split, prep, use_cache=not jitter)
     source = prep.source(
         cfg.video_framerate,
         cache=cache,
@@ -299,15 +303,18 @@ def build_eval_set(
     cfg: DataConfig, split: str, prep: Preprocessing, *, uint8: bool = False
 ) -> EvalSet:
     """The evaluation layout of a split, prepared like ``build_dataset`` (no jitter)."""
-    records, cache = _prepare(cfg, split, prep, use_cache=True)
+    records, cache, problems, dropped = _prepare(cfg, split, prep, use_cache=True)
     source = prep.source(cfg.video_framerate, cache=cache, on_error=cfg.on_error, uint8=uint8)
-    return make_eval_set(records, prep.tokenize, source)
+    eval_set = make_eval_set(records, prep.tokenize, source)
+    eval_set.skipped, eval_set.skipped_captions = problems, dropped
+    return eval_set
 
 
 def _prepare(
     cfg: DataConfig, split: str, prep: Preprocessing, use_cache: bool
-) -> tuple[list[Record], FrameCache | None]:
-    """Records whose videos are usable, and the filled frame cache (when configured)."""
+) -> tuple[list[Record], FrameCache | None, dict[str, str], int]:
+    """Records whose videos are usable, the filled frame cache (when configured), the
+    unusable videos (path -> why) and how many records were dropped with them."""
     records = read_annotations(cfg.datatype, cfg.anno_path, split, cfg.video_path)
     source = f"{cfg.datatype} split {split!r}"
     problems = check_videos(
@@ -322,4 +329,4 @@ def _prepare(
     kept = [r for r in records if str(r.path) not in problems]
     if not kept:
         raise ValueError(f"{source}: no usable videos ({len(problems)} unusable)")
-    return kept, cache
+    return kept, cache, problems, len(records) - len(kept)

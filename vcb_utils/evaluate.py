@@ -8,7 +8,6 @@ variants come from one encoding pass: ``both`` (MMS_F + MMS_V), ``F`` (MMS_F) an
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -18,9 +17,16 @@ from accelerate import Accelerator
 
 from vcb_utils.config import Config
 from vcb_utils.datasets import EvalSet, build_eval_set
-from vcb_utils.encode import default_accelerator, drop_failed, encode_captions, encode_videos
+from vcb_utils.encode import (
+    default_accelerator,
+    drop_failed,
+    encode_captions,
+    encode_videos,
+    failed_videos,
+)
 from vcb_utils.metrics import format_metrics_table, multi_caption_metrics
 from vcb_utils.model import TextEmbedding, VideoColBERT, VideoEmbedding, mean_frame
+from vcb_utils.storage import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +56,15 @@ def evaluate(
     accelerator = accelerator or default_accelerator()
     model.to(accelerator.device).eval()
     eval_set = eval_set or load_eval_set(model, config, split, accelerator)
-    texts, videos, targets = encode_split(model, config, eval_set, accelerator)
+    texts, videos, targets, dropped = encode_split(model, config, eval_set, accelerator)
     matrices = score_variants(model, texts, videos)
     metrics = compute_metrics(matrices, targets, postprocessing)
     if report:
         _report(metrics, accelerator, split, len(texts.vectors), len(videos.F), postprocessing)
     if output_dir is not None and accelerator.is_main_process:
-        _write_metrics(Path(output_dir), metrics, config, split, checkpoint, postprocessing)
+        _write_metrics(
+            Path(output_dir), metrics, config, split, checkpoint, postprocessing, dropped
+        )
     return metrics
 
 
@@ -76,7 +84,7 @@ def zero_shot(
     plain = dataclasses.replace(config.model, mode="F", query_expansion=False)
     model = VideoColBERT(plain).to(accelerator.device).eval()
     eval_set = load_eval_set(model, config, split, accelerator)
-    texts, videos, targets = encode_split(model, config, eval_set, accelerator)
+    texts, videos, targets, dropped = encode_split(model, config, eval_set, accelerator)
     matrices = zero_shot_matrices(model, texts, videos)
     metrics = compute_metrics(matrices, targets, "none")
     _report(
@@ -95,6 +103,7 @@ def zero_shot(
             split,
             f"zero-shot {config.model.backbone}/{config.model.pretrained}",
             "none",
+            dropped,
         )
     return metrics
 
@@ -121,16 +130,23 @@ def load_eval_set(
 
 def encode_split(
     model: VideoColBERT, config: Config, eval_set: EvalSet, accelerator: Accelerator
-) -> tuple[TextEmbedding, VideoEmbedding, torch.Tensor]:
+) -> tuple[TextEmbedding, VideoEmbedding, torch.Tensor, dict]:
     """Every caption and every distinct video of an evaluation set, encoded once.
 
-    Returns the caption vectors, the video vectors and each caption's video index. Videos
-    that failed to decode (``on_error="skip"``) are dropped with their captions, loudly.
+    Returns the caption vectors, the video vectors, each caption's video index and what was
+    left out: ``{"videos": n, "captions": m, "files": {path: why}}``, the videos found unusable
+    before encoding and those that failed to decode (``on_error="skip"``), with their captions.
     """
     batch = config.train.batch_size_val
     videos = encode_videos(model, eval_set.video_dataset, batch, accelerator, config.data.workers)
     texts = encode_captions(model, eval_set.captions, batch, accelerator)
-    return drop_failed(texts, videos, eval_set.caption_to_video)
+    failed = failed_videos(videos).cpu()
+    files = dict(eval_set.skipped)
+    for row in failed.nonzero().flatten().tolist():
+        files[str(eval_set.videos[row].path)] = "could not be decoded"
+    captions = eval_set.skipped_captions + int(failed[eval_set.caption_to_video].sum())
+    dropped = {"videos": len(files), "captions": captions, "files": files}
+    return (*drop_failed(texts, videos, eval_set.caption_to_video), dropped)
 
 
 def compute_metrics(
@@ -186,15 +202,17 @@ def _write_metrics(
     split: str,
     checkpoint: str | None,
     postprocessing: str,
+    dropped: dict,
 ) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     record = {
         "metrics": metrics,
         "checkpoint": checkpoint,
         "split": split,
+        "dropped": dropped,
         "dataset": asdict(config.data),
         "model": asdict(config.model),
         "postprocessing": postprocessing,
         "protocol": "rank = other columns scoring >= the target (ties count against the model)",
     }
-    (output_dir / METRICS_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    write_json_atomic(output_dir / METRICS_FILE, record)

@@ -242,13 +242,16 @@ class VideoIndex:
     def save(self, directory: str | Path) -> Path:
         """Save as a new version of the index in ``directory`` (made if needed); return it.
 
-        Nothing saved there by another process is lost: under the folder's lock, the current
-        version is read again first.
-        - If this index was loaded from (or last saved to) ``directory``, the videos added here
-          since are appended to that version, which may hold videos that others added
-          meanwhile; this index then holds the merged collection.
-        - Otherwise it replaces that version, if it holds no video id that this index lacks.
-        An id added both here and by another process is a ValueError; nothing is written then.
+        Nothing that another process saved there is lost: holding the folder's lock, ``save``
+        reads the current version again, then
+
+        - if this index was loaded from (or last saved to) ``directory``, appends the videos
+          added here since to that version, which may hold videos that others added meanwhile;
+          this index then holds the merged collection;
+        - otherwise replaces that version, unless it holds an id that this index lacks.
+
+        Those two errors (an id added both here and by another process, or an id this index
+        lacks) are a ValueError, and nothing is written.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

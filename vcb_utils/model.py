@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import open_clip
 import torch
@@ -446,11 +446,17 @@ def mean_frame(video: VideoEmbedding) -> torch.Tensor:
     return F.normalize((video.F * weights).sum(dim=1), dim=-1)
 
 
-def save_checkpoint(model: VideoColBERT, path: str | Path, config: Config | None = None) -> Path:
+def save_checkpoint(
+    model: VideoColBERT,
+    path: str | Path,
+    config: Config | None = None,
+    notes: dict[str, Any] | None = None,
+) -> Path:
     """Write ``model.safetensors`` and ``config.json`` (the full run config) as the folder ``path``.
 
-    The folder is replaced whole (``storage.writing_folder``; other files in it go): a save
-    that is killed leaves the previous checkpoint loadable.
+    ``notes``: more JSON files to keep beside them (``{"val_metrics.json": {...}}``). The folder
+    is replaced whole (``storage.writing_folder``; other files in it go): a save that is killed
+    leaves the previous checkpoint loadable.
     """
     path = Path(path)
     config = config or Config(model=model.cfg)
@@ -458,7 +464,8 @@ def save_checkpoint(model: VideoColBERT, path: str | Path, config: Config | None
     raw["model"] = asdict(model.cfg)
     with writing_folder(path) as folder:
         save_model(model, str(folder / WEIGHTS_FILE))
-        (folder / CONFIG_FILE).write_text(json.dumps(raw, indent=2) + "\n")
+        for name, data in {CONFIG_FILE: raw, **(notes or {})}.items():
+            (folder / name).write_text(json.dumps(data, indent=2) + "\n")
     return path
 
 

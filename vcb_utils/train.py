@@ -31,9 +31,10 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 
+from vcb_utils.annotations import check_videos, read_annotations
 from vcb_utils.checkpoints import TrainingSession
 from vcb_utils.config import Config, RunOptions
-from vcb_utils.datasets import Preprocessing, build_dataset, collate, read_annotations
+from vcb_utils.datasets import Preprocessing, build_dataset, collate
 from vcb_utils.distributed import check_world_size, gather_with_grad, set_cpu_threads
 from vcb_utils.evaluate import METRICS_FILE, evaluate, load_eval_set, zero_shot
 from vcb_utils.model import VideoColBERT, load_checkpoint
@@ -60,7 +61,7 @@ def run(config: Config, options: RunOptions) -> dict:
             "use --multi_gpu --num_processes N with --cpu)"
         )
     _check_batch(config, accelerator.num_processes)
-    _check_annotations(config, options)
+    check_data(config, options)
     set_seed(config.train.seed)
     output_dir = Path(config.train.output_dir)
     if options.zero_shot:
@@ -123,16 +124,22 @@ def _check_batch(config: Config, processes: int) -> None:
         )
 
 
-def _check_annotations(config: Config, options: RunOptions) -> None:
-    """Read the annotations of every split the run needs: bad paths fail before any work."""
-    train_split = options.do_train and not options.zero_shot
-    splits = (["train"] if train_split else []) + (["test"] if options.do_eval else [])
+def check_data(config: Config, options: RunOptions) -> None:
+    """Read every split the run will use and, unless bad videos are to be skipped, open each
+    of its videos, before any model is built: a bad path or a missing or corrupt video stops the
+    run now, not after an epoch (skipped videos are reported when their split is loaded)."""
+    splits = (["train"] if options.do_train and not options.zero_shot else []) + (
+        ["test"] if options.do_eval or options.do_train else []  # training validates on test
+    )
     data = config.data
     for split in splits:
-        if not read_annotations(data.datatype, data.anno_path, split, data.video_path):
-            raise ValueError(
-                f"{data.datatype} data at {data.anno_path}: the {split} split is empty"
-            )
+        records = read_annotations(data.datatype, data.anno_path, split, data.video_path)
+        source = f"{data.datatype} split {split!r}"
+        if not records:
+            raise ValueError(f"{source} at {data.anno_path} is empty")
+        if data.on_error == "raise":
+            videos = [r.video for r in records]
+            check_videos(videos, source=source, workers=max(1, data.workers), open_files=True)
 
 
 def _initial_model(config: Config, options: RunOptions) -> tuple[VideoColBERT, Config]:
