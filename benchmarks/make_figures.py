@@ -48,7 +48,7 @@ def trained_checkpoint() -> Path:
     if not (best / "model.safetensors").is_file():
         epochs = config.train.epochs
         log.info("no checkpoint in %s: training the tiny model for %d epochs", best, epochs)
-        run(config, RunOptions(do_eval=False))
+        run(config, RunOptions(do_eval=False, overwrite=True))  # an earlier run there is unfinished
     return best
 
 

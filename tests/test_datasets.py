@@ -402,3 +402,27 @@ def test_synthetic_datatype_reads_a_generated_folder(tmp_path, tokenize):
     evalset = build_eval_set(cfg, "val", Preprocessing(tokenize, 8, 64, MEAN, STD))
     assert len(evalset.videos) == len(evalset.captions) == 2
     assert {"msrvtt", "csv", "jsonl", "synthetic"} <= set(annotations.DATATYPES)
+
+
+def test_own_files_accept_a_bom_and_report_every_problem(tmp_path):
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("video,caption\na.mp4,a red circle\n".encode("utf-8-sig"))
+    assert [r.caption for r in read_annotations("csv", bom, "test")] == ["a red circle"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        '{"video": "a.mp4", "caption": "ok"}\n'
+        '{"video": "b.mp4", "caption": ""}\n'
+        '{"video": "c.mp4", "caption": "x", "start": "nan"}\n'
+        '{"video": "d.mp4", "caption": "x", "end": Infinity}\n'
+        "not json\n"
+    )
+    with pytest.raises(ValueError) as info:
+        read_annotations("jsonl", bad, "test")
+    message = str(info.value)
+    assert "bad.jsonl: 4 problem(s)" in message
+    for expected in ("bad.jsonl:2: empty", "bad.jsonl:3: 'nan'", "bad.jsonl:4: inf", "bad.jsonl:5"):
+        assert expected in message
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("video,caption\na.mp4,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="latin.csv"):
+        read_annotations("csv", latin, "test")

@@ -169,3 +169,44 @@ def test_sigkill_while_saving_leaves_a_whole_state(small_synthetic, tmp_path):
     assert finish.returncode == 0, finish.stderr[-2000:]
     steps = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in steps if "loss" in r) == 18  # 3 epochs x 6 steps
+
+
+def test_dependency_floors_load_states_without_running_code():
+    """torch >= 2.6 refuses code in torch.load by default; accelerate >= 1.1 goes through it."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    floors = {}
+    for line in text.splitlines():
+        line = line.strip().strip(",").strip('"')
+        if line.startswith(("torch>", "accelerate>")):
+            requirement = Requirement(line)
+            floors[requirement.name] = min(Version(s.version) for s in requirement.specifier)
+    assert floors["torch"] >= Version("2.6") and floors["accelerate"] >= Version("1.1")
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_state_file_runs_no_code_on_resume(small_synthetic, tmp_path):
+    import pickle
+
+    out = tmp_path / "out"
+    args = small_args(small_synthetic, out, "--epochs", "2", "--max_steps", "1", "--do_eval", "0")
+    run(*parse_args(args))
+    marker = tmp_path / "ran"
+    crafted = out / "state" / "random_states_0.pkl"
+    crafted.write_bytes(pickle.dumps(_Payload(marker)))
+    record_path = out / "state" / "progress.json"
+    record = json.loads(record_path.read_text())
+    record["files"]["random_states_0.pkl"] = crafted.stat().st_size  # a consistent forgery
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="random_states_0.pkl is not a random state"):
+        run(*parse_args([*args, "--resume"]))
+    assert not marker.exists()

@@ -20,8 +20,10 @@ at once. ``check_videos`` finds missing, empty or corrupt videos before any work
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
+import math
 import os
 import pickle
 import typing
@@ -167,7 +169,7 @@ def _read_msrvtt(anno_dir: Path, split: str, video_path: str | os.PathLike | Non
 def _msrvtt_captions(path: Path) -> dict[str, list[str]]:
     """Captions per video id from ``MSRVTT_data.json``, in file order."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(_read_text(path))
         sentences = data["sentences"]
         pairs = [(s["video_id"], s["caption"]) for s in sentences]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
@@ -199,48 +201,60 @@ def _msrvtt_train(
 
 
 def _read_own(path: Path, kind: str, split: str, root: Path) -> list[Record]:
-    rows = _csv_rows(path, ("video", "caption")) if kind == "csv" else _jsonl_rows(path)
+    """Your own CSV/JSONL file: every row's problems are collected and reported together."""
+    problems = _Problems(path)
+    rows = _csv_rows(path, ("video", "caption")) if kind == "csv" else _jsonl_rows(path, problems)
     if any(r.get("split") not in (None, "") for _, r in rows):
         present = sorted({str(r.get("split")) for _, r in rows})
         rows = [(line, r) for line, r in rows if r.get("split") == split]
         if not rows:
             raise ValueError(f"{path}: no rows with split {split!r} (splits present: {present})")
-    return [_own_record(path, line, row, root) for line, row in rows]
+    records = [_own_record(root, line, row, problems) for line, row in rows]
+    problems.raise_any()
+    return [r for r in records if r is not None]
 
 
-def _own_record(path: Path, line: int, row: dict, root: Path) -> Record:
+def _own_record(root: Path, line: int, row: dict, problems: _Problems) -> Record | None:
+    where = f"{problems.path.name}:{line}"
+    found = len(problems.found)
     if not row.get("video"):
-        raise ValueError(f"{path}:{line}: missing 'video'")
-    start, end = _seconds(row.get("start"), path, line), _seconds(row.get("end"), path, line)
+        problems.add(where, "missing 'video'")
+    caption = row.get("caption")
+    if not isinstance(caption, str) or not caption.strip():
+        problems.add(where, "empty or missing caption")
+    start = _seconds(row.get("start"), where, problems)
+    end = _seconds(row.get("end"), where, problems)
     if start is not None and end is not None and end <= start:
-        raise ValueError(f"{path}:{line}: end {end} is not after start {start}")
+        problems.add(where, f"end {end} is not after start {start}")
+    if len(problems.found) > found:
+        return None
     video = str(row["video"])
-    return Record(video, root / video, _caption(row.get("caption"), path, line), start, end)
+    return Record(video, root / video, caption.strip(), start, end)
 
 
 def _csv_rows(path: Path, columns: Sequence[str]) -> list[tuple[int, dict]]:
     """(line number, row) pairs of a CSV with a header; the columns must be present."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        absent = [c for c in columns if c not in (reader.fieldnames or [])]
-        if absent:
-            raise ValueError(f"{path}: missing column(s) {absent} (header: {reader.fieldnames})")
-        return [(reader.line_num, row) for row in reader]
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    absent = [c for c in columns if c not in (reader.fieldnames or [])]
+    if absent:
+        raise ValueError(f"{path}: missing column(s) {absent} (header: {reader.fieldnames})")
+    return [(reader.line_num, row) for row in reader]
 
 
-def _jsonl_rows(path: Path) -> list[tuple[int, dict]]:
+def _jsonl_rows(path: Path, problems: _Problems) -> list[tuple[int, dict]]:
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line}: invalid JSON ({err.msg})") from err
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{line}: expected a JSON object")
-            rows.append((line, row))
+    for line, text in enumerate(_read_text(path).splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as err:
+            problems.add(f"{path.name}:{line}", f"invalid JSON ({err.msg})")
+            continue
+        if not isinstance(row, dict):
+            problems.add(f"{path.name}:{line}", "expected a JSON object")
+            continue
+        rows.append((line, row))
     return rows
 
 
@@ -250,15 +264,17 @@ def _caption(text: object, path: Path, where: object) -> str:
     return text.strip()
 
 
-def _seconds(value: object, path: Path, line: int) -> float | None:
+def _seconds(value: object, where: str, problems: _Problems) -> float | None:
     if value is None or value == "":
         return None
     try:
         seconds = float(value)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{path}:{line}: {value!r} is not a time in seconds") from err
-    if seconds < 0:
-        raise ValueError(f"{path}:{line}: negative time {seconds}")
+    except (TypeError, ValueError):
+        problems.add(where, f"{value!r} is not a time in seconds")
+        return None
+    if not math.isfinite(seconds) or seconds < 0:
+        problems.add(where, f"{value!r} is not a time in seconds (finite, >= 0)")
+        return None
     return seconds
 
 

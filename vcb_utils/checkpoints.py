@@ -281,6 +281,14 @@ def check_state(state_dir: Path) -> dict:
                 f"--resume: {state_dir / name} is missing or has another size than when the "
                 "state was saved: the state is incomplete; start afresh with --overwrite"
             )
+    for path in sorted(state_dir.glob("random_states_*.pkl")):  # accelerate ignores a bad one
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # an UnpicklingError, or anything a forged file raises
+            raise ValueError(
+                f"--resume: {path} is not a random state that can be loaded without running "
+                f"code ({type(err).__name__}); start afresh with --overwrite"
+            ) from err
     return record
 
 

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,6 +43,12 @@ open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+
+CLIP_START_ID, CLIP_END_ID, CLIP_PAD_ID = 49406, 49407, 0
+"""Start-of-text, end-of-text and pad ids of open_clip's CLIP BPE tokenizer."""
+SYNTHETIC_TOKENIZER = "vcb:synthetic"
+"""``ModelConfig.tokenizer`` value naming the word-level tokenizer of the synthetic captions,
+built offline on first use (``synthetic_tokenizer_folder``)."""
 
 
 @dataclass
@@ -93,11 +103,16 @@ def create_backbone(cfg: ModelConfig, load_weights: bool = True) -> nn.Module:
     is_file_path = pretrained and Path(pretrained).suffix in {".pt", ".pth", ".bin", ".safetensors"}
     if is_file_path and not Path(pretrained).is_file():
         raise FileNotFoundError(f"backbone checkpoint not found: {pretrained}")
+    # The tag's image mean/std (SigLIP's 0.5 differ from CLIP's) also when its weights are not
+    # loaded: a Video-ColBERT checkpoint trained from them must see frames normalised the same.
+    tag = open_clip.get_pretrained_cfg(cfg.backbone, cfg.pretrained) if cfg.pretrained else {}
+    preprocess = {k: tag[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag}
     with _quiet_random_init() if pretrained is None else contextlib.nullcontext():
         return open_clip.create_model(
             cfg.backbone,
             pretrained=pretrained,
             force_quick_gelu=cfg.pretrained == "openai",
+            force_preprocess_cfg=preprocess,
         )
 
 
@@ -117,20 +132,216 @@ def _quiet_random_init() -> Iterator[None]:
         root.removeFilter(keep)
 
 
+# ---- tokenizers ----------------------------------------------------------------------------------
+class TextTokenizer:
+    """The backbone's tokenizer, CLIP BPE or Hugging Face, with one interface and the ids the
+    masks need: ``pad_id``, ``end_id`` (end-of-text) and ``start_id`` (None if there is none).
+
+    ``tokenizer(texts, context_length=None)`` gives ids ``[B, context_length]`` (default: the
+    length it was built for), cut to fit with the end token kept, then padded.
+    """
+
+    def __init__(self, inner: Callable, context_length: int) -> None:
+        self.inner = inner
+        self.context_length = context_length
+        hf = self.hf
+        if hf is None:  # open_clip's SimpleTokenizer
+            self.start_id = getattr(inner, "sot_token_id", CLIP_START_ID)
+            self.end_id = getattr(inner, "eot_token_id", CLIP_END_ID)
+            self.pad_id = CLIP_PAD_ID
+            self.vocab_size = len(inner.encoder)
+        else:
+            self.start_id = _first_id(hf, "bos_token_id", "cls_token_id")
+            self.end_id = _first_id(hf, "eos_token_id", "sep_token_id")
+            self.pad_id = hf.pad_token_id
+            self.vocab_size = len(hf)
+            if self.pad_id is None:
+                raise ValueError(f"{hf.name_or_path}: the tokenizer has no pad token")
+
+    @classmethod
+    def for_backbone(
+        cls, backbone: str, context_length: int, name: str | None = None
+    ) -> TextTokenizer:
+        """open_clip's tokenizer for ``backbone``, or the Hugging Face tokenizer ``name``
+        (a hub name or a local folder; ``vcb:synthetic`` is built offline) in its place."""
+        text_cfg = (open_clip.get_model_config(backbone) or {}).get("text_cfg", {})
+        name = name or text_cfg.get("hf_tokenizer_name")
+        if name == SYNTHETIC_TOKENIZER:
+            name = str(synthetic_tokenizer_folder())
+        if not name:
+            return cls(open_clip.get_tokenizer(backbone, context_length=context_length),
+                       context_length)
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # data loader workers fork
+        kwargs = dict(text_cfg.get("tokenizer_kwargs") or {})
+        if text_cfg.get("tokenizer_mode"):
+            kwargs["tokenizer_mode"] = text_cfg["tokenizer_mode"]
+        try:
+            inner = open_clip.tokenizer.HFTokenizer(name, context_length=context_length, **kwargs)
+        except (OSError, ValueError) as err:
+            raise ValueError(
+                f"tokenizer {name!r} could not be loaded ({err}); give a local Hugging Face "
+                "tokenizer folder, or a hub name on a machine with network access"
+            ) from err
+        return cls(inner, context_length)
+
+    @property
+    def hf(self):  # noqa: ANN201 (a transformers tokenizer; transformers loads lazily)
+        """The underlying Hugging Face tokenizer, or None for CLIP's BPE."""
+        return getattr(self.inner, "tokenizer", None)
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        return self.inner(texts, context_length=context_length or self.context_length)
+
+    def _clean(self, text: str) -> str:
+        return getattr(self.inner, "clean_fn", lambda t: t)(text)
+
+    def encode(self, text: str) -> list[int]:
+        """The ids of the words of ``text``, without start, end or pad."""
+        if self.hf is None:
+            return self.inner.encode(text)
+        return self.hf(self._clean(text), add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.inner.decode(ids) if self.hf is None else self.hf.decode(list(ids))
+
+    def pieces(self, text: str) -> list[tuple[str, bool]]:
+        """The tokens of ``text`` as ``(text, is a whole word)`` (not a piece of a longer one)."""
+        ids = self.encode(text)
+        texts = [self.decode([token]) for token in ids]
+        if self.hf is None:  # CLIP BPE: a token that ends a word decodes with a trailing space
+            starts = [True] + [piece.endswith(" ") for piece in texts[:-1]]
+            return [(t, s and t.endswith(" ")) for t, s in zip(texts, starts, strict=True)]
+        encoding = self.hf(self._clean(text), add_special_tokens=False)
+        words = encoding.word_ids() if hasattr(encoding, "word_ids") else [None] * len(ids)
+        counts = Counter(words)
+        return [(t, w is None or counts[w] == 1) for t, w in zip(texts, words, strict=True)]
+
+    def real_token_mask(self, ids: torch.Tensor) -> torch.Tensor:
+        """True for the start, word and end tokens of each row of ``ids`` ``[B, L]``."""
+        return real_token_mask(ids, self.end_id, self.pad_id)
+
+
+def _first_id(hf: object, *names: str) -> int | None:
+    return next((getattr(hf, n) for n in names if getattr(hf, n, None) is not None), None)
+
+
+def real_token_mask(
+    ids: torch.Tensor, end_id: int | None = CLIP_END_ID, pad_id: int | None = CLIP_PAD_ID
+) -> torch.Tensor:
+    """True for the start, word and end tokens of ``ids`` ``[B, L]``: every position up to
+    the first ``end_id``; in a row without one, every id other than ``pad_id``.
+
+    The defaults are CLIP BPE's; other tokenizers: ``model.tokenizer.real_token_mask``.
+    With SigLIP's tokenizer the pad id is the end id, so only the first one counts as real.
+    """
+    positions = torch.arange(ids.shape[1], device=ids.device)[None, :]
+    not_pad = ids != pad_id if pad_id is not None else torch.ones_like(ids, dtype=torch.bool)
+    if end_id is None:
+        return not_pad
+    is_end = ids == end_id
+    first_end = torch.where(is_end.any(dim=1), is_end.int().argmax(dim=1), ids.shape[1])
+    return torch.where(is_end.any(dim=1, keepdim=True), positions <= first_end[:, None], not_pad)
+
+
+def build_word_tokenizer(words: Iterable[str], folder: str | Path, pad_with_end: bool = True) -> Path:
+    """Write a word-level Hugging Face tokenizer folder (``tokenizer.json`` and
+    ``tokenizer_config.json``) for a closed vocabulary, offline; returns ``folder``.
+
+    Lower-cased text is split on spaces and punctuation. Ids: ``<pad>`` 0, ``</s>`` 1 (ends
+    every text), ``<unk>`` 2 (any word not in ``words``), then the words in sorted order.
+    Texts are padded with ``</s>`` as SigLIP's are (``pad_with_end``), else with ``<pad>``.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    specials = ["<pad>", "</s>", "<unk>"]
+    vocab = {token: i for i, token in enumerate(specials + sorted(set(words) - set(specials)))}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", vocab["</s>"])]
+    )
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": "</s>",
+        "pad_token": "</s>" if pad_with_end else "<pad>",
+        "unk_token": "<unk>",
+        "model_max_length": 512,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return folder
+
+
+def synthetic_vocabulary() -> list[str]:
+    """Every word of the synthetic captions (``vcb_utils.synthetic``), and ``,``."""
+    from vcb_utils import synthetic
+
+    names = [*synthetic.COLOURS, *synthetic.SHAPES, *synthetic.DIRECTIONS, *synthetic.POSITIONS]
+    words = {word for name in [*names, *synthetic.KINDS] for word in name.split()}
+    specs = synthetic.make_specs(synthetic.SyntheticConfig(n_train=300, n_test=0))["train"]
+    for spec in specs:  # the words of the caption templates
+        for variant in (0, 1):
+            words |= set(re.findall(r"\w+|[^\w\s]+", synthetic.caption(spec, variant).lower()))
+    return sorted(words)
+
+
+def synthetic_tokenizer_folder(root: str | Path | None = None) -> Path:
+    """The ``vcb:synthetic`` tokenizer folder, built on first use from the synthetic caption
+    vocabulary (offline, milliseconds) under ``<data>/tokenizers/`` (next to ``data/synthetic``
+    or ``$VCB_DATA_DIR``), then reused; its name changes whenever the vocabulary does."""
+    from vcb_utils.synthetic import default_root
+
+    words = synthetic_vocabulary()
+    digest = hashlib.sha1(json.dumps(words).encode()).hexdigest()[:8]
+    target = Path(root or default_root().parent / "tokenizers") / f"synthetic-words-{digest}"
+    if (target / "tokenizer_config.json").is_file():
+        return target
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    build_word_tokenizer(words, partial)
+    try:
+        os.rename(partial, target)
+    except OSError:  # another process got there first
+        if not (target / "tokenizer_config.json").is_file():
+            raise
+        for file in partial.iterdir():
+            file.unlink()
+        partial.rmdir()
+    return target
+
+
 def text_tower(clip: nn.Module) -> nn.Module:
     """The module holding the text transformer (the CLIP itself, or ``clip.text``)."""
     tower = getattr(clip, "text", clip)
     needed = ("token_embedding", "positional_embedding", "transformer", "ln_final")
     if not all(hasattr(tower, name) for name in needed):
-        raise ValueError(f"{type(tower).__name__}: per-token text features need a CLIP text tower")
+        raise ValueError(
+            f"{type(tower).__name__}: per-token text features need an open_clip text "
+            "transformer (Hugging Face text towers are not supported)"
+        )
+    if getattr(tower, "cls_emb", None) is not None:
+        raise NotImplementedError(
+            f"{type(tower).__name__} appends a class token (CoCa): per-token features of such "
+            "towers are not supported"
+        )
     return tower
+
+
+def is_causal(clip: nn.Module) -> bool:
+    """Whether the text tower's attention is causal (CLIP) or bidirectional (SigLIP)."""
+    return text_tower(clip).attn_mask is not None
 
 
 def text_token_features(clip: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """Projected text features at every token position ``[B, L, D]`` (not normalised).
 
-    The same computation as open_clip's ``encode_text`` without the pooling, so the
-    row at the end-of-text token equals ``encode_text``.
+    The same computation as open_clip's ``encode_text`` without the pooling (token and
+    position embeddings, the transformer with the tower's attention mask: causal for CLIP,
+    none for SigLIP, plus the pad mask of towers built with one; final norm; projection),
+    so the row that ``encode_text`` pools (``pooled_positions``) equals ``encode_text``.
     """
     tower = text_tower(clip)
     length = ids.shape[1]
@@ -138,12 +349,40 @@ def text_token_features(clip: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     x = tower.token_embedding(ids).to(cast_dtype)
     x = x + tower.positional_embedding[:length].to(cast_dtype)
     attn_mask = tower.attn_mask
-    x = tower.transformer(x, attn_mask=None if attn_mask is None else attn_mask[:length, :length])
+    if attn_mask is not None:
+        attn_mask = attn_mask[:length, :length]
+    if getattr(tower, "use_pad_mask", False):  # open_clip >= 3: keys at pad ids are masked
+        keys = (ids == tower.pad_id)[:, None, :].expand(-1, length, -1)
+        pad_mask = torch.zeros(keys.shape, dtype=x.dtype, device=x.device)
+        pad_mask = pad_mask.masked_fill(keys, float("-inf"))
+        pad_mask = pad_mask.repeat_interleave(tower.heads, 0)
+        attn_mask = pad_mask if attn_mask is None else attn_mask.to(x.dtype)[None] + pad_mask
+    x = tower.transformer(x, attn_mask=attn_mask)
     x = tower.ln_final(x)
     projection = tower.text_projection
     if isinstance(projection, nn.Linear):
         return projection(x)
     return x if projection is None else x @ projection
+
+
+def pooled_positions(clip: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """The position whose output open_clip's ``encode_text`` returns, per row ``[B]``.
+
+    Follows the tower's ``pool_type``: ``argmax`` the largest id (CLIP's end-of-text),
+    ``eos`` the first end-of-text id, ``first`` position 0, ``last`` the last position.
+    """
+    tower = text_tower(clip)
+    pool = getattr(tower, "pool_type", None) or getattr(clip, "text_pool_type", "argmax")
+    rows, length = ids.shape
+    if pool == "argmax":
+        return ids.argmax(dim=1)
+    if pool == "eos":
+        eos = getattr(tower, "eos_id", None) or getattr(clip, "text_eos_id", None)
+        return (ids == eos).int().argmax(dim=1)
+    if pool in ("first", "last"):
+        position = 0 if pool == "first" else length - 1
+        return torch.full((rows,), position, dtype=torch.long, device=ids.device)
+    raise ValueError(f"text pool_type {pool!r} has no single pooled position")
 
 
 class TemporalTransformer(nn.Module):
@@ -164,6 +403,7 @@ class TemporalTransformer(nn.Module):
         mlp_ratio: float = 4.0,
         dropout: float = 0.1,
         activation: nn.Module | None = None,
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         width = width or dim
@@ -178,6 +418,7 @@ class TemporalTransformer(nn.Module):
             dim_feedforward=int(width * mlp_ratio),
             dropout=dropout,
             activation=activation or nn.GELU(),
+            layer_norm_eps=norm_eps,
             batch_first=True,
             norm_first=True,
         )
@@ -199,11 +440,19 @@ class TemporalTransformer(nn.Module):
         return inputs + self.proj_out(hidden), mask
 
     def init_from_text(self, clip: nn.Module) -> bool:
-        """Copy the first CLIP text blocks (and positions) in; False if shapes differ."""
+        """Copy the first text blocks (and positions) in; False (nothing copied) where they
+        cannot be mapped: other widths, fewer layers, layer scale or another block type.
+
+        Works for CLIP's causal and SigLIP's bidirectional towers alike: both use open_clip's
+        ``ResidualAttentionBlock``; the mask is not part of the weights.
+        """
         tower = text_tower(clip)
         blocks = list(tower.transformer.resblocks)[: len(self.encoder.layers)]
         if len(blocks) < len(self.encoder.layers):
             return False
+        if any(not isinstance(getattr(b, name, None), nn.Identity) for b in blocks
+               for name in ("ls_1", "ls_2")):
+            return False  # layer scale has no counterpart in nn.TransformerEncoderLayer
         pairs = {
             "self_attn.in_proj_weight": "attn.in_proj_weight",
             "self_attn.in_proj_bias": "attn.in_proj_bias",
@@ -234,29 +483,41 @@ class TemporalTransformer(nn.Module):
 
 
 class VideoColBERT(nn.Module):
-    """Text and video encoders on an open_clip CLIP, MeanMaxSim scores, dual loss."""
+    """Text and video encoders on an open_clip model, MeanMaxSim scores, dual loss.
+
+    Any open_clip model with an open_clip text transformer: CLIP (causal text tower, BPE
+    tokenizer) or SigLIP/SigLIP2 (bidirectional text tower, Hugging Face tokenizer, timm
+    image tower). ``cfg.tokenizer`` replaces the backbone's tokenizer.
+    """
 
     def __init__(self, cfg: ModelConfig, load_backbone_weights: bool = True) -> None:
         super().__init__()
         self.cfg = cfg
         self.clip = create_backbone(cfg, load_weights=load_backbone_weights)
-        self.tokenizer = open_clip.get_tokenizer(cfg.backbone, context_length=cfg.max_words)
-        if not isinstance(self.tokenizer, open_clip.tokenizer.SimpleTokenizer):
-            raise NotImplementedError(
-                f"{cfg.backbone} uses a {type(self.tokenizer).__name__}; the token masks here "
-                "assume CLIP's BPE tokenizer (end-of-text has the highest id)"
-            )
-        context = text_tower(self.clip).positional_embedding.shape[0]
+        tower = text_tower(self.clip)
+        context = tower.positional_embedding.shape[0]
         if cfg.max_words > context:
             raise ValueError(
                 f"max_words={cfg.max_words} exceeds {cfg.backbone}'s context {context}"
+            )
+        # A causal tower's outputs at the first max_words positions do not depend on what
+        # follows, so it runs on max_words positions; a bidirectional one always runs on its
+        # whole context, as in pretraining (docs/method.md, text side).
+        self.text_length = cfg.max_words if is_causal(self.clip) else context
+        self.tokenizer = TextTokenizer.for_backbone(cfg.backbone, cfg.max_words, cfg.tokenizer)
+        vocab = tower.token_embedding.num_embeddings
+        if self.tokenizer.vocab_size > vocab:
+            raise ValueError(
+                f"the tokenizer has {self.tokenizer.vocab_size} tokens, more than the "
+                f"{vocab} token embeddings of {cfg.backbone}"
             )
         self._freeze(cfg.frozen)
 
         dim = self.embed_dim
         self.temporal: TemporalTransformer | None = None
         if self.uses_video_branch:
-            blocks = text_tower(self.clip).transformer.resblocks
+            block = tower.transformer.resblocks[0]
+            mlp, norm = getattr(block, "mlp", None), getattr(block, "ln_1", None)
             self.temporal = TemporalTransformer(
                 dim,
                 cfg.max_frames,
@@ -266,10 +527,11 @@ class VideoColBERT(nn.Module):
                 width=cfg.temporal_width,
                 mlp_ratio=cfg.temporal_mlp_ratio,
                 dropout=cfg.temporal_dropout,
-                activation=copy.deepcopy(blocks[0].mlp.gelu),
+                activation=copy.deepcopy(getattr(mlp, "gelu", None)),  # QuickGELU, tanh GELU
+                norm_eps=getattr(norm, "eps", 1e-5),
             )
             if cfg.init_temporal_from_text and not self.temporal.init_from_text(self.clip):
-                log.debug("temporal transformer: random init (shapes differ from the text layers)")
+                log.debug("temporal transformer: random init (the text layers do not fit)")
         scale, bias = cfg.logit_scale_init, cfg.logit_bias_init
         self.loss_f = make_loss(cfg.loss, scale, bias) if self.uses_frame_branch else None
         self.loss_v = make_loss(cfg.loss, scale, bias) if self.uses_video_branch else None
@@ -278,20 +540,31 @@ class VideoColBERT(nn.Module):
     @property
     def embed_dim(self) -> int:
         """Size of the joint text-video space."""
-        return int(self.clip.visual.output_dim)
+        config = open_clip.get_model_config(self.cfg.backbone) or {}
+        return int(config.get("embed_dim") or self.clip.visual.output_dim)
 
     @property
     def image_size(self) -> int:
-        size = self.clip.visual.preprocess_cfg["size"]
+        size = self._preprocess_cfg["size"]
         return int(size if isinstance(size, int) else size[0])
 
     @property
     def image_mean(self) -> tuple[float, ...]:
-        return tuple(self.clip.visual.preprocess_cfg["mean"])
+        return tuple(self._preprocess_cfg["mean"])
 
     @property
     def image_std(self) -> tuple[float, ...]:
-        return tuple(self.clip.visual.preprocess_cfg["std"])
+        return tuple(self._preprocess_cfg["std"])
+
+    @property
+    def _preprocess_cfg(self) -> dict:
+        """open_clip's preprocessing of the image tower (CLIP ``VisionTransformer`` and timm
+        ``TimmModel`` alike); CLIP's mean/std where an open_clip version sets none."""
+        visual = self.clip.visual
+        size = getattr(visual, "image_size", 224)
+        default = {"size": size, "mean": open_clip.OPENAI_DATASET_MEAN,
+                   "std": open_clip.OPENAI_DATASET_STD}
+        return {**default, **(getattr(visual, "preprocess_cfg", None) or {})}
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -432,12 +705,6 @@ def map_tensors(embedding: EmbeddingT, fn: Callable[[torch.Tensor], torch.Tensor
     """The same kind of embedding with ``fn`` applied to every tensor field (None stays None)."""
     values = {f.name: getattr(embedding, f.name) for f in fields(embedding)}
     return type(embedding)(**{k: None if v is None else fn(v) for k, v in values.items()})
-
-
-def real_token_mask(ids: torch.Tensor) -> torch.Tensor:
-    """True for start, word and end tokens (CLIP BPE: end-of-text has the highest id)."""
-    positions = torch.arange(ids.shape[1], device=ids.device)
-    return positions[None, :] <= ids.argmax(dim=1, keepdim=True)
 
 
 def mean_frame(video: VideoEmbedding) -> torch.Tensor:
