@@ -90,9 +90,9 @@ def run(config: Config, options: RunOptions) -> dict:
 def summary(output_dir: Path, options: RunOptions, metrics: dict) -> str:
     """Where the run left its results: the best epoch, checkpoints and metrics files."""
     lines = []
-    best = output_dir / "best" / "val_metrics.json"
-    if options.do_train and best.is_file():
-        best = json.loads(best.read_text())
+    best_file = output_dir / "best" / "val_metrics.json"
+    if options.do_train and best_file.is_file():
+        best = json.loads(best_file.read_text())
         r1 = best["val"]["t2v"]["both"]["R1"]
         lines.append(f"best: epoch {best['epoch']}, validation R@1 {r1:.1f}: {output_dir / 'best'}")
     if options.do_train:
