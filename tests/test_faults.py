@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import vcb_utils.index
+import vcb_utils.index_store
 import vcb_utils.model
 from vcb_utils.config import preset
 from vcb_utils.index import VideoIndex
@@ -75,6 +76,14 @@ def grow_index(directory: str) -> None:
     index.save(directory)
 
 
+def first_index(directory, candidates: bool) -> None:
+    """Save the index of ``FIRST_IDS`` (with a candidate index: its codes are saved too)."""
+    index = VideoIndex(CONFIG, vectors(FIRST_IDS), FIRST_IDS)
+    if candidates:
+        index.build_ann()
+    index.save(directory)
+
+
 def new_model() -> VideoColBERT:
     """Other weights of other shapes than ``make_model(0)``: a mixed checkpoint won't load."""
     return make_model(1, n_visual_expansion=3)
@@ -94,14 +103,18 @@ def add_rounds(directory: str, worker: int, rounds: int, barrier) -> None:
 
 
 WATCHED = [
-    (vcb_utils.index, "save_file"),
+    (vcb_utils.index_store, "write_array"),
+    (vcb_utils.index_store, "commit_catalogue"),
+    (vcb_utils.index_store, "write_ann_part"),
     (vcb_utils.model, "save_model"),
     (json, "dumps"),
     (os, "replace"),
+    (os, "unlink"),
     (shutil, "rmtree"),
 ]
 """The calls that a child reports: the steps of a save that change what a process sees (the
-fsyncs in between matter after a power cut only)."""
+fsyncs in between matter after a power cut only). ``commit_catalogue`` is one LanceDB commit:
+its own writes are atomic (data files first, then a new manifest)."""
 
 
 def run_watched(conn, job, directory: str, pause: tuple[int, str] | None) -> None:
@@ -116,12 +129,13 @@ def run_watched(conn, job, directory: str, pause: tuple[int, str] | None) -> Non
 
         def wrapper(*args, **kwargs):
             nonlocal count
+            event = count  # this call's number (calls made inside it count after it)
             count += 1
-            if pause == (count - 1, "before"):
+            if pause == (event, "before"):
                 conn.send("paused")
                 time.sleep(HOLD)
             result = real(*args, **kwargs)
-            if pause == (count - 1, "after"):
+            if pause == (event, "after"):
                 conn.send("paused")
                 time.sleep(HOLD)
             return result
@@ -167,22 +181,44 @@ def kill_points(context, job, directory) -> list[tuple[int, str]]:
     return [(k, "before") for k in range(count)] + [(count - 1, "after")]
 
 
-def test_index_save_killed_at_any_step_leaves_the_old_or_the_new_index(context, tmp_path):
-    VideoIndex(CONFIG, vectors(FIRST_IDS), FIRST_IDS).save(tmp_path / "probe")
+def assert_only_the_current_version(directory, candidates: bool) -> None:
+    """The folder holds the current version's files and nothing else."""
+    current = json.loads((directory / "index.json").read_text())["current"]
+    manifest = json.loads((directory / f"{current}.json").read_text())
+    expected = [".lock", "catalogue.lance", "index.json", "segments", f"{current}.json"]
+    assert sorted(p.name for p in directory.iterdir()) == sorted(
+        expected + (["ann"] if candidates else [])
+    )
+    segments = sorted(s["name"] for s in manifest["segments"])
+    assert sorted(p.name for p in (directory / "segments").iterdir()) == segments
+    if candidates:
+        generation = manifest["ann"]["generation"]
+        assert [p.name for p in (directory / "ann").iterdir()] == [generation]
+        files = sorted(p.name for p in (directory / "ann" / generation).iterdir())
+        assert files == sorted(["trained.faiss", *(f"{s}.codes.npy" for s in segments)])
+
+
+@pytest.mark.parametrize("candidates", [False, True], ids=["exact", "two-stage"])
+def test_index_save_killed_at_any_step_leaves_the_old_or_the_new_index(
+    context, tmp_path, candidates
+):
+    first_index(tmp_path / "probe", candidates)
     points = kill_points(context, grow_index, tmp_path / "probe")
-    assert len(points) >= 4
+    assert len(points) >= 8
     for n, pause in enumerate(points):
         directory = tmp_path / f"idx{n}"
-        VideoIndex(CONFIG, vectors(FIRST_IDS), FIRST_IDS).save(directory)
+        first_index(directory, candidates)
         assert run_child(context, grow_index, directory, pause) == "paused"
         loaded = VideoIndex.load(directory)
         assert loaded.ids in (FIRST_IDS, FIRST_IDS + NEW_IDS), pause
         assert_consistent(loaded)
+        assert (loaded.ann is not None) == candidates
         loaded.save(directory)  # the next save removes what the killed one left
-        names = sorted(p.name for p in directory.iterdir())
-        assert names[:2] == [".lock", "index.json"] and len(names) == 3, names
-        assert names[2] == json.loads((directory / "index.json").read_text())["current"]
-        assert VideoIndex.load(directory).ids == loaded.ids
+        assert_only_the_current_version(directory, candidates)
+        reloaded = VideoIndex.load(directory)
+        assert reloaded.ids == loaded.ids
+        if candidates:  # the saved codes are those of the saved vectors
+            assert len(reloaded.ann) == len(loaded.ann) == loaded.stats()["vectors"]
 
 
 def test_checkpoint_save_killed_at_any_step_leaves_the_old_or_the_new_one(context, tmp_path):

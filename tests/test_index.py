@@ -1,6 +1,5 @@
 import dataclasses
 import json
-import shutil
 
 import av
 import numpy as np
@@ -346,34 +345,64 @@ def test_saving_over_videos_this_index_lacks_is_refused(model, tmp_path):
     assert VideoIndex.load(tmp_path / "idx").ids == rebuilt.ids
 
 
+LAYOUT = [".lock", "catalogue.lance", "index.json", "segments"]
+"""What an index folder holds besides its one version manifest (and ann/ once it has one)."""
+
+
 def test_saves_switch_one_pointer_and_keep_one_version(model, tmp_path):
     index = make_index(model, n=3)
     for _ in range(3):
         index.save(tmp_path / "idx")
     pointer = json.loads((tmp_path / "idx" / "index.json").read_text())
-    assert pointer == {"format": "vcb-video-index", "version": 3, "current": "v000003"}
-    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == [
-        ".lock",
-        "index.json",
-        "v000003",
-    ]
-    version = tmp_path / "idx" / "v000003"
-    assert sorted(p.name for p in version.iterdir()) == ["index.json", "index.safetensors"]
-
-
-def test_a_version_2_folder_loads_and_saving_converts_it(model, tmp_path):
-    index = make_index(model, n=3)
+    assert pointer == {"format": "vcb-video-index", "version": 4, "current": "v000003"}
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == sorted(
+        [*LAYOUT, "v000003.json"]
+    )
+    manifest = json.loads((tmp_path / "idx" / "v000003.json").read_text())
+    assert [s["name"] for s in manifest["segments"]] == ["s000001"]  # nothing added: no segment
+    index.add_embeddings(random_embedding(model, 2, seed=4), ["x", "y"])
     index.save(tmp_path / "idx")
+    segments = tmp_path / "idx" / "segments"
+    assert sorted(p.name for p in segments.iterdir()) == ["s000001", "s000002"]
+    assert sorted(p.name for p in (segments / "s000002").iterdir()) == ["mask.npy", "vectors.npy"]
+
+
+def write_legacy(index: VideoIndex, folder, version: int) -> None:
+    """``index`` in the layout of format 2 (one version at the top) or 3 (version folders)."""
+    from safetensors.torch import save_file
+
+    target = folder if version == 2 else folder / "v000004"
+    target.mkdir(parents=True)
+    tensors = {name: getattr(index, name).contiguous() for name in ("F", "F_mask", "V", "V_mask")}
+    save_file(tensors, str(target / "index.safetensors"))
+    manifest = {
+        "format": "vcb-video-index",
+        "version": version,
+        "model": index.config,
+        "framerate": index.framerate,
+        "ids": index.ids,
+        "paths": index.paths,
+    }
+    (target / "index.json").write_text(json.dumps(manifest))
+    if version == 3:
+        pointer = {"format": "vcb-video-index", "version": 3, "current": "v000004"}
+        (folder / "index.json").write_text(json.dumps(pointer))
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_an_old_format_folder_loads_and_saving_converts_it(model, tmp_path, version):
+    index = make_index(model, n=3)
     legacy = tmp_path / "legacy"
-    shutil.copytree(tmp_path / "idx" / "v000001", legacy)  # the one-version layout of version 2
-    manifest = json.loads((legacy / "index.json").read_text())
-    (legacy / "index.json").write_text(json.dumps({**manifest, "version": 2}))
+    write_legacy(index, legacy, version)
     loaded = VideoIndex.load(legacy)
     assert loaded.ids == index.ids and torch.equal(loaded.V, index.V)
     loaded.add_embeddings(random_embedding(model, 1, seed=5), ["new"])
     loaded.save(legacy)
-    assert sorted(p.name for p in legacy.iterdir()) == [".lock", "index.json", "v000001"]
-    assert VideoIndex.load(legacy).ids == index.ids + ["new"]
+    expected = "v000001.json" if version == 2 else "v000005.json"
+    assert sorted(p.name for p in legacy.iterdir()) == sorted([*LAYOUT, expected])
+    converted = VideoIndex.load(legacy)
+    assert converted.ids == index.ids + ["new"]
+    assert torch.equal(converted.F[:3], index.F) and converted.paths[:3] == index.paths
 
 
 def damage(path, kind):
@@ -384,7 +413,10 @@ def damage(path, kind):
 
 
 @pytest.mark.parametrize("kind", ["truncated", "garbage", "empty"])
-@pytest.mark.parametrize("name", ["index.json", "v000001/index.json", "v000001/index.safetensors"])
+@pytest.mark.parametrize(
+    "name",
+    ["index.json", "v000001.json", "segments/s000001/vectors.npy", "segments/s000001/mask.npy"],
+)
 def test_a_damaged_index_file_is_a_clear_error(model, tmp_path, name, kind):
     make_index(model, n=3).save(tmp_path / "idx")
     damage(tmp_path / "idx" / name, kind)
@@ -395,15 +427,16 @@ def test_a_damaged_index_file_is_a_clear_error(model, tmp_path, name, kind):
 @pytest.mark.parametrize(
     "change",
     [
-        lambda m: {k: v for k, v in m.items() if k != "ids"},
-        lambda m: {**m, "ids": m["ids"][:-1], "paths": m["paths"][:-1]},
+        lambda m: {k: v for k, v in m.items() if k != "segments"},
+        lambda m: {**m, "count": m["count"] - 1},
+        lambda m: {**m, "count": 2, "segments": [{"name": "s000001", "rows": 2}]},
         lambda m: {**m, "version": 1},
     ],
-    ids=["no ids", "too few ids", "old version"],
+    ids=["no segments", "wrong count", "too few rows", "old version"],
 )
 def test_an_inconsistent_manifest_is_a_clear_error(model, tmp_path, change):
     make_index(model, n=3).save(tmp_path / "idx")
-    path = tmp_path / "idx" / "v000001" / "index.json"
+    path = tmp_path / "idx" / "v000001.json"
     path.write_text(json.dumps(change(json.loads(path.read_text()))))
     with pytest.raises(ValueError, match=r"v000001.*VideoIndex\.build"):
         VideoIndex.load(tmp_path / "idx")

@@ -6,7 +6,13 @@ import torch
 from safetensors.torch import save_file
 
 from vcb_utils.config import Config, preset
-from vcb_utils.model import VideoColBERT, load_checkpoint, save_checkpoint, text_token_features
+from vcb_utils.model import (
+    VideoColBERT,
+    load_checkpoint,
+    real_token_mask,
+    save_checkpoint,
+    text_token_features,
+)
 from vcb_utils.scoring import maxsim
 
 CAPTIONS = ["a red circle moves left", "a blue square appears, then it turns green", "hi!"]
@@ -220,3 +226,30 @@ def test_a_bfloat16_model_takes_float32_frames(tiny_cfg, frames):
     model = build(tiny_cfg).to(torch.bfloat16)
     video = model.encode_video(frames[:1, :4])
     assert video.frames.dtype == torch.bfloat16 and video.frames.shape == (1, 4, 64)
+
+
+def test_default_frozen_parts_and_a_prefix_that_matches_nothing(tiny_cfg):
+    model = build(tiny_cfg)
+    frozen = {n for n, p in model.clip.named_parameters() if not p.requires_grad}
+    assert frozen == {
+        "token_embedding.weight",
+        "positional_embedding",
+        "visual.conv1.weight",  # "patch_embedding"
+        "logit_scale",
+    }
+    old = build(tiny_cfg, frozen=("token_embedding", "visual.conv1"))  # old checkpoints' value
+    assert not old.clip.visual.conv1.weight.requires_grad
+    with pytest.raises(ValueError, match="'visual.trunk' matches no parameter of vcb-tiny"):
+        build(tiny_cfg, frozen=("visual.trunk",))
+
+
+def test_the_tokenizer_keeps_the_interface_other_modules_use(tiny_cfg):
+    model = build(tiny_cfg)
+    tokenizer = model.tokenizer
+    ids = tokenizer(CAPTIONS, context_length=25)
+    assert ids.shape == (3, 25) and ids.dtype == torch.long
+    assert tokenizer(CAPTIONS).shape == (3, tiny_cfg.max_words)
+    assert tokenizer.decode(tokenizer.encode("a red circle")).strip() == "a red circle"
+    assert (tokenizer.start_id, tokenizer.end_id, tokenizer.pad_id) == (49406, 49407, 0)
+    assert torch.equal(model.real_token_mask(ids), real_token_mask(ids))
+    assert model.text_length == tiny_cfg.max_words  # causal: no padding to the context

@@ -127,9 +127,11 @@ class ModelConfig(_Validated):
     """The VideoColBERT model: backbone, expansion, temporal transformer, score and loss."""
 
     backbone: str = "ViT-B-32"
-    """Any open_clip model name (ViT-B-32, ViT-B-16, ViT-L-14, vcb-tiny; ViT-B/32 works too)."""
+    """Any open_clip model name (ViT-B-32, ViT-B-16, ViT-B-16-SigLIP, vcb-tiny; ViT-B/32 too)."""
     pretrained: str | None = None
-    """open_clip tag (openai, downloads), a local .pt/.safetensors file, or none."""
+    """open_clip tag (openai, webli; downloads), a local .pt/.safetensors file, or none."""
+    tokenizer: str | None = None
+    """HF tokenizer name or local folder replacing the backbone's (vcb:synthetic: built offline)."""
     max_words: int = 32
     """Text length in tokens (start + words + end + pads); also the query-expansion length."""
     max_frames: int = 12
@@ -163,8 +165,8 @@ class ModelConfig(_Validated):
     """Initial t (stored as log t). SigLIP's 10; trained SigLIP ends near exp(4.77) = 118."""
     logit_bias_init: float = -10.0
     """Initial b of the sigmoid loss. SigLIP's -10; trained SigLIP ends near -12.93."""
-    frozen: tuple[str, ...] = ("token_embedding", "positional_embedding", "visual.conv1")
-    """Prefixes of open_clip parameter names kept frozen (method.md: embeddings, patch conv)."""
+    frozen: tuple[str, ...] = ("token_embedding", "positional_embedding", "patch_embedding")
+    """Prefixes of open_clip parameter names kept frozen; patch_embedding: any image tower's."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -321,21 +323,66 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "output_dir": "outputs/tiny",
         },
     },
-    "msrvtt-vit-b32": {
-        "model": {"backbone": "ViT-B-32", "pretrained": "openai"},
-        "data": {"datatype": "msrvtt", "video_framerate": 1.0, "workers": 8},
-        "train": {"batch_size": 128, "output_dir": "outputs/msrvtt_vit_b32"},
+}
+"""Named configs: ``tiny`` and ``tiny-siglip`` (CPU, synthetic data), one per published
+benchmark row (``<dataset>-<backbone>``, below) and the old names ``msrvtt-vit-b32``/``-b16``."""
+
+PAPER_DATASETS: dict[str, dict[str, dict[str, Any]]] = {
+    "msrvtt": {"data": {"datatype": "msrvtt"}, "model": {"max_words": 32, "max_frames": 12}},
+    "msvd": {"data": {"datatype": "msvd"}, "model": {"max_words": 32, "max_frames": 12}},
+    "vatex": {"data": {"datatype": "vatex"}, "model": {"max_words": 32, "max_frames": 12}},
+    # paragraph-to-video: longer queries and videos; batch 64 as in CLIP4Clip's commands
+    "didemo": {
+        "data": {"datatype": "didemo"},
+        "model": {"max_words": 64, "max_frames": 64},
+        "train": {"batch_size": 64, "batch_size_val": 16},
     },
-    "msrvtt-vit-b16": {
-        "model": {"backbone": "ViT-B-16", "pretrained": "openai"},
-        "data": {"datatype": "msrvtt", "video_framerate": 1.0, "workers": 8},
-        "train": {"batch_size": 128, "output_dir": "outputs/msrvtt_vit_b16"},
+    "activitynet": {
+        "data": {"datatype": "activitynet"},
+        "model": {"max_words": 64, "max_frames": 64},
+        "train": {"batch_size": 64, "batch_size_val": 16},
     },
 }
+"""Each benchmark's protocol (docs/datasets.md): annotation layout, query and video length."""
+PAPER_BACKBONES: dict[str, dict[str, Any]] = {
+    "clip-b32": {"backbone": "ViT-B-32", "pretrained": "openai"},
+    "clip-b16": {"backbone": "ViT-B-16", "pretrained": "openai"},
+    "siglip-b16": {"backbone": "ViT-B-16-SigLIP", "pretrained": "webli"},
+}
+"""The paper's backbones as open_clip names and weight tags (the tags download)."""
+PAPER_COMMON: dict[str, dict[str, Any]] = {
+    "data": {"video_framerate": 1.0, "workers": 8},
+    "train": {"batch_size": 128},
+}
+"""What every benchmark preset shares; the rest are the defaults of docs/method.md."""
+
+
+def _paper_preset(dataset: str, backbone: str) -> dict[str, dict[str, Any]]:
+    parts = [PAPER_COMMON, PAPER_DATASETS[dataset], {"model": PAPER_BACKBONES[backbone]}]
+    merged: dict[str, dict[str, Any]] = {"model": {}, "data": {}, "train": {}}
+    for part in parts:
+        for section, values in part.items():
+            merged[section].update(values)
+    merged["train"]["output_dir"] = f"outputs/{dataset}_{backbone.replace('-', '_')}"
+    return merged
+
+
+PRESETS["tiny-siglip"] = {  # tiny with a SigLIP-shaped backbone and a word-level tokenizer
+    "model": {
+        **PRESETS["tiny"]["model"],
+        "backbone": "vcb-tiny-siglip",
+        "tokenizer": "vcb:synthetic",
+    },
+    "data": dict(PRESETS["tiny"]["data"]),
+    "train": {**PRESETS["tiny"]["train"], "output_dir": "outputs/tiny_siglip"},
+}
+PRESETS.update({f"{d}-{b}": _paper_preset(d, b) for d in PAPER_DATASETS for b in PAPER_BACKBONES})
+PRESETS["msrvtt-vit-b32"] = PRESETS["msrvtt-clip-b32"]  # the old names, kept
+PRESETS["msrvtt-vit-b16"] = PRESETS["msrvtt-clip-b16"]
 
 
 def preset(name: str) -> Config:
-    """The named preset as a Config (``tiny``, ``msrvtt-vit-b32``, ``msrvtt-vit-b16``)."""
+    """The named preset as a Config (``tiny``, ``tiny-siglip``, ``msrvtt-clip-b16``, ...)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return Config().updated(**PRESETS[name])

@@ -1,82 +1,96 @@
 """A searchable collection of encoded videos: encode once, save, load, search by text.
 
-``VideoIndex`` keeps, for N videos, their ids and paths, the F vectors (one per frame) and the
-V vectors (contextualised frames + visual expansion tokens) in fp16, and the model config they
-were built with. ``search`` encodes the queries and scans the collection block by block with
-``vcb_utils.scoring.maxsim``, keeping a running top-k, so memory stays bounded however many
-videos there are; the hits come back with the token x vector similarities a heatmap draws.
+``VideoIndex`` keeps, for N videos, their ids, paths and captions, the F vectors (one per
+frame) and the V vectors (contextualised frames + visual expansion tokens) in fp16, and the
+model config they were built with. ``search`` ranks videos by MMS_F + MMS_V (or one branch)
+and returns the hits with the token x vector similarities a heatmap draws.
 
-Layout: padded ``[N, max_frames, D]`` (F) and ``[N, max_frames + E, D]`` (V) with bool masks.
-Every video has at most ``max_frames`` frames, so padding costs space only for clips shorter
-than that, while a block of the padded tensors is exactly what ``maxsim`` takes (a flat
-layout with offsets would save those bytes but re-pad every block of every search).
+Two ways to find the top-k:
 
-On disk (format version 3) a save never changes a file that a reader may be reading::
+- **exact** (``exact=True``, and always for small collections): every video is scored with
+  ``vcb_utils.scoring.maxsim``, block by block with a running top-k, so memory stays bounded.
+  The cost grows with N: seconds per query at 100k videos on a CPU.
+- **two-stage** (once a candidate index is built: ``build_ann``, or ``save`` from
+  ``ANN_MIN_VIDEOS`` videos on): (1) candidates: the approximate nearest stored vectors of
+  every query vector, from compressed codes held in RAM (``vcb_utils.ann``, faiss IVF-PQ
+  fast-scan), mapped to videos and ranked by an approximate score; (2) rerank: the exact
+  ``MMS_F + MMS_V`` of the ``candidates`` best, from the full fp16 vectors, memory-mapped from
+  disk. The scores returned are always exact; only which videos are scored is approximate.
+  ``settings`` (``nprobe``, ``hits_per_vector``, ``candidates``) trade recall for speed; a
+  budget of ``candidates >= len(index)`` scores everything, as the exact search does.
 
-    my_index/
-      index.json        the pointer: {"format": ..., "version": 3, "current": "v000012"}
-      v000012/          the current version: index.json (ids, paths, config) + index.safetensors
-      .lock             taken by writers
+Layout in memory: each run of rows (a saved segment, memory-mapped, or the rows added since
+the last save, in RAM) is one padded fp16 tensor ``[n, max_frames + V width, D]`` (F vectors,
+then V vectors) with a bool mask: a block of it is exactly what ``maxsim`` takes, and one
+video's vectors are one contiguous read from disk.
 
-``save`` writes and flushes a new version folder, replaces the pointer (an atomic rename), then
-deletes the older versions: killed at any point, it leaves the previous version current, and
-the next save deletes what it left. A version 2 folder (one version at the top) still loads;
-saving to it converts it. Two processes may load, add to and save one folder at once: see
-``VideoIndex.save``.
+On disk (format version 4, see ``vcb_utils.index_store``): a pointer file, one manifest per
+version, immutable vector segments, a LanceDB catalogue (row, id, path, caption) and the
+candidate index's codes. A save never changes a file that a reader may be reading; killed at
+any point it leaves the previous version current. Two processes may load, add to and save one
+folder at once: see ``VideoIndex.save``. Formats 2 and 3 still load; saving converts them.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import numbers
-import re
 import warnings
-from collections import Counter
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
+from vcb_utils import index_store as store
+from vcb_utils.ann import (
+    TRAIN_POINTS_PER_LIST,
+    CandidateIndex,
+    SearchSettings,
+    approximate_scores,
+    branch_columns,
+    default_nlist,
+    default_settings,
+    segment_ids,
+)
 from vcb_utils.cache import FrameCache
 from vcb_utils.config import VALUE_ALIASES, ModelConfig
 from vcb_utils.datasets import VideoDataset
 from vcb_utils.encode import encode_videos, failed_videos
+from vcb_utils.index_store import REBUILD, Current, Manifest
 from vcb_utils.model import TextEmbedding, VideoColBERT, VideoEmbedding, real_token_mask
 from vcb_utils.scoring import maxsim, token_shares, token_similarities
-from vcb_utils.storage import (
-    folder_lock,
-    fsync_tree,
-    read_json,
-    remove,
-    remove_temps,
-    write_json_atomic,
-)
+from vcb_utils.storage import folder_lock
 from vcb_utils.video import VideoRef
+
+log = logging.getLogger(__name__)
 
 Branch = Literal["both", "F", "V"]
 BRANCHES = ("both", "F", "V")
 """Rank by MMS_F + MMS_V, MMS_F or MMS_V (``spatial``/``temporal``: old names of F/V)."""
 
-FORMAT = "vcb-video-index"
-VERSION = 3
-READABLE_VERSIONS = (2, 3)
-"""Manifest versions that load: 2 had one version at the top of the folder, 3 adds the pointer."""
-POINTER_FILE = "index.json"
-MANIFEST_FILE = "index.json"
-TENSORS_FILE = "index.safetensors"
-MANIFEST_KEYS = ("model", "framerate", "ids", "paths")
-VERSION_NAME = re.compile(r"v\d{6}")
-LEGACY = "."
-"""The version "folder" of a version 2 index: the index folder itself."""
-REBUILD = "rebuild the index: VideoIndex.build(model, paths).save(directory)"
+FORMAT = store.FORMAT
+VERSION = store.VERSION
 DEFAULT_BLOCK_VIDEOS = 128
-"""Videos per step of the scan (7 MB as fp32 at 26 x 512 per video): small blocks stay in cache
-and reuse their buffers, the fastest on CPU in ``benchmarks/bench_search.py``."""
+"""Videos per step of the exact scan (7 MB as fp32 at 26 x 512 per video): small blocks stay
+in cache and reuse their buffers, the fastest on CPU in ``benchmarks/bench_search.py``."""
+ANN_MIN_VIDEOS = 5000
+"""``save`` builds the candidate index (two-stage search) once an index has this many videos;
+below it the exact scan takes a few tens of milliseconds."""
+ENCODE_BLOCK_VIDEOS = 4096
+"""Videos whose vectors are compressed at once by ``build_ann`` (about 50 MB as fp32)."""
+RERANK_THREADS = 1
+"""torch threads while the candidates are scored: a few hundred videos are little work, and more
+threads only add synchronisation (on a busy 2-core machine, 5-40x slower with 2 threads)."""
+GROWTH_WARNING = 8
+"""``save`` warns when an index holds this many times the videos its candidate index was
+trained on: the coarse lists are then too few and too long (``build_ann`` retrains)."""
 
 VECTOR_FIELDS = (
     "backbone",
@@ -115,6 +129,7 @@ class Hit:
     score_v: float | None
     sim_f: torch.Tensor | None
     sim_v: torch.Tensor | None
+    caption: str = ""
 
 
 @dataclass
@@ -135,8 +150,30 @@ class QueryResult:
         return self.hits[rank - 1]
 
 
+@dataclass
+class _Part:
+    """A run of rows: ``vectors`` fp16 ``[n, width, D]`` (F then V) and ``mask`` ``[n, width]``.
+
+    ``segment`` names the saved segment in ``folder`` it is memory-mapped from (None: rows
+    added since the last save, in RAM). ``codes``: the candidate-index codes of its vectors
+    (``segment_ids`` order) under generation ``codes_generation``, when held in RAM.
+    """
+
+    vectors: torch.Tensor
+    mask: torch.Tensor
+    segment: str | None = None
+    folder: Path | None = None
+    codes: np.ndarray | None = None
+    codes_generation: str | None = None
+    arrays: tuple = field(default=(), repr=False)
+    """The memory maps behind a saved part (kept open while it is used)."""
+
+    def __len__(self) -> int:
+        return self.vectors.shape[0]
+
+
 class VideoIndex:
-    """F and V vectors (fp16, padded, with masks), ids and paths of N encoded videos."""
+    """F and V vectors (fp16, padded, with masks), ids, paths and captions of N encoded videos."""
 
     def __init__(
         self,
@@ -146,18 +183,35 @@ class VideoIndex:
         paths: Sequence[str] | None = None,
         *,
         framerate: float = 1.0,
+        captions: Sequence[str] | None = None,
     ) -> None:
+        self._setup(model_config, framerate)
+        self.add_embeddings(embedding, ids, paths, captions=captions)
+
+    def _setup(self, model_config: ModelConfig | dict, framerate: float) -> None:
         config = asdict(model_config) if isinstance(model_config, ModelConfig) else model_config
         if config["mode"] == "meanP":
             raise ValueError("mode 'meanP' (a single-vector baseline) has no F/V vectors to index")
         self.config = json.loads(json.dumps(config))  # JSON types, as after a round trip
         self.framerate = float(framerate)
-        self.ids: list[str] = []
-        self.paths: list[str] = []
-        self.F = self.F_mask = self.V = self.V_mask = None
+        self.settings = SearchSettings()
+        """Two-stage search settings (``nprobe``, ``hits_per_vector``, ``candidates``)."""
+        self._frames = int(self.config["max_frames"])
+        self._has_v = self.config["mode"] != "F"
+        self._width = self._frames + (
+            self._frames + int(self.config["n_visual_expansion"]) if self._has_v else 0
+        )
+        self._parts: list[_Part] = []
+        self._saved_rows = 0
+        self._pending: dict[str, list[str]] = {"id": [], "path": [], "caption": []}
+        self._columns: dict[str, list[str]] = {}
+        self._known_ids: set[str] | None = None
+        self._catalogue: store.Catalogue | None = None
+        self._ann: CandidateIndex | None = None
+        self._ann_fresh = False  # built here and not saved yet
+        self._ann_trained_rows = 0
         # (folder, version, rows) of the last load or save: the first `rows` are saved there
         self._origin: tuple[Path, str, int] | None = None
-        self.add_embeddings(embedding, ids, paths)
 
     # ---- building ------------------------------------------------------------------------------
     @classmethod
@@ -172,18 +226,20 @@ class VideoIndex:
         num_workers: int = 0,
         on_error: Literal["raise", "skip"] = "raise",
         cache_dir: str | Path | None = None,
+        captions: Sequence[str] | None = None,
     ) -> VideoIndex:
         """Encode videos once (progress bar). Ids default to the file names without suffix.
 
         An unreadable file raises ``VideoReadError`` naming it, or with ``on_error="skip"`` is
         left out with a warning that lists the files (each cause is logged as it happens).
-        ``cache_dir``: decoded frames are read from (and added to) this frame cache.
+        ``cache_dir``: decoded frames are read from (and added to) this frame cache. For a
+        large collection on several processes, resumable, see ``vcb_utils.index_build``.
         """
         paths, ids = _names(paths, "paths"), None if ids is None else _names(ids, "ids")
-        embedding, ids, paths = _encode_files(
-            model, paths, ids, framerate, batch_size, num_workers, on_error, cache_dir
+        embedding, ids, paths, captions = _encode_files(
+            model, paths, ids, captions, framerate, batch_size, num_workers, on_error, cache_dir
         )
-        return cls(model.cfg, embedding, ids, paths, framerate=framerate)
+        return cls(model.cfg, embedding, ids, paths, framerate=framerate, captions=captions)
 
     def add(
         self,
@@ -195,48 +251,190 @@ class VideoIndex:
         num_workers: int = 0,
         on_error: Literal["raise", "skip"] = "raise",
         cache_dir: str | Path | None = None,
+        captions: Sequence[str] | None = None,
     ) -> None:
         """Encode more videos (at the index's framerate) and append them."""
         self.check_model(model)
         paths, ids = _names(paths, "paths"), None if ids is None else _names(ids, "ids")
-        embedding, ids, paths = _encode_files(
-            model, paths, ids, self.framerate, batch_size, num_workers, on_error, cache_dir
+        embedding, ids, paths, captions = _encode_files(
+            model, paths, ids, captions, self.framerate, batch_size, num_workers, on_error,
+            cache_dir,
         )
-        self.add_embeddings(embedding, ids, paths)
+        self.add_embeddings(embedding, ids, paths, captions=captions)
 
     def add_embeddings(
-        self, embedding: VideoEmbedding, ids: Sequence[str], paths: Sequence[str] | None = None
+        self,
+        embedding: VideoEmbedding,
+        ids: Sequence[str],
+        paths: Sequence[str] | None = None,
+        *,
+        captions: Sequence[str] | None = None,
     ) -> None:
         """Append precomputed vectors (any device and dtype; stored fp16 on the CPU)."""
         ids = _names(ids, "ids")
         paths = [""] * len(ids) if paths is None else _names(paths, "paths")
-        count = embedding.frames.shape[0]
-        if not len(ids) == len(paths) == count:
-            raise ValueError(f"{count} videos but {len(ids)} ids and {len(paths)} paths")
-        repeated = [i for i, n in Counter(self.ids + ids).items() if n > 1]
+        captions = [""] * len(ids) if captions is None else _names(captions, "captions")
+        count = embedding.F.shape[0]
+        if not len(ids) == len(paths) == len(captions) == count:
+            raise ValueError(
+                f"{count} videos but {len(ids)} ids, {len(paths)} paths and "
+                f"{len(captions)} captions"
+            )
+        known = self._id_set()
+        repeated = {i for i in ids if i in known} | _repeated(ids)
         if repeated:
             raise ValueError(f"duplicate video ids: {sorted(repeated)[:5]}")
         if (embedding.V is None) != (self.config["mode"] == "F"):
             raise ValueError(f"mode {self.config['mode']!r} and the embedding's V set disagree")
-        new = _stored_tensors(embedding, self.config)
-        if self.F is None:
-            self.F, self.F_mask, self.V, self.V_mask = new
-        else:
-            old = (self.F, self.F_mask, self.V, self.V_mask)
-            self.F, self.F_mask, self.V, self.V_mask = (
-                None if a is None else torch.cat([a, b]) for a, b in zip(old, new, strict=True)
-            )
-        self.ids += ids
-        self.paths += paths
+        vectors, mask = self._stored(embedding)
+        start = len(self)
+        part = _Part(vectors, mask)
+        if self._ann is not None and count:
+            part.codes = self._encode(self._ann, part)
+            part.codes_generation = self._ann.generation
+            self._ann.add(part.codes, self._part_ids(part, start))
+        self._append_pending(part)
+        for name, values in (("id", ids), ("path", paths), ("caption", captions)):
+            self._pending[name] += values
+        known.update(ids)
+
+    def _append_pending(self, part: _Part) -> None:
+        """Add ``part`` after the rows; small runs of added rows are joined into one."""
+        last = self._parts[-1] if self._parts else None
+        if last is None or last.segment is not None or min(len(last), len(part)) > 4096:
+            self._parts.append(part)
+            return
+        if (last.codes is None) != (part.codes is None) or (
+            last.codes_generation != part.codes_generation
+        ):
+            self._parts.append(part)
+            return
+        joined = _Part(torch.cat([last.vectors, part.vectors]), torch.cat([last.mask, part.mask]))
+        if last.codes is not None:
+            joined.codes = self._join_codes([last, part])
+            joined.codes_generation = last.codes_generation
+        self._parts[-1] = joined
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return self._saved_rows + len(self._pending["id"])
+
+    @property
+    def ids(self) -> list[str]:
+        """Every video's id, in row order."""
+        return self._saved_column("id") + self._pending["id"]
+
+    @property
+    def paths(self) -> list[str]:
+        """Every video's path ("" when none was given), in row order."""
+        return self._saved_column("path") + self._pending["path"]
+
+    @property
+    def captions(self) -> list[str]:
+        """Every video's caption ("" when none was given), in row order."""
+        return self._saved_column("caption") + self._pending["caption"]
+
+    def _saved_column(self, name: str) -> list[str]:
+        if self._saved_rows == 0:
+            return []
+        if name not in self._columns:
+            self._columns[name] = self._catalogue.column(name)
+        return list(self._columns[name])
+
+    def _id_set(self) -> set[str]:
+        if self._known_ids is None:
+            self._known_ids = set(self.ids)
+        return self._known_ids
+
+    def records(self, rows: Sequence[int]) -> list[dict]:
+        """``{"row", "id", "path", "caption"}`` of each of ``rows`` (read from the catalogue
+        for saved rows: the whole columns are not needed)."""
+        saved = [r for r in rows if r < self._saved_rows]
+        found = {}
+        if saved and "id" in self._columns and "path" in self._columns:
+            captions = self._columns.get("caption")
+            found = {
+                r: {
+                    "row": r,
+                    "id": self._columns["id"][r],
+                    "path": self._columns["path"][r],
+                    "caption": captions[r] if captions else None,
+                }
+                for r in saved
+            }
+            if captions is None:
+                for r, record in zip(saved, self._catalogue.take(saved), strict=True):
+                    found[r]["caption"] = record["caption"]
+        elif saved:
+            found = {r: record for r, record in zip(saved, self._catalogue.take(saved), strict=True)}
+        out = []
+        for r in rows:
+            r = int(r)
+            if not 0 <= r < len(self):
+                raise IndexError(f"row {r} is not in an index of {len(self)} videos")
+            if r < self._saved_rows:
+                out.append(found[r])
+            else:
+                i = r - self._saved_rows
+                out.append({"row": r, **{k: v[i] for k, v in self._pending.items()}})
+        return out
+
+    # ---- the stored vectors ----------------------------------------------------------------------
+    def _stored(self, embedding: VideoEmbedding) -> tuple[torch.Tensor, torch.Tensor]:
+        """fp16 vectors ``[n, width, D]`` (F then V, padded) and their bool mask."""
+        v_width = self._frames + int(self.config["n_visual_expansion"])
+        f, f_mask = _pad(embedding.F, embedding.F_mask, self._frames)
+        if embedding.V is None:
+            return f.contiguous(), f_mask.contiguous()
+        v, v_mask = _pad(embedding.V, embedding.V_mask, v_width)
+        return torch.cat([f, v], dim=1), torch.cat([f_mask, v_mask], dim=1)
+
+    def _field(self, name: str) -> torch.Tensor | None:
+        if name in ("V", "V_mask") and not self._has_v:
+            return None
+        columns = slice(0, self._frames) if name.startswith("F") else slice(self._frames, None)
+        pieces = [
+            (part.mask if name.endswith("mask") else part.vectors)[:, columns]
+            for part in self._parts
+        ]
+        if len(pieces) == 1:
+            return pieces[0]
+        if not pieces:
+            d = self._dim()
+            shape = (0, columns.stop or self._width - self._frames)
+            return torch.zeros(shape if name.endswith("mask") else (*shape, d or 0))
+        return torch.cat(pieces)
+
+    F = property(lambda self: self._field("F"), doc="F vectors ``[N, max_frames, D]`` (fp16)")
+    F_mask = property(lambda self: self._field("F_mask"), doc="valid frames ``[N, max_frames]``")
+    V = property(lambda self: self._field("V"), doc="V vectors ``[N, max_frames + E, D]`` or None")
+    V_mask = property(lambda self: self._field("V_mask"), doc="valid V vectors or None")
+    """The whole collection as tensors (memory-mapped when it is one saved segment, else
+    copied): for small indexes and tests; search reads only what it scores."""
+
+    def _dim(self) -> int | None:
+        return self._parts[0].vectors.shape[-1] if self._parts else None
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the stored vectors and masks."""
-        tensors = (getattr(self, name) for name in FIELDS)
-        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+        """Bytes of the stored vectors and masks (on disk once saved)."""
+        return sum(p.vectors.numel() * 2 + p.mask.numel() for p in self._parts)
+
+    def _rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stored vectors and mask of ``rows`` (any order), read from their parts."""
+        order = torch.argsort(rows)
+        sorted_rows = rows[order]
+        vectors, masks, start = [], [], 0
+        for part in self._parts:
+            stop = start + len(part)
+            lo, hi = torch.searchsorted(sorted_rows, torch.tensor([start, stop]))
+            if hi > lo:
+                local = sorted_rows[lo:hi] - start
+                vectors.append(part.vectors[local])
+                masks.append(part.mask[local])
+            start = stop
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order))
+        return torch.cat(vectors)[inverse], torch.cat(masks)[inverse]
 
     # ---- saving and loading --------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -251,109 +449,280 @@ class VideoIndex:
         - otherwise replaces that version, unless it holds an id that this index lacks.
 
         Those two errors (an id added both here and by another process, or an id this index
-        lacks) are a ValueError, and nothing is written.
+        lacks) are a ValueError, and nothing is written. From ``ANN_MIN_VIDEOS`` videos on, an
+        index without a candidate index gets one (``build_ann``), saved as a further version.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with folder_lock(directory):
-            current = _current_version(directory)
-            _remove_versions(directory, keep=current)
-            if current is not None:
-                self._merge_saved(directory, current)
-            name = f"v{1 if current in (None, LEGACY) else int(current[1:]) + 1:06d}"
-            self._write_version(directory / name)
-            pointer = {"format": FORMAT, "version": VERSION, "current": name}
-            write_json_atomic(directory / POINTER_FILE, pointer)
-            _remove_versions(directory, keep=name)
-            self._origin = (directory.resolve(), name, len(self))
+            current = store.current_version(directory)
+            base = store.read_manifest(directory, current.name) if _is_v4(current) else None
+            store.remove_unreferenced(directory, current, base)
+            append = self._check_save(directory, current, base)
+            # whether the new version's rows are this index's, at the same row numbers
+            same_rows = not append or self._origin == (directory.resolve(), current.name, base.count)
+            name = store.next_version_name(current)
+            manifest = self._write(directory, base if append else None)
+            kept_ann = self._write_ann(directory, base if append else None, manifest, same_rows)
+            store.write_manifest(directory, name, manifest)
+            store.write_pointer(directory, name)
+            store.remove_unreferenced(directory, Current(name, store.VERSION), manifest)
+            self._reopen(directory, name, manifest, kept_ann, same_rows)
+        if self._ann is None and len(self) >= ANN_MIN_VIDEOS:
+            log.info("%d videos: building the candidate index for two-stage search", len(self))
+            self.build_ann()
+            self.save(directory)
+        elif self._ann is not None and len(self) >= GROWTH_WARNING * self._ann_trained_rows:
+            warnings.warn(
+                f"{directory}: {len(self)} videos, {len(self) / self._ann_trained_rows:.0f}x "
+                "those the candidate index was trained on: retrain it for recall and speed "
+                "(index.build_ann(); index.save(...), or `python -m vcb_utils.index_cli "
+                "reindex`)",
+                stacklevel=2,
+            )
         return directory
 
-    def _merge_saved(self, directory: Path, current: str) -> None:
-        """Make this index what ``save`` writes over the saved version ``current``."""
+    def _check_save(self, directory: Path, current: Current | None, base: Manifest | None) -> bool:
+        """Whether this save appends to ``base`` (else it replaces); ValueError if it would lose
+        or duplicate videos."""
         here = directory.resolve()
-        if self._origin is not None and self._origin[:2] == (here, current):
-            return  # nothing saved since this index was: it holds that version and more
-        if self._origin is None or self._origin[0] != here:
-            lost = set(_read_manifest(directory / current)["ids"]).difference(self.ids)
+        ours = self._origin is not None and self._origin[0] == here
+        if current is None:
+            return False
+        if ours and self._origin[1] == current.name:
+            return base is not None  # nothing saved since this index was (format 2/3: convert)
+        saved_ids = _saved_ids(directory, current, base)
+        if not ours:
+            lost = set(saved_ids).difference(self._id_set())
             if lost:
                 raise ValueError(
                     f"{directory} holds {len(lost)} videos that this index lacks "
                     f"({sorted(lost)[:5]}): saving would lose them. Add to VideoIndex.load("
                     f"{str(directory)!r}) instead, or save to another folder"
                 )
-            return
-        saved = VideoIndex._read(directory / current)
-        if (saved.config, saved.framerate) != (self.config, self.framerate):
+            return False
+        if base is None or (base.model, base.framerate) != (self.config, self.framerate):
             raise ValueError(
                 f"{directory} was saved with another model config or framerate since this "
                 "index was loaded from it: load it again"
             )
-        added = slice(self._origin[2], None)
-        tensors = (getattr(self, name) for name in FIELDS)
-        embedding = VideoEmbedding(*(None if t is None else t[added] for t in tensors))
-        saved.add_embeddings(embedding, self.ids[added], self.paths[added])
-        for name in (*FIELDS, "ids", "paths"):
-            setattr(self, name, getattr(saved, name))
+        repeated = set(self._pending["id"]).intersection(saved_ids)
+        if repeated:
+            raise ValueError(f"duplicate video ids: {sorted(repeated)[:5]}")
+        return True
 
-    def _write_version(self, folder: Path) -> None:
-        """Write the vectors and the manifest into the new folder ``folder``, flushed to disk."""
-        folder.mkdir()
-        tensors = {name: getattr(self, name) for name in FIELDS}
-        tensors = {name: t.contiguous() for name, t in tensors.items() if t is not None}
-        save_file(tensors, str(folder / TENSORS_FILE))
-        manifest = {
-            "format": FORMAT,
-            "version": VERSION,
-            "model": self.config,
-            "framerate": self.framerate,
-            "ids": self.ids,
-            "paths": self.paths,
+    def _write(self, directory: Path, base: Manifest | None) -> Manifest:
+        """Write the segments and catalogue rows of the new version; return its manifest
+        (``_write_ann`` adds the candidate index)."""
+        segments = list(base.segments) if base else []
+        first_row = base.count if base else 0
+        new_parts = [p for p in self._parts if p.segment is None] if base else list(self._parts)
+        self._written: dict[str, list[_Part]] = {}  # new segment -> the parts it holds
+        # saved parts of another folder are copied one segment each, added rows as one
+        for group in _groups(new_parts):
+            name = store.next_segment_name(directory, [s for s, _ in segments])
+            store.write_segment(
+                directory,
+                name,
+                [_numpy(p.vectors) for p in group],
+                [_numpy(p.mask) for p in group],
+            )
+            rows = sum(len(p) for p in group)
+            segments.append((name, rows))
+            self._written[name] = group
+        if base:
+            new = {k: v for k, v in self._pending.items()}
+        else:
+            new = {k: self._saved_column(k) + v for k, v in self._pending.items()}
+        catalogue = store.commit_catalogue(
+            directory,
+            first_row,
+            new["id"],
+            new["path"],
+            new["caption"],
+            base.catalogue if base else None,
+        )
+        return Manifest(self.config, self.framerate, segments, catalogue)
+
+    def _write_ann(
+        self, directory: Path, base: Manifest | None, manifest: Manifest, same_rows: bool
+    ) -> bool:
+        """Write the codes the new version's candidate index needs and fill ``manifest.ann``;
+        return whether this index's candidate index is the new version's as it is."""
+        written = self._written
+        disk = base.ann if base else None
+        if self._ann is not None and (self._ann_fresh or disk is None):
+            ann, trained_rows = self._ann, self._ann_trained_rows
+            store.write_ann_trained(directory, ann.generation, ann.trained)
+            needed = manifest.segments  # a new generation: codes for every segment
+        elif disk is not None:
+            trained = store.read_ann_trained(directory, disk["generation"])
+            ann = CandidateIndex(trained, disk["generation"])
+            trained_rows = disk.get("trained_rows", 0)
+            needed = [(name, rows) for name, rows in manifest.segments if name in written]
+        else:
+            return False
+        for name, rows in needed:
+            codes = self._codes_for(directory, ann, name, rows, written.get(name))
+            store.write_ann_part(directory, ann.generation, name, codes)
+        settings = self.settings if self._ann is not None else SearchSettings(**disk["settings"])
+        manifest.ann = {
+            "generation": ann.generation,
+            "settings": asdict(settings),
+            "trained_rows": trained_rows,
+            "nlist": ann.nlist,
+            "m": ann.m,
         }
-        (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
-        fsync_tree(folder)
+        return self._ann is ann and same_rows
+
+    def _codes_for(
+        self, directory: Path, ann: CandidateIndex, name: str, rows: int, group: list | None
+    ) -> np.ndarray:
+        """The codes of segment ``name`` under ``ann``: held in RAM, saved beside a copied
+        segment, or encoded from the vectors."""
+        if group is not None:  # a segment this save writes from these parts
+            part = group[0]
+            if len(group) == 1 and part.codes is None and part.segment is not None:
+                path = store.ann_folder(part.folder, ann.generation) / f"{part.segment}.codes.npy"
+                if path.is_file():
+                    count = self._vector_count(part)
+                    return np.asarray(
+                        store.read_ann_part(
+                            part.folder, ann.generation, part.segment, ann.code_size, count
+                        )
+                    )
+            return self._join_codes(group, ann)
+        for part in self._parts:  # a segment of this folder, for a new generation
+            if part.segment == name and part.folder == directory.resolve():
+                return self._join_codes([part], ann)
+        vectors, mask = store.open_segment(directory, name, rows, self._width, self._dim())
+        return self._encode(ann, _Part(torch.from_numpy(vectors), torch.from_numpy(mask)))
+
+    def _join_codes(self, group: list[_Part], ann: CandidateIndex | None = None) -> np.ndarray:
+        """The codes of parts stored as one run of rows (branch by branch, then row); with
+        ``ann``, parts without codes of its generation are encoded."""
+        runs = []
+        for part in group:
+            codes = part.codes
+            if ann is not None and not (codes is not None and part.codes_generation == ann.generation):
+                codes = self._encode(ann, part)
+            counts = [
+                int(part.mask[:, branch_columns(b, self._frames)].sum())
+                for b in self._ann_branches()
+            ]
+            runs.append(np.split(codes, np.cumsum(counts)[:-1]))
+        if len(runs) == 1:
+            return np.concatenate(runs[0])
+        return np.concatenate([c for branch in zip(*runs, strict=True) for c in branch])
+
+    def _reopen(
+        self, directory: Path, name: str, manifest: Manifest, kept_ann: bool, same_rows: bool
+    ) -> None:
+        """Become the saved version ``name`` (its segments memory-mapped)."""
+        here = directory.resolve()
+        known = self._known_ids if same_rows else None
+        ann, trained_rows = (self._ann, self._ann_trained_rows) if kept_ann else (None, 0)
+        self._open_manifest(here, manifest, name)
+        self._known_ids = known
+        if ann is not None:
+            self._ann, self._ann_trained_rows = ann, trained_rows
+            self.settings = SearchSettings(**manifest.ann["settings"])
+        elif manifest.ann is not None:
+            self._load_ann(here, manifest)
+        self._origin = (here, name, manifest.count)
 
     @classmethod
     def load(cls, directory: str | Path, model: VideoColBERT | None = None) -> VideoIndex:
         """Read the current version saved by ``save``; with ``model``, refuse another config."""
         directory = Path(directory)
         while True:
-            current = _current_version(directory)
+            current = store.current_version(directory)
             if current is None:
-                raise FileNotFoundError(f"{directory}: not a video index ({POINTER_FILE} missing)")
+                raise FileNotFoundError(
+                    f"{directory}: not a video index ({store.POINTER_FILE} missing)"
+                )
             try:
-                index = cls._read(directory / current)
+                index = cls._read(directory, current)
                 break
             except FileNotFoundError:
-                if _current_version(directory) == current:
+                if store.current_version(directory) == current:
                     raise  # not deleted by a save that made a newer version meanwhile
-        index._origin = (directory.resolve(), current, len(index))
         if model is not None:
             index.check_model(model, source=str(directory))
         return index
 
     @classmethod
-    def _read(cls, folder: Path) -> VideoIndex:
-        """The index in one version folder; ValueError naming the file if it is damaged."""
-        manifest = _read_manifest(folder)
-        path = folder / TENSORS_FILE
+    def _read(cls, directory: Path, current: Current) -> VideoIndex:
+        here = directory.resolve()
+        if current.layout != store.VERSION:
+            folder = directory / current.name
+            manifest, tensors = store.read_legacy(folder)
+            embedding = VideoEmbedding(*(tensors.get(name) for name in FIELDS))
+            try:
+                index = cls(
+                    manifest["model"],
+                    embedding,
+                    manifest["ids"],
+                    manifest["paths"],
+                    framerate=manifest["framerate"],
+                )
+            except (ValueError, TypeError, KeyError) as err:
+                raise ValueError(f"{folder} is not a consistent index ({err}); {REBUILD}") from err
+            index._origin = (here, current.name, 0)
+            return index
+        manifest = store.read_manifest(directory, current.name)
+        index = cls.__new__(cls)
         try:
-            tensors = load_file(str(path))
-        except SafetensorError as err:
-            raise ValueError(f"{path} is corrupt ({err}); {REBUILD}") from err
-        missing = [name for name in ("F", "F_mask") if name not in tensors]
-        if missing:
-            raise ValueError(f"{path} lacks the tensors {missing}; {REBUILD}")
-        embedding = VideoEmbedding(*(tensors.get(name) for name in FIELDS))
-        try:
-            return cls(
-                manifest["model"],
-                embedding,
-                manifest["ids"],
-                manifest["paths"],
-                framerate=manifest["framerate"],
-            )
+            index._setup(manifest.model, manifest.framerate)
         except (ValueError, TypeError, KeyError) as err:
-            raise ValueError(f"{folder} is not a consistent index ({err}); {REBUILD}") from err
+            path = store.manifest_path(directory, current.name)
+            raise ValueError(f"{path} is not a consistent index ({err}); {REBUILD}") from err
+        index._open_manifest(here, manifest, current.name)
+        if manifest.ann is not None:
+            index._load_ann(here, manifest)
+        index._origin = (here, current.name, manifest.count)
+        return index
+
+    def _open_manifest(self, folder: Path, manifest: Manifest, version: str) -> None:
+        """Memory-map the segments of ``manifest`` and point at its catalogue (no ANN)."""
+        parts = []
+        dim = None
+        source = str(store.manifest_path(folder, version))
+        for name, rows in manifest.segments:
+            vectors, mask = store.open_segment(folder, name, rows, self._width, dim, source)
+            dim = vectors.shape[2]
+            parts.append(
+                _Part(
+                    torch.from_numpy(vectors),
+                    torch.from_numpy(mask),
+                    segment=name,
+                    folder=folder,
+                    arrays=(vectors, mask),
+                )
+            )
+        self._parts = parts
+        self._saved_rows = manifest.count
+        self._pending = {"id": [], "path": [], "caption": []}
+        self._columns = {}
+        self._known_ids = None
+        self._catalogue = store.Catalogue(folder, manifest.catalogue, manifest.count)
+        self._ann, self._ann_fresh, self._ann_trained_rows = None, False, 0
+
+    def _load_ann(self, folder: Path, manifest: Manifest) -> None:
+        info = manifest.ann
+        ann = CandidateIndex(store.read_ann_trained(folder, info["generation"]), info["generation"])
+        start = 0
+        for part in self._parts:
+            codes = store.read_ann_part(
+                folder, ann.generation, part.segment, ann.code_size, self._vector_count(part)
+            )
+            ids = self._part_ids(part, start)
+            for lo in range(0, len(codes), 1 << 20):  # bounded memory while converting
+                ann.add(np.asarray(codes[lo : lo + (1 << 20)]), ids[lo : lo + (1 << 20)])
+            start += len(part)
+        self._ann = ann
+        self._ann_trained_rows = int(info.get("trained_rows", 0))
+        self.settings = SearchSettings(**info["settings"])
 
     def check_model(self, model: VideoColBERT, source: str = "the index") -> None:
         """ValueError naming every vector-changing config field where ``model`` differs."""
@@ -366,6 +735,105 @@ class VideoIndex:
         if diffs:
             raise ValueError(f"{source} was built with another model config: " + "; ".join(diffs))
 
+    # ---- the candidate index ---------------------------------------------------------------------
+    def build_ann(
+        self, nlist: int | None = None, m: int | None = None, seed: int = 0
+    ) -> CandidateIndex:
+        """(Re)build the candidate index of two-stage search over every stored vector.
+
+        Trains ``nlist`` coarse lists (default: ``ann.default_nlist``) and ``m`` 4-bit PQ
+        sub-quantizers (default ``D / 8``) on a sample of the vectors, then compresses them all;
+        ``settings`` get defaults for that size. Saved by the next ``save``.
+        """
+        total = sum(self._vector_count(p) for p in self._parts)
+        if total == 0:
+            raise ValueError("the index has no vectors to build a candidate index from")
+        nlist = nlist or default_nlist(total)
+        sample = self._sample_vectors(TRAIN_POINTS_PER_LIST * nlist, seed)
+        ann = CandidateIndex.train(sample, nlist, m, seed)
+        start = 0
+        for part in self._parts:
+            part.codes = self._encode(ann, part)
+            part.codes_generation = ann.generation
+            ann.add(part.codes, self._part_ids(part, start))
+            start += len(part)
+        log.info("candidate index: %d vectors of %d videos in %d lists", total, len(self), nlist)
+        self._ann, self._ann_fresh, self._ann_trained_rows = ann, True, len(self)
+        self.settings = default_settings(nlist)
+        return ann
+
+    @property
+    def ann(self) -> CandidateIndex | None:
+        """The candidate index (None: search is exact)."""
+        return self._ann
+
+    def _ann_branches(self) -> tuple[str, ...]:
+        return tuple(self._branches_available())
+
+    def _vector_count(self, part: _Part) -> int:
+        return sum(
+            int(part.mask[:, branch_columns(b, self._frames)].sum()) for b in self._ann_branches()
+        )
+
+    def _part_ids(self, part: _Part, start: int) -> np.ndarray:
+        return segment_ids(part.mask.numpy(), self._ann_branches(), self._frames) + 2 * start
+
+    def _encode(self, ann: CandidateIndex, part: _Part) -> np.ndarray:
+        """Codes of a part's valid vectors in ``segment_ids`` order, a block of rows at a time."""
+        runs = []
+        for branch in self._ann_branches():
+            columns = branch_columns(branch, self._frames)
+            for lo in range(0, len(part), ENCODE_BLOCK_VIDEOS):
+                mask = part.mask[lo : lo + ENCODE_BLOCK_VIDEOS, columns]
+                vectors = part.vectors[lo : lo + ENCODE_BLOCK_VIDEOS, columns][mask]
+                runs.append(ann.encode(vectors.float().numpy()))
+        return np.concatenate(runs) if runs else np.empty((0, ann.code_size), np.uint8)
+
+    def _sample_vectors(self, count: int, seed: int) -> np.ndarray:
+        """About ``count`` valid vectors from rows drawn at random (all when there are fewer)."""
+        per_row = max(1.0, sum(self._vector_count(p) for p in self._parts) / max(len(self), 1))
+        g = torch.Generator().manual_seed(seed)
+        n_rows = min(len(self), math.ceil(count / per_row))
+        rows = torch.randperm(len(self), generator=g)[:n_rows]
+        vectors = []
+        for lo in range(0, n_rows, ENCODE_BLOCK_VIDEOS):
+            block, mask = self._rows(rows[lo : lo + ENCODE_BLOCK_VIDEOS])
+            for branch in self._ann_branches():
+                columns = branch_columns(branch, self._frames)
+                vectors.append(block[:, columns][mask[:, columns]].float())
+        sample = torch.cat(vectors)
+        if len(sample) > count:
+            sample = sample[torch.randperm(len(sample), generator=g)[:count]]
+        return sample.numpy()
+
+    def stats(self) -> dict:
+        """Sizes: videos, stored vectors, bytes on disk (when saved) and in RAM, per video."""
+        n = len(self)
+        vectors = sum(self._vector_count(p) for p in self._parts)
+        pending = sum(p.vectors.numel() * 2 + p.mask.numel() for p in self._parts if p.segment is None)
+        ann = self._ann.nbytes if self._ann is not None else 0
+        info = {
+            "videos": n,
+            "vectors": vectors,
+            "vector_bytes": self.nbytes,
+            "ram_bytes": ann + pending,
+            "ann_bytes": ann,
+            "ann": None
+            if self._ann is None
+            else {
+                "nlist": self._ann.nlist,
+                "m": self._ann.m,
+                "trained_on_videos": self._ann_trained_rows,
+                **asdict(self.settings),
+            },
+        }
+        if self._origin is not None:
+            disk = store.disk_bytes(self._origin[0])
+            info["disk_bytes"] = disk
+            info["disk_bytes_per_video"] = sum(disk.values()) / n if n else 0.0
+        info["ram_bytes_per_video"] = info["ram_bytes"] / n if n else 0.0
+        return info
+
     # ---- search --------------------------------------------------------------------------------
     @torch.no_grad()
     def search(
@@ -376,11 +844,15 @@ class VideoIndex:
         *,
         model: VideoColBERT,
         block_videos: int = DEFAULT_BLOCK_VIDEOS,
+        exact: bool = False,
+        nprobe: int | None = None,
+        candidates: int | None = None,
     ) -> list[QueryResult]:
         """The top-k videos of each query by MMS_F + MMS_V (``both``), MMS_F or MMS_V.
 
-        A query longer than ``max_words`` tokens is truncated with a warning; an empty one is
-        an error. The scan holds one block of ``block_videos`` videos in fp32 at a time.
+        Two-stage when the index has a candidate index (``nprobe`` and ``candidates`` override
+        ``settings``), exact with ``exact=True`` or without one. A query longer than
+        ``max_words`` tokens is truncated with a warning; an empty one is an error.
         """
         self.check_model(model)
         branch = _branch(branch)
@@ -388,7 +860,9 @@ class VideoIndex:
         _warn_truncated(model, queries)
         text = model.encode_text(queries)
         text = TextEmbedding(text.vectors.float().cpu(), text.mask.cpu(), text.ids.cpu())
-        _, rows = self.top_k(text, k, branch, block_videos)
+        _, rows = self.top_k(
+            text, k, branch, block_videos, exact=exact, nprobe=nprobe, candidates=candidates
+        )
         return [
             self._result(model, queries[i], text, i, branch, rows[i].tolist())
             for i in range(len(queries))
@@ -400,43 +874,108 @@ class VideoIndex:
         k: int,
         branch: Branch = "both",
         block_videos: int = DEFAULT_BLOCK_VIDEOS,
+        *,
+        exact: bool = False,
+        nprobe: int | None = None,
+        candidates: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores and rows ``[Q, min(k, N)]`` of the best videos, best first.
+        """Exact scores and rows ``[Q, min(k, N)]`` of the best videos, best first.
 
-        ``text`` is on the CPU; each block of fp16 vectors is cast to ``text.vectors.dtype``
+        ``text`` is on the CPU; fp16 vectors are cast to ``text.vectors.dtype`` to be scored
         (``search`` passes fp32: exact, and faster than fp16 on CPUs without fp16 arithmetic).
         """
         k = _check_k(k)
-        parts = self._branch_vectors(branch)
+        branch = _branch(branch)
+        names = self._branch_names(branch)
+        settings = self.settings.updated(nprobe=nprobe, candidates=candidates)
+        if exact or self._ann is None or settings.candidates >= len(self):
+            return self._scan(text, k, names, block_videos)
+        return self._two_stage(text, k, names, settings, block_videos)
+
+    def _scan(
+        self, text: TextEmbedding, k: int, names: list[str], block_videos: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Score every video, a block at a time, keeping a running top-k."""
         best = torch.empty(len(text.vectors), 0)
         rows = torch.empty(len(text.vectors), 0, dtype=torch.long)
-        for start in range(0, len(self), block_videos):
-            stop = min(start + block_videos, len(self))
-            block = sum(
-                maxsim(text.vectors, vectors[start:stop], text.mask, mask[start:stop])
-                for vectors, mask in parts
-            )
-            best = torch.cat([best, block], dim=1)
-            rows = torch.cat([rows, torch.arange(start, stop).expand(len(block), -1)], dim=1)
-            best, order = best.topk(min(k, best.shape[1]), dim=1)
-            rows = rows.gather(1, order)
+        start = 0
+        for part in self._parts:
+            for lo in range(0, len(part), block_videos):
+                hi = min(lo + block_videos, len(part))
+                block = self._score(text, part.vectors[lo:hi], part.mask[lo:hi], names)
+                best = torch.cat([best, block], dim=1)
+                block_rows = torch.arange(start + lo, start + hi).expand(len(block), -1)
+                rows = torch.cat([rows, block_rows], dim=1)
+                best, order = best.topk(min(k, best.shape[1]), dim=1)
+                rows = rows.gather(1, order)
+            start += len(part)
         return best, rows
 
-    def _branch_vectors(self, branch: Branch) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        branch = _branch(branch)
-        available = self._branches()
+    def _score(
+        self, text: TextEmbedding, vectors: torch.Tensor, mask: torch.Tensor, names: list[str]
+    ) -> torch.Tensor:
+        """Exact scores ``[Q, n]`` of ``n`` stored rows: the sum of the branches' MaxSim."""
+        total = 0
+        for name in names:
+            columns = branch_columns(name, self._frames)
+            total = total + maxsim(
+                text.vectors,
+                vectors[:, columns].to(text.vectors.dtype),
+                text.mask,
+                mask[:, columns],
+            )
+        return total
+
+    def _two_stage(
+        self,
+        text: TextEmbedding,
+        k: int,
+        names: list[str],
+        settings: SearchSettings,
+        block_videos: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Candidates from the compressed codes, then exact scores of those from disk."""
+        counts = text.mask.sum(dim=1).tolist()
+        flat = text.vectors[text.mask].float().numpy()
+        sims, ids = self._ann.search(flat, settings.hits_per_vector, settings.nprobe)
+        want = min(k, len(self))
+        all_scores, all_rows = [], []
+        start = 0
+        for i, count in enumerate(counts):
+            part = slice(start, start + count)
+            start += count
+            weights = np.full(count, 1.0 / count, np.float32)
+            rows, _ = approximate_scores(
+                sims[part], ids[part], weights, tuple(names), settings.candidates
+            )
+            one = TextEmbedding(text.vectors[i : i + 1], text.mask[i : i + 1], text.ids[i : i + 1])
+            if len(rows) < want:  # too few candidates found: score every video instead
+                scores, top = self._scan(one, k, names, block_videos)
+            else:
+                rows = torch.from_numpy(rows)
+                with _torch_threads(RERANK_THREADS):
+                    vectors, mask = self._rows(rows)
+                    exact = self._score(one, vectors, mask, names)
+                scores, order = exact.topk(want, dim=1)
+                top = rows[order[0]][None]
+            all_scores.append(scores)
+            all_rows.append(top)
+        return torch.cat(all_scores), torch.cat(all_rows)
+
+    def _branch_names(self, branch: Branch) -> list[str]:
+        available = self._branches_available()
         wanted = list(available) if branch == "both" else [branch]
         if any(name not in available for name in wanted):
             raise ValueError(f"branch {branch!r}: mode {self.config['mode']!r} has no such scores")
-        return [available[name] for name in wanted]
+        return wanted
 
-    def _branches(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        branches = {}
+    def _branches_available(self) -> list[str]:
+        names = []
         if self.config["mode"] in ("both", "F"):
-            branches["F"] = (self.F, self.F_mask)
-        if self.V is not None:
-            branches["V"] = (self.V, self.V_mask)
-        return branches
+            names.append("F")
+        if self._has_v:
+            names.append("V")
+        return names
 
     def _result(
         self,
@@ -449,24 +988,33 @@ class VideoIndex:
     ) -> QueryResult:
         tokens, expansion = token_labels(model, text.ids[i], text.mask[i])
         vectors = text.vectors[i][text.mask[i]]
-        hits = [self._make_hit(rank, row, vectors) for rank, row in enumerate(rows, start=1)]
+        records = self.records(rows)
+        hits = [
+            self._make_hit(rank, record, vectors)
+            for rank, record in enumerate(records, start=1)
+        ]
         return QueryResult(query, branch, tokens, expansion, hits)
 
-    def _make_hit(self, rank: int, row: int, query: torch.Tensor) -> Hit:
+    def _make_hit(self, rank: int, record: dict, query: torch.Tensor) -> Hit:
+        row = record["row"]
+        stored, mask = self._rows(torch.tensor([row]))
         sims, scores = {}, {}
-        for name, (vectors, mask) in self._branches().items():
-            sims[name] = token_similarities(query, vectors[row][mask[row]].float())
+        for name in self._branches_available():
+            columns = branch_columns(name, self._frames)
+            valid = stored[0, columns][mask[0, columns]].float()
+            sims[name] = token_similarities(query, valid)
             scores[name] = float(token_shares(sims[name]).sum())
         return Hit(
             rank=rank,
             row=row,
-            id=self.ids[row],
-            path=self.paths[row],
+            id=record["id"],
+            path=record["path"],
             score_total=sum(scores.values()),
             score_f=scores.get("F"),
             score_v=scores.get("V"),
             sim_f=sims.get("F"),
             sim_v=sims.get("V"),
+            caption=record.get("caption") or "",
         )
 
 
@@ -511,26 +1059,32 @@ def _encode_files(
     model: VideoColBERT,
     paths: Sequence[str | Path],
     ids: Sequence[str] | None,
+    captions: Sequence[str] | None,
     framerate: float,
     batch_size: int,
     num_workers: int,
     on_error: str,
     cache_dir: str | Path | None,
-) -> tuple[VideoEmbedding, list[str], list[str]]:
-    """Encode the readable files; returns their embedding, ids and paths in the given order."""
+    accelerator=None,
+) -> tuple[VideoEmbedding, list[str], list[str], list[str]]:
+    """Encode the readable files; their embedding, ids, paths and captions in the given order."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     paths = [str(p) for p in paths]
     ids = [Path(p).stem for p in paths] if ids is None else [str(i) for i in ids]
-    if not paths or len(ids) != len(paths):
-        raise ValueError(f"need one id per video: {len(paths)} paths, {len(ids)} ids")
+    captions = [""] * len(paths) if captions is None else [str(c) for c in captions]
+    if not paths or not len(ids) == len(paths) == len(captions):
+        raise ValueError(
+            f"need one id (and caption) per video: {len(paths)} paths, {len(ids)} ids, "
+            f"{len(captions)} captions"
+        )
     videos = [VideoRef(i, Path(p)) for i, p in zip(ids, paths, strict=True)]
     prep = model.preprocessing
     cache = FrameCache(cache_dir, prep.sampling(framerate)) if cache_dir else None
     # uint8 frames, normalised by the model on its device
     source = prep.source(framerate, cache=cache, on_error=on_error, uint8=True)
     embedding = encode_videos(
-        model, VideoDataset(videos, source), batch_size, num_workers=num_workers
+        model, VideoDataset(videos, source), batch_size, accelerator, num_workers=num_workers
     )
     keep = ~failed_videos(embedding).cpu()
     if not bool(keep.all()):
@@ -541,26 +1095,16 @@ def _encode_files(
             stacklevel=3,
         )
     kept = keep.tolist()
-    return (
-        _select(embedding, keep),
-        [i for i, ok in zip(ids, kept, strict=True) if ok],
-        [p for p, ok in zip(paths, kept, strict=True) if ok],
-    )
+
+    def chosen(values: list[str]) -> list[str]:
+        return [v for v, ok in zip(values, kept, strict=True) if ok]
+
+    return _select(embedding, keep), chosen(ids), chosen(paths), chosen(captions)
 
 
 def _select(embedding: VideoEmbedding, keep: torch.Tensor) -> VideoEmbedding:
     tensors = (getattr(embedding, name) for name in FIELDS)
     return VideoEmbedding(*(None if t is None else t[keep.to(t.device)] for t in tensors))
-
-
-def _stored_tensors(embedding: VideoEmbedding, config: dict) -> tuple:
-    """fp16 CPU tensors padded to the index widths (no copy when they already are)."""
-    f_width = config["max_frames"]
-    v_width = f_width + config["n_visual_expansion"]
-    f, f_mask = _pad(embedding.F, embedding.F_mask, f_width)
-    if embedding.V is None:
-        return f, f_mask, None, None
-    return (f, f_mask, *_pad(embedding.V, embedding.V_mask, v_width))
 
 
 def _pad(vectors: torch.Tensor, mask: torch.Tensor, width: int) -> tuple:
@@ -573,48 +1117,48 @@ def _pad(vectors: torch.Tensor, mask: torch.Tensor, width: int) -> tuple:
     return F.pad(vectors, (0, 0, 0, extra)), F.pad(mask, (0, extra), value=False)
 
 
-def _read_manifest(folder: Path) -> dict:
-    path = folder / MANIFEST_FILE
-    if not (path.is_file() and (folder / TENSORS_FILE).is_file()):
-        raise FileNotFoundError(
-            f"{folder}: not a video index ({MANIFEST_FILE} or {TENSORS_FILE} missing)"
-        )
-    manifest = read_json(path, REBUILD)
-    if manifest.get("format") != FORMAT or manifest.get("version") not in READABLE_VERSIONS:
-        raise ValueError(
-            f"{path}: format {manifest.get('format')!r} version {manifest.get('version')!r}; "
-            f"this code reads {FORMAT!r} versions {READABLE_VERSIONS}: {REBUILD}"
-        )
-    missing = [key for key in MANIFEST_KEYS if key not in manifest]
-    if missing:
-        raise ValueError(f"{path} lacks {missing}; {REBUILD}")
-    return manifest
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.numpy()
 
 
-def _current_version(directory: Path) -> str | None:
-    """The current version folder's name (``LEGACY`` for version 2); None if nothing is saved."""
-    path = directory / POINTER_FILE
-    if not path.is_file():
-        return None
-    pointer = read_json(path, REBUILD)
-    if "current" not in pointer:
-        return LEGACY
-    current = pointer["current"]
-    if (pointer.get("format"), pointer.get("version")) != (FORMAT, VERSION) or not (
-        isinstance(current, str) and VERSION_NAME.fullmatch(current)
-    ):
-        raise ValueError(f"{path}: not a {FORMAT!r} version {VERSION} pointer; {REBUILD}")
-    return current
+def _groups(parts: list[_Part]) -> list[list[_Part]]:
+    """Parts to write as one segment each: a saved part alone, consecutive added parts together."""
+    groups: list[list[_Part]] = []
+    for part in parts:
+        if part.segment is None and groups and groups[-1][-1].segment is None:
+            groups[-1].append(part)
+        elif len(part):
+            groups.append([part])
+    return [g for g in groups if sum(len(p) for p in g)]
 
 
-def _remove_versions(directory: Path, keep: str | None) -> None:
-    """Delete the versions other than ``keep`` and temporary files (holding the lock)."""
-    remove_temps(directory)
-    for entry in directory.iterdir():
-        if VERSION_NAME.fullmatch(entry.name) and entry.name != keep:
-            remove(entry)
-    if keep not in (None, LEGACY):
-        remove(directory / TENSORS_FILE)  # the vectors of a version 2 index, now converted
+def _saved_ids(directory: Path, current: Current, base: Manifest | None) -> list[str]:
+    """Every id the current version of ``directory`` holds."""
+    if base is not None:
+        return store.Catalogue(directory, base.catalogue, base.count).column("id")
+    manifest, _ = store.read_legacy(directory / current.name)
+    return list(manifest["ids"])
+
+
+@contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(min(count, previous))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _is_v4(current: Current | None) -> bool:
+    return current is not None and current.layout == store.VERSION
+
+
+def _repeated(values: Sequence[str]) -> set[str]:
+    seen, repeated = set(), set()
+    for value in values:
+        (repeated if value in seen else seen).add(value)
+    return repeated
 
 
 def _names(values: Sequence[str | Path], what: str) -> list[str]:

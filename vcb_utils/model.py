@@ -57,7 +57,7 @@ class TextEmbedding:
 
     vectors: torch.Tensor  # [B, L, D], L2-normalised
     mask: torch.Tensor  # [B, L] bool
-    ids: torch.Tensor  # [B, max_words] token ids (for display)
+    ids: torch.Tensor  # [B, L] token ids (L = model.text_length; for display)
 
 
 @dataclass
@@ -169,8 +169,9 @@ class TextTokenizer:
         if name == SYNTHETIC_TOKENIZER:
             name = str(synthetic_tokenizer_folder())
         if not name:
-            return cls(open_clip.get_tokenizer(backbone, context_length=context_length),
-                       context_length)
+            return cls(
+                open_clip.get_tokenizer(backbone, context_length=context_length), context_length
+            )
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # data loader workers fork
         kwargs = dict(text_cfg.get("tokenizer_kwargs") or {})
         if text_cfg.get("tokenizer_mode"):
@@ -189,7 +190,9 @@ class TextTokenizer:
         """The underlying Hugging Face tokenizer, or None for CLIP's BPE."""
         return getattr(self.inner, "tokenizer", None)
 
-    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
+    def __call__(
+        self, texts: str | Sequence[str], context_length: int | None = None
+    ) -> torch.Tensor:
         texts = [texts] if isinstance(texts, str) else list(texts)
         return self.inner(texts, context_length=context_length or self.context_length)
 
@@ -244,7 +247,9 @@ def real_token_mask(
     return torch.where(is_end.any(dim=1, keepdim=True), positions <= first_end[:, None], not_pad)
 
 
-def build_word_tokenizer(words: Iterable[str], folder: str | Path, pad_with_end: bool = True) -> Path:
+def build_word_tokenizer(
+    words: Iterable[str], folder: str | Path, pad_with_end: bool = True
+) -> Path:
     """Write a word-level Hugging Face tokenizer folder (``tokenizer.json`` and
     ``tokenizer_config.json``) for a closed vocabulary, offline; returns ``folder``.
 
@@ -450,8 +455,11 @@ class TemporalTransformer(nn.Module):
         blocks = list(tower.transformer.resblocks)[: len(self.encoder.layers)]
         if len(blocks) < len(self.encoder.layers):
             return False
-        if any(not isinstance(getattr(b, name, None), nn.Identity) for b in blocks
-               for name in ("ls_1", "ls_2")):
+        if any(
+            not isinstance(getattr(b, name, None), nn.Identity)
+            for b in blocks
+            for name in ("ls_1", "ls_2")
+        ):
             return False  # layer scale has no counterpart in nn.TransformerEncoderLayer
         pairs = {
             "self_attn.in_proj_weight": "attn.in_proj_weight",
@@ -505,12 +513,6 @@ class VideoColBERT(nn.Module):
         # whole context, as in pretraining (docs/method.md, text side).
         self.text_length = cfg.max_words if is_causal(self.clip) else context
         self.tokenizer = TextTokenizer.for_backbone(cfg.backbone, cfg.max_words, cfg.tokenizer)
-        vocab = tower.token_embedding.num_embeddings
-        if self.tokenizer.vocab_size > vocab:
-            raise ValueError(
-                f"the tokenizer has {self.tokenizer.vocab_size} tokens, more than the "
-                f"{vocab} token embeddings of {cfg.backbone}"
-            )
         self._freeze(cfg.frozen)
 
         dim = self.embed_dim
@@ -562,8 +564,11 @@ class VideoColBERT(nn.Module):
         ``TimmModel`` alike); CLIP's mean/std where an open_clip version sets none."""
         visual = self.clip.visual
         size = getattr(visual, "image_size", 224)
-        default = {"size": size, "mean": open_clip.OPENAI_DATASET_MEAN,
-                   "std": open_clip.OPENAI_DATASET_STD}
+        default = {
+            "size": size,
+            "mean": open_clip.OPENAI_DATASET_MEAN,
+            "std": open_clip.OPENAI_DATASET_STD,
+        }
         return {**default, **(getattr(visual, "preprocess_cfg", None) or {})}
 
     @property
@@ -582,40 +587,86 @@ class VideoColBERT(nn.Module):
         return self.cfg.mode in ("both", "V")
 
     def _freeze(self, prefixes: Sequence[str]) -> None:
-        """Freeze the configured parts, and CLIP's own logit scale/bias, which are unused
-        (each loss has its own): DDP must not wait for gradients that never come."""
+        """Freeze the configured parts, and the backbone's own logit scale/bias, which are
+        unused (each loss has its own): DDP must not wait for gradients that never come.
+
+        A prefix matches an open_clip parameter name, with or without SigLIP's ``text.``;
+        ``patch_embedding`` names the patch embedding of either image tower (``visual.conv1``
+        or timm's ``visual.trunk.patch_embed``). A prefix that matches nothing is an error.
+        """
+        names = [name for name, _ in self.clip.named_parameters()]
+        resolved = {}
+        for prefix in prefixes:
+            options = PARAMETER_ALIASES.get(prefix, (prefix,))
+            resolved[prefix] = [p for p in options if any(_under(n, p) for n in names)]
+            if not resolved[prefix]:
+                raise ValueError(
+                    f"frozen: {prefix!r} matches no parameter of {self.cfg.backbone} "
+                    f"(its parameters start with {sorted({n.split('.')[0] for n in names})}; "
+                    "'patch_embedding' names the patch embedding of any image tower)"
+                )
+        chosen = [p for found in resolved.values() for p in found]
         for name, param in self.clip.named_parameters():
-            name = name.removeprefix("text.")
-            unused = name in ("logit_scale", "logit_bias")
-            if unused or any(name == p or name.startswith(p + ".") for p in prefixes):
+            if (
+                _under(name, "logit_scale")
+                or _under(name, "logit_bias")
+                or any(_under(name, p) for p in chosen)
+            ):
                 param.requires_grad_(False)
 
     # ---- encoders ----------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids ``[B, max_words]`` and the mask of real tokens (start, words, end)."""
+        """Token ids ``[B, text_length]`` and the mask of real tokens (start, words, end).
+
+        The text is cut to ``max_words`` tokens (end token kept); a bidirectional tower's
+        ids are then padded to its whole context (``text_length``).
+        """
         if isinstance(texts, str):
             raise TypeError("tokenize expects a list of strings, not one string")
-        ids = self.tokenizer(list(texts))
-        return ids, real_token_mask(ids)
+        ids = self._fit_ids(self.tokenizer(list(texts)))
+        return ids, self.tokenizer.real_token_mask(ids)
+
+    def real_token_mask(self, ids: torch.Tensor) -> torch.Tensor:
+        """True for the start, word and end tokens of ``ids`` ``[B, L]`` (this tokenizer's ids)."""
+        return self.tokenizer.real_token_mask(ids)
+
+    def _fit_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Pad ids to ``text_length`` where the tower needs its whole context; check that the
+        tower has an embedding for every id (another tokenizer may have more tokens)."""
+        vocab = text_tower(self.clip).token_embedding.num_embeddings
+        if ids.numel() and int(ids.max()) >= vocab:
+            raise ValueError(
+                f"token id {int(ids.max())} has no embedding in {self.cfg.backbone} ({vocab} "
+                f"tokens): the tokenizer ({self.cfg.tokenizer or 'the default'}) does not fit it"
+            )
+        missing = self.text_length - ids.shape[1]
+        if missing > 0 and not is_causal(self.clip):
+            ids = F.pad(ids, (0, missing), value=self.tokenizer.pad_id)
+        return ids
 
     def encode_text(
         self, texts: Sequence[str] | torch.Tensor, mask: torch.Tensor | None = None
     ) -> TextEmbedding:
         """Query vectors for a list of strings or token ids ``[B, L]``."""
         if isinstance(texts, torch.Tensor):
-            ids = texts
-            mask = real_token_mask(ids) if mask is None else mask.bool()
+            ids = self._fit_ids(texts)
+            if mask is None:
+                mask = self.tokenizer.real_token_mask(ids)
+            mask = F.pad(mask.bool(), (0, ids.shape[1] - mask.shape[1]), value=False)
         else:
             ids, mask = self.tokenize(texts)
         ids, mask = ids.to(self.device), mask.to(self.device)
         vectors = F.normalize(text_token_features(self.clip, ids), dim=-1)
-        if self.cfg.mode == "meanP":
-            end = mask.long().sum(dim=1) - 1
-            pooled = vectors[torch.arange(len(ids), device=ids.device), end]
+        if self.cfg.mode == "meanP":  # the row open_clip pools: encode_text, normalised
+            pooled = vectors[torch.arange(len(ids), device=ids.device), self.pooled_positions(ids)]
             return TextEmbedding(pooled[:, None], torch.ones_like(mask[:, :1]), ids)
         if self.cfg.query_expansion:
             mask = torch.ones_like(mask)
         return TextEmbedding(vectors, mask, ids)
+
+    def pooled_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """The position open_clip pools for each row of ``ids`` (see ``pooled_positions``)."""
+        return pooled_positions(self.clip, ids)
 
     def encode_video(
         self, video: torch.Tensor, video_mask: torch.Tensor | None = None
@@ -636,7 +687,7 @@ class VideoColBERT(nn.Module):
         real = video[video_mask]
         if real.dtype == torch.uint8:
             real = normalize(real, self.image_mean, self.image_std)
-        real = real.to(self.clip.visual.conv1.weight.dtype)  # a model cast to bf16/fp16
+        real = real.to(next(self.clip.visual.parameters()).dtype)  # a model cast to bf16/fp16
         pooled = self.clip.encode_image(real, normalize=True)
         frames = pooled.new_zeros(batch, n_frames, pooled.shape[-1])
         frames[video_mask] = pooled
@@ -699,6 +750,19 @@ class VideoColBERT(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+
+PARAMETER_ALIASES: dict[str, tuple[str, ...]] = {
+    "patch_embedding": ("visual.conv1", "visual.trunk.patch_embed"),
+}
+"""``ModelConfig.frozen`` names that stand for the same part of different backbones."""
+
+
+def _under(name: str, prefix: str) -> bool:
+    """Whether parameter ``name`` is ``prefix`` or inside it (SigLIP's ``text.`` optional)."""
+    return any(
+        n == prefix or n.startswith(prefix + ".") for n in (name, name.removeprefix("text."))
+    )
 
 
 def map_tensors(embedding: EmbeddingT, fn: Callable[[torch.Tensor], torch.Tensor]) -> EmbeddingT:

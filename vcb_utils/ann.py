@@ -1,0 +1,243 @@
+"""Candidate generation: the approximate nearest stored vectors of every query vector, as videos.
+
+The first stage of a two-stage search (the second, exact MaxSim on the few candidates, is in
+``vcb_utils.index``). Every stored F and V vector is compressed by faiss into an IVF-PQ code:
+the vector's nearest of ``nlist`` coarse centroids (its *list*) and a product-quantised residual
+of ``m`` 4-bit codes (``m / 2`` bytes), scanned with faiss's SIMD *fast-scan* kernels. A query
+vector is compared with the centroids, the ``nprobe`` nearest lists are scanned, and its
+``hits_per_vector`` best codes come back as ``(approximate similarity, vector id)``.
+
+Hits are mapped to videos (``vector_id = row * 2 + branch``, branch 0 = F, 1 = V) and each
+video gets an approximate score in the shape of the exact one: for every query vector and
+branch, the best hit of that video; a query vector that found no vector of the video counts
+with the similarity of its worst hit (an upper estimate of what was not found, as XTR does).
+The ``candidates`` videos with the best approximate scores go on to the exact rerank.
+
+Codes are kept in faiss's plain IVF-PQ layout on disk (``encode``: list number + PQ code per
+vector, so a part can be appended and read back without encoding again) and converted to the
+fast-scan layout in memory (``add``). RAM holds ``m / 2 + 8`` bytes per vector (code and id).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+BRANCH_IDS = {"F": 0, "V": 1}
+SUBVECTOR_DIMS = 8
+"""Dimensions per PQ sub-quantizer: ``m = dim / 8`` (64 codes of 4 bits = 32 bytes at 512)."""
+TRAIN_POINTS_PER_LIST = 64
+"""Training vectors per coarse list (faiss warns below 39)."""
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How much the two stages do per query; more of each: higher recall, slower."""
+
+    nprobe: int = 16
+    """Coarse lists scanned per query vector."""
+    hits_per_vector: int = 512
+    """Approximate neighbours kept per query vector."""
+    candidates: int = 128
+    """Videos reranked exactly (with all their vectors, from disk)."""
+
+    def updated(self, **changes: int | None) -> SearchSettings:
+        """These settings with the given fields changed (None leaves a field as it is)."""
+        values = asdict(self)
+        for name, value in changes.items():
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive int, not {value!r}")
+            values[name] = int(value)
+        return SearchSettings(**values)
+
+
+def default_nlist(n_vectors: int) -> int:
+    """Coarse lists for ``n_vectors``: the power of two nearest ``sqrt(n)``, but no more than
+    ``n / 39`` (faiss wants 39 training vectors per list)."""
+    target = 2 ** round(math.log2(max(math.sqrt(max(n_vectors, 1)), 1)))
+    most = 2 ** int(math.log2(max(n_vectors // 39, 1)))
+    return max(1, min(target, most))
+
+
+def default_m(dim: int) -> int:
+    """PQ sub-quantizers: one per ``SUBVECTOR_DIMS`` dimensions, an even number dividing ``dim``."""
+    m = max(2, dim // SUBVECTOR_DIMS)
+    while m > 2 and (dim % m or m % 2):
+        m -= 1
+    return m
+
+
+def default_settings(nlist: int) -> SearchSettings:
+    """Search settings for an index of ``nlist`` lists: about 1/256 of the lists probed."""
+    return SearchSettings(nprobe=max(4, min(nlist, nlist // 256 * 4 or 4)))
+
+
+def vector_ids(rows: np.ndarray, branch: str) -> np.ndarray:
+    """The candidate-index ids of vectors of ``rows`` in ``branch`` (``F`` or ``V``)."""
+    return np.asarray(rows, dtype=np.int64) * 2 + BRANCH_IDS[branch]
+
+
+def branch_columns(branch: str, frames: int) -> slice:
+    """Where a branch's vectors sit in a stored row: F first, then V."""
+    return slice(0, frames) if branch == "F" else slice(frames, None)
+
+
+def segment_ids(mask: np.ndarray, branches: Sequence[str], frames: int) -> np.ndarray:
+    """Ids of the valid vectors of rows ``0..n-1`` (``mask`` ``[n, width]``), in the order
+    codes are stored: branch by branch, then row by row, then position."""
+    parts = []
+    for branch in branches:
+        rows = np.nonzero(np.asarray(mask[:, branch_columns(branch, frames)]))[0]
+        parts.append(vector_ids(rows, branch))
+    return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+
+class CandidateIndex:
+    """Trained IVF-PQ codebooks plus the fast-scan codes of every added vector."""
+
+    def __init__(self, trained: bytes, generation: str | None = None) -> None:
+        import faiss
+
+        self.generation = generation or f"g{uuid.uuid4().hex[:12]}"
+        self._trained_bytes = trained
+        self._encoder = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
+        self.dim = self._encoder.d
+        self.nlist = self._encoder.nlist
+        self.m = self._encoder.pq.M
+        self.code_size = self._encoder.sa_code_size()
+        self._fast = self._fast_scan(np.empty((0, self.code_size), np.uint8), np.empty(0, np.int64))
+
+    # ---- training and encoding -----------------------------------------------------------------
+    @classmethod
+    def train(
+        cls, sample: np.ndarray, nlist: int | None = None, m: int | None = None, seed: int = 0
+    ) -> CandidateIndex:
+        """Train the coarse centroids and the PQ codebooks on ``sample`` (unit vectors)."""
+        import faiss
+
+        sample = _float32(sample)
+        n, dim = sample.shape
+        nlist = nlist or default_nlist(n)
+        m = m or default_m(dim)
+        if dim % m or m % 2:
+            raise ValueError(f"m={m} sub-quantizers must be even and divide the vector size {dim}")
+        if n < nlist:
+            raise ValueError(f"{n} training vectors for nlist={nlist}: need at least as many")
+        index = faiss.IndexIVFPQ(faiss.IndexFlatL2(dim), dim, nlist, m, 4)
+        index.cp.seed = index.pq.cp.seed = seed
+        index.cp.max_points_per_centroid = TRAIN_POINTS_PER_LIST * 4
+        index.cp.min_points_per_centroid = index.pq.cp.min_points_per_centroid = 1  # small ones
+        index.verbose = False
+        index.train(sample)
+        return cls(faiss.serialize_index(index).tobytes())
+
+    @property
+    def trained(self) -> bytes:
+        """The trained, empty index (what ``CandidateIndex(trained)`` needs to encode and add)."""
+        return self._trained_bytes
+
+    def encode(self, vectors: np.ndarray, batch: int = 65536) -> np.ndarray:
+        """Codes ``[n, code_size]`` uint8: each vector's list number, then its PQ code."""
+        vectors = _float32(vectors)
+        codes = np.empty((len(vectors), self.code_size), dtype=np.uint8)
+        for start in range(0, len(vectors), batch):
+            codes[start : start + batch] = self._encoder.sa_encode(vectors[start : start + batch])
+        return codes
+
+    def add(self, codes: np.ndarray, ids: np.ndarray) -> None:
+        """Append encoded vectors with their ids (see ``vector_ids``)."""
+        if len(codes) != len(ids):
+            raise ValueError(f"{len(codes)} codes but {len(ids)} ids")
+        if len(codes):
+            self._fast.merge_from(self._fast_scan(codes, ids), 0)
+
+    def _fast_scan(self, codes: np.ndarray, ids: np.ndarray):
+        import faiss
+
+        plain = faiss.deserialize_index(np.frombuffer(self._trained_bytes, dtype=np.uint8))
+        if len(codes):
+            plain.add_sa_codes(np.ascontiguousarray(codes), np.ascontiguousarray(ids, np.int64))
+        return faiss.IndexIVFPQFastScan(plain)
+
+    def __len__(self) -> int:
+        return int(self._fast.ntotal)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of codes (fast-scan blocks, padded to 32 vectors per list) and ids in RAM."""
+        import faiss
+
+        lists = faiss.extract_index_ivf(self._fast).invlists
+        total = 0
+        for i in range(self.nlist):
+            size = lists.list_size(i)
+            total += math.ceil(size / 32) * 32 * (self.m // 2) + size * 8
+        return total + self.nlist * self.dim * 4
+
+    # ---- search --------------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` approximate nearest vectors of each query vector: similarities (inner
+        products of unit vectors) and ids ``[n, k]``; id -1 where fewer were found."""
+        self._fast.nprobe = min(int(nprobe), self.nlist)
+        distances, ids = self._fast.search(_float32(queries), int(k))
+        return 1.0 - distances / 2.0, ids  # unit vectors: |q - x|^2 = 2 - 2 <q, x>
+
+    def candidates(
+        self,
+        queries: np.ndarray,
+        weights: np.ndarray,
+        branches: tuple[str, ...],
+        settings: SearchSettings,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The videos worth scoring exactly for one query: rows and approximate scores, best
+        first (at most ``settings.candidates``).
+
+        ``queries`` are the query's valid vectors ``[L, dim]``, ``weights`` their weights in the
+        mean (``1 / L`` each), ``branches`` the branches the score adds (``F``, ``V`` or both).
+        """
+        sims, ids = self.search(queries, settings.hits_per_vector, settings.nprobe)
+        return approximate_scores(sims, ids, weights, branches, settings.candidates)
+
+
+def approximate_scores(
+    sims: np.ndarray,
+    ids: np.ndarray,
+    weights: np.ndarray,
+    branches: tuple[str, ...],
+    limit: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and approximate scores of the best ``limit`` videos among the hits, best first.
+
+    ``sims``/``ids`` ``[L, k]`` are the hits of each of L query vectors. A video's score adds,
+    over its branches, the weighted mean over query vectors of the best hit of that video in
+    that branch, or of the query vector's worst hit where it has none.
+    """
+    found = ids >= 0
+    if not found.any():
+        return np.empty(0, np.int64), np.empty(0, np.float32)
+    sims = np.where(found, sims, np.inf)
+    floor = sims.min(axis=1)  # each query vector's worst hit: what a missing vector may score
+    sims = np.where(found, sims, -np.inf)
+    branch_of = ids & 1
+    wanted = np.isin(branch_of, [BRANCH_IDS[b] for b in branches]) & found
+    vector_of = np.broadcast_to(np.arange(len(ids))[:, None], ids.shape)[wanted]
+    rows, inverse = np.unique(ids[wanted] >> 1, return_inverse=True)
+    slot = [BRANCH_IDS[b] for b in branches]
+    best = np.empty((len(rows), 2, len(ids)), dtype=np.float32)
+    best[:] = floor[None, None, :]
+    np.maximum.at(best, (inverse, branch_of[wanted], vector_of), sims[wanted])
+    scores = (best[:, slot, :] * np.asarray(weights, np.float32)).sum(axis=(1, 2))
+    top = min(limit, len(rows))
+    order = np.argpartition(-scores, top - 1)[:top]
+    order = order[np.argsort(-scores[order], kind="stable")]
+    return rows[order], scores[order]
+
+
+def _float32(x) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
