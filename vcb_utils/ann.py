@@ -111,7 +111,11 @@ class CandidateIndex:
         self.nlist = self._encoder.nlist
         self.m = self._encoder.pq.M
         self.code_size = self._encoder.sa_code_size()
-        self._fast = self._fast_scan(np.empty((0, self.code_size), np.uint8), np.empty(0, np.int64))
+        # the fast-scan index shares its coarse quantizer with the plain index it was made
+        # from: that one must live as long as it does
+        self._fast, self._plain = self._fast_scan(
+            np.empty((0, self.code_size), np.uint8), np.empty(0, np.int64)
+        )
 
     # ---- training and encoding -----------------------------------------------------------------
     @classmethod
@@ -155,15 +159,18 @@ class CandidateIndex:
         if len(codes) != len(ids):
             raise ValueError(f"{len(codes)} codes but {len(ids)} ids")
         if len(codes):
-            self._fast.merge_from(self._fast_scan(codes, ids), 0)
+            part, plain = self._fast_scan(codes, ids)
+            self._fast.merge_from(part, 0)
+            del part, plain  # the part first: it points into the plain index
 
-    def _fast_scan(self, codes: np.ndarray, ids: np.ndarray):
+    def _fast_scan(self, codes: np.ndarray, ids: np.ndarray) -> tuple:
+        """A fast-scan index of ``codes`` and the plain IVF-PQ index it depends on."""
         import faiss
 
         plain = faiss.deserialize_index(np.frombuffer(self._trained_bytes, dtype=np.uint8))
         if len(codes):
             plain.add_sa_codes(np.ascontiguousarray(codes), np.ascontiguousarray(ids, np.int64))
-        return faiss.IndexIVFPQFastScan(plain)
+        return faiss.IndexIVFPQFastScan(plain), plain
 
     def __len__(self) -> int:
         return int(self._fast.ntotal)

@@ -437,7 +437,7 @@ class VideoIndex:
         return torch.cat(vectors)[inverse], torch.cat(masks)[inverse]
 
     # ---- saving and loading --------------------------------------------------------------------
-    def save(self, directory: str | Path) -> Path:
+    def save(self, directory: str | Path, *, auto_ann: bool = True) -> Path:
         """Save as a new version of the index in ``directory`` (made if needed); return it.
 
         Nothing that another process saved there is lost: holding the folder's lock, ``save``
@@ -450,7 +450,8 @@ class VideoIndex:
 
         Those two errors (an id added both here and by another process, or an id this index
         lacks) are a ValueError, and nothing is written. From ``ANN_MIN_VIDEOS`` videos on, an
-        index without a candidate index gets one (``build_ann``), saved as a further version.
+        index without a candidate index gets one (``build_ann``), saved as a further version,
+        unless ``auto_ann=False`` (a bulk build that trains it once at the end).
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -468,7 +469,7 @@ class VideoIndex:
             store.write_pointer(directory, name)
             store.remove_unreferenced(directory, Current(name, store.VERSION), manifest)
             self._reopen(directory, name, manifest, kept_ann, same_rows)
-        if self._ann is None and len(self) >= ANN_MIN_VIDEOS:
+        if auto_ann and self._ann is None and len(self) >= ANN_MIN_VIDEOS:
             log.info("%d videos: building the candidate index for two-stage search", len(self))
             self.build_ann()
             self.save(directory)

@@ -2,7 +2,9 @@
 
 The browser test (``tests/test_browser.py``) and the README's widget screenshot
 (``benchmarks/make_figures.py``) drive headless Debian Chromium (``/usr/bin/chromium``) with
-Python Playwright, a development dependency: it is imported only when a page is opened.
+Python Playwright, a development dependency: it is imported only when a page is opened. Both
+open a small prepared notebook (``write_explorer_notebook``: a saved checkpoint and index, then
+the explorer), not a training notebook.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ LAB_SETTINGS = {
 no news."""
 EXPLORER_NOTEBOOK = "notebooks/05_interactive_maxsim_explorer.ipynb"
 RUN_ALL_TIMEOUT_S = 240
+"""Run All of a notebook (the explorer notebook of the browser test runs in a few seconds)."""
+KERNEL_START_S = 90
+"""JupyterLab opening a notebook and starting its kernel (about 5 s on an idle 2-core machine)."""
+WIDGET_UPDATE_S = 30
+"""A query or a click to the updated widget in the page (well under a second when idle)."""
 
 
 def free_port() -> int:
@@ -146,13 +153,18 @@ def chromium_page(width: int = 1280, height: int = 2400) -> Iterator[Page]:
             browser.close()
 
 
-def run_all_cells(page: Page, url: str, notebook: str = EXPLORER_NOTEBOOK) -> None:
-    """Open ``notebook`` in JupyterLab, Run > Run All Cells, wait until every cell has run.
+def run_all_cells(
+    page: Page, url: str, notebook: str = EXPLORER_NOTEBOOK, timeout_s: float = RUN_ALL_TIMEOUT_S
+) -> None:
+    """Open ``notebook`` (a path under the server's root) in JupyterLab, Run > Run All Cells,
+    and wait until every cell has run.
 
     Raises RuntimeError with the tracebacks when a cell fails.
     """
     page.goto(f"{url}/lab/tree/{notebook}?reset")
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+    page.wait_for_selector(
+        ".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=KERNEL_START_S * 1000
+    )
     page.locator(".jp-NotebookPanel .jp-Cell").first.click()  # the notebook is the current widget
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
     run_all = page.locator(".lm-Menu-item:not(.lm-mod-disabled)", has_text="Run All Cells")
@@ -164,7 +176,7 @@ def run_all_cells(page: Page, url: str, notebook: str = EXPLORER_NOTEBOOK) -> No
             const outputs = [...document.querySelectorAll('.jp-OutputArea-output')];
             return done || outputs.some(o => o.innerText.includes('Traceback'));
         }""",
-        timeout=RUN_ALL_TIMEOUT_S * 1000,
+        timeout=timeout_s * 1000,
         polling=500,
     )
     outputs = page.locator(".jp-OutputArea-output").all_inner_texts()
@@ -173,17 +185,100 @@ def run_all_cells(page: Page, url: str, notebook: str = EXPLORER_NOTEBOOK) -> No
         raise RuntimeError(f"a cell of {notebook} failed:\n" + "\n".join(errors))
 
 
-def search_in_widget(page: Page, query: str) -> None:
-    """Type ``query`` into the explorer's text box, press Enter, wait for both figures."""
+def watch_busy(page: Page) -> None:
+    """Record in the page whether the explorer ever shows its busy state (``vcb-busy``), however
+    briefly: read it back with ``saw_busy``."""
+    page.evaluate(
+        """() => {
+            window.vcbSawBusy = false;
+            const explorer = document.querySelector('.vcb-explorer');
+            new MutationObserver(() => {
+                if (explorer.classList.contains('vcb-busy')) window.vcbSawBusy = true;
+            }).observe(explorer, {attributes: true, attributeFilter: ['class']});
+        }"""
+    )
+
+
+def saw_busy(page: Page) -> bool:
+    return bool(page.evaluate("() => window.vcbSawBusy"))
+
+
+def search_in_widget(page: Page, query: str, timeout_s: float = WIDGET_UPDATE_S) -> None:
+    """Type ``query`` into the explorer's text box, press Enter, and wait until the ranking and
+    the heatmap show its results (or a message, for a query that has none)."""
     box = page.locator(".vcb-query input")
     box.fill(query)
     box.press("Enter")
     page.wait_for_function(
-        """() => {
-            const loaded = sel => { const img = document.querySelector(sel);
-                                    return img && img.complete && img.naturalWidth > 0; };
-            return loaded('.vcb-heatmap') && loaded('.vcb-results-image')
-                && document.querySelector('.vcb-results table');
+        """(query) => {
+            const explorer = document.querySelector('.vcb-explorer');
+            if (!explorer || explorer.classList.contains('vcb-busy')) return false;
+            const title = explorer.querySelector('.vcb-heatmap .vcb-hm-title');
+            const warning = explorer.querySelector('.vcb-message .vcb-warning');
+            return (title && title.textContent.includes(query.slice(0, 40)))
+                || (warning && warning.textContent.includes(query.trim().slice(0, 20)));
         }""",
-        timeout=60_000,
+        arg=query,
+        timeout=timeout_s * 1000,
     )
+
+
+def click_result(
+    page: Page, rank: int, part: str = ".vcb-row img", timeout_s: float = WIDGET_UPDATE_S
+) -> None:
+    """Click the hit at ``rank`` (on ``part`` of its row: by default its thumbnail strip) and
+    wait until the heatmap shows it."""
+    page.locator(f".vcb-hit-{rank} {part}").first.click()
+    page.wait_for_function(
+        """(rank) => {
+            const title = document.querySelector('.vcb-explorer .vcb-heatmap .vcb-hm-title');
+            return title && title.textContent.includes(`(rank ${rank})`);
+        }""",
+        arg=rank,
+        timeout=timeout_s * 1000,
+    )
+
+
+def broken_images(page: Page, selector: str = ".vcb-explorer") -> int:
+    """How many visible images under ``selector`` failed to load or have no source."""
+    return page.evaluate(
+        """(selector) => [...document.querySelectorAll(selector + ' img')]
+            .filter(img => img.offsetParent !== null)
+            .filter(img => !img.complete || img.naturalWidth === 0).length""",
+        selector,
+    )
+
+
+def write_explorer_notebook(
+    path: Path,
+    checkpoint: Path,
+    index_dir: Path,
+    captions: dict[str, list[str]] | None = None,
+    k: int = 10,
+) -> Path:
+    """A small notebook that loads a checkpoint and a saved index and shows a ``QueryExplorer``
+    (what the browser test and the README screenshot drive, instead of running notebook 05)."""
+    import nbformat
+
+    source = f"""
+import json
+from vcb_utils.index import VideoIndex
+from vcb_utils.model import load_checkpoint
+from vcb_utils.widgets import QueryExplorer
+
+model, _ = load_checkpoint({str(checkpoint)!r})
+index = VideoIndex.load({str(index_dir)!r}, model.eval())
+captions = json.loads({json.dumps(captions or {})!r})
+explorer = QueryExplorer(index, model, k={k}, captions=captions)
+explorer
+"""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source.strip())]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path

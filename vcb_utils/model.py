@@ -186,8 +186,8 @@ class TextTokenizer:
         return cls(inner, context_length)
 
     @property
-    def hf(self):  # noqa: ANN201 (a transformers tokenizer; transformers loads lazily)
-        """The underlying Hugging Face tokenizer, or None for CLIP's BPE."""
+    def hf(self) -> Any:
+        """The underlying Hugging Face (``transformers``) tokenizer, or None for CLIP's BPE."""
         return getattr(self.inner, "tokenizer", None)
 
     def __call__(
@@ -215,8 +215,10 @@ class TextTokenizer:
         if self.hf is None:  # CLIP BPE: a token that ends a word decodes with a trailing space
             starts = [True] + [piece.endswith(" ") for piece in texts[:-1]]
             return [(t, s and t.endswith(" ")) for t, s in zip(texts, starts, strict=True)]
-        encoding = self.hf(self._clean(text), add_special_tokens=False)
-        words = encoding.word_ids() if hasattr(encoding, "word_ids") else [None] * len(ids)
+        try:
+            words = self.hf(self._clean(text), add_special_tokens=False).word_ids()
+        except ValueError:  # a slow (Python) tokenizer keeps no word ids
+            words = [None] * len(ids)
         counts = Counter(words)
         return [(t, w is None or counts[w] == 1) for t, w in zip(texts, words, strict=True)]
 

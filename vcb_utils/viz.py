@@ -9,17 +9,24 @@ contextualised frames + visual expansion tokens, MMS_V). Each row's maximum, the
 is outlined; the bars beside each matrix are the rows' contributions (row max / number of query
 vectors), which add up to the branch score. Query-expansion rows (``<pad>``) take part in the
 score; they are drawn in grey italics below a dashed line and can be hidden.
+
+For the interactive explorer the same panels are also rendered without matplotlib, in
+milliseconds: ``heatmap_html`` (an HTML table with the frames as column headers and each cell's
+value as its tooltip) and ``strip_png`` (a row of thumbnails as one PNG).
 """
 
 from __future__ import annotations
 
+import base64
+import html
 import io
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.colors import Normalize
+from matplotlib.colors import Normalize, to_hex
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
@@ -39,6 +46,7 @@ MARK_COLOUR = "#ff3b30"
 ROW_INCHES = 0.24
 """Height of one query row."""
 RANKED_BY = {"both": "MMS_F + MMS_V", "F": "MMS_F", "V": "MMS_V"}
+BRANCH_SHORT = {"F": "F (frames)", "V": "V (frames in context + expansion)"}
 FrameSource = Mapping[str, np.ndarray] | Callable[[Hit], np.ndarray | None]
 """Frames of a hit's video: a mapping from video id, or a function of the hit."""
 
@@ -162,6 +170,135 @@ def index_frames(index: VideoIndex, hit: Hit, size: int = 64) -> np.ndarray:
     return clip.frames
 
 
+def strip_png(frames: np.ndarray, height: int = 28, gap: int = 2) -> bytes:
+    """The frames as one row of square thumbnails ``height`` pixels high, as PNG bytes."""
+    from PIL import Image  # a dependency of matplotlib
+
+    squares = [
+        Image.fromarray(_square(frame)).resize((height, height), Image.Resampling.BILINEAR)
+        for frame in frames
+    ]
+    strip = Image.new("RGB", (len(squares) * (height + gap) - gap, height), "white")
+    for i, square in enumerate(squares):
+        strip.paste(square, (i * (height + gap), 0))
+    return _png(strip)
+
+
+def png_data_uri(data: bytes) -> str:
+    """PNG bytes as a ``data:`` URI, for an ``<img>`` inside HTML."""
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def heatmap_html(
+    result: QueryResult,
+    rank: int = 1,
+    frames: np.ndarray | None = None,
+    *,
+    show_expansion: bool = True,
+    cmap: str = "viridis",
+    cell: int = 20,
+) -> str:
+    """The panels of ``maxsim_heatmap`` as one HTML table, F and V side by side.
+
+    One row per query token (pad rows in grey italics, or left out with
+    ``show_expansion=False``), one column per frame (``frames``, if given, as thumbnails in
+    the header) and per visual expansion token; each row's MaxSim choice is outlined in red,
+    every cell's value is its tooltip, and a bar after each panel is the row's share of the
+    branch score. Colours share one scale over both panels, as in the figure. Style:
+    ``HEATMAP_CSS``.
+    """
+    hit = result.hit(rank)
+    panels = heatmap_panels(result, rank, show_expansion)
+    n_frames = _frame_columns(hit, frames)
+    norm = _shared_norm(panels)
+    colours = matplotlib.colormaps[cmap]
+    thumbs = [] if frames is None else [png_data_uri(_png_square(f, cell)) for f in frames]
+    titles, headers = ['<th class="vcb-hm-token"></th>'], ['<th class="vcb-hm-token">token</th>']
+    for panel in panels:
+        titles.append(
+            f'<th class="vcb-hm-panel" colspan="{panel.matrix.shape[1] + 1}">'
+            f"{BRANCH_SHORT[panel.branch]}: MMS_{panel.branch} = {panel.score:.3f}</th>"
+        )
+        for column in range(panel.matrix.shape[1]):
+            name = _column_name(column, n_frames)
+            content = name
+            if column < len(thumbs):
+                content = (
+                    f'<img src="{thumbs[column]}" width="{cell}" height="{cell}" alt="{name}">'
+                )
+            headers.append(f'<th class="vcb-hm-col" title="{name}">{content}</th>')
+        headers.append('<th class="vcb-hm-share">share</th>')
+    cell_colours = [_hex_colours(colours(norm(panel.matrix))) for panel in panels]
+    top_share = max(float(p.contribution.max()) for p in panels) or 1.0
+    first_pad = next((i for i, pad in enumerate(panels[0].expansion) if pad), None)
+    rows = []
+    for row, token in enumerate(panels[0].tokens):
+        classes = "vcb-hm-pad" if panels[0].expansion[row] else "vcb-hm-word"
+        if row == first_pad and row > 0:
+            classes += " vcb-hm-first-pad"
+        cells = [f'<th class="vcb-hm-token" title="{html.escape(token)}">{html.escape(token)}</th>']
+        for panel, hexes in zip(panels, cell_colours, strict=True):
+            for column, value in enumerate(panel.matrix[row]):
+                mark = ' class="vcb-hm-max"' if column == panel.argmax[row] else ""
+                tip = f"{token} x {_column_name(column, n_frames)} ({panel.branch}): {value:.3f}"
+                colour = hexes[row][column]
+                cells.append(
+                    f'<td{mark} style="background:{colour}" title="{html.escape(tip)}"></td>'
+                )
+            share = float(panel.contribution[row])
+            cells.append(
+                f'<td class="vcb-hm-share" title="{share:.4f} of MMS_{panel.branch}">'
+                f'<div style="width:{max(0.0, share / top_share) * 100:.0f}%"></div></td>'
+            )
+        rows.append(f'<tr class="{classes}">{"".join(cells)}</tr>')
+    title = html.escape(_heatmap_title(result, hit)).replace("\n", "<br>")
+    hidden = [f"{p.hidden:.3f} of MMS_{p.branch}" for p in panels if p.hidden]
+    if hidden:
+        title += "<br>the hidden &lt;pad&gt; rows carry " + ", ".join(hidden)
+    table = "".join(f"<tr>{''.join(r)}</tr>" for r in (titles, headers)) + "".join(rows)
+    return (
+        f'<div class="vcb-hm" style="--vcb-cell:{cell}px"><div class="vcb-hm-title">{title}</div>'
+        f'<table class="vcb-hm-table">{table}</table>{_legend_html(norm, colours)}</div>'
+    )
+
+
+def _legend_html(norm: Normalize, colours) -> str:  # noqa: ANN001 (a matplotlib colormap)
+    scale = ", ".join(to_hex(colours(x)) for x in np.linspace(0, 1, 5))
+    return (
+        f'<div class="vcb-hm-legend"><span>{norm.vmin:.2f}</span>'
+        f'<span class="vcb-hm-scale" style="background:linear-gradient(to right, {scale})">'
+        f"</span><span>{norm.vmax:.2f}</span> cosine similarity &middot; "
+        '<span class="vcb-hm-max-key"></span> the column each token picks (its MaxSim)</div>'
+    )
+
+
+HEATMAP_CSS = """
+.vcb-hm { font-size: 12px; line-height: 1.2; }
+.vcb-hm-title { margin: 0 0 4px 0; }
+.vcb-hm-table { border-collapse: separate; border-spacing: 1px; }
+.vcb-hm-table td, .vcb-hm-table th { padding: 0; height: calc(var(--vcb-cell) * 0.65);
+  font-weight: normal; font-size: 11px; }
+.vcb-hm-table td { width: var(--vcb-cell); min-width: var(--vcb-cell); }
+.vcb-hm-table th.vcb-hm-col { width: var(--vcb-cell); text-align: center; color: #555; }
+.vcb-hm-table th.vcb-hm-col img { display: block; }
+.vcb-hm-table th.vcb-hm-panel { text-align: left; padding: 0 4px; white-space: nowrap; }
+.vcb-hm-table th.vcb-hm-token { text-align: right; padding-right: 6px; white-space: nowrap;
+  max-width: 110px; overflow: hidden; text-overflow: ellipsis; }
+.vcb-hm-table tr.vcb-hm-pad th.vcb-hm-token { color: #777; font-style: italic; }
+.vcb-hm-table tr.vcb-hm-first-pad td, .vcb-hm-table tr.vcb-hm-first-pad th {
+  border-top: 2px dashed #999; }
+.vcb-hm-table td.vcb-hm-max { outline: 2px solid #ff3b30; outline-offset: -2px; }
+.vcb-hm-table .vcb-hm-share { width: 44px; min-width: 44px; padding: 0 8px 0 3px; }
+.vcb-hm-table td.vcb-hm-share div { height: 70%; background: #1f77b4; }
+.vcb-hm-table tr.vcb-hm-pad td.vcb-hm-share div { background: #999; }
+.vcb-hm-legend { margin-top: 4px; color: #444; display: flex; gap: 4px; align-items: center; }
+.vcb-hm-scale { display: inline-block; width: 90px; height: 10px; }
+.vcb-hm-max-key { display: inline-block; width: 10px; height: 10px; outline: 2px solid #ff3b30;
+  outline-offset: -2px; }
+"""
+"""The style of ``heatmap_html`` (the explorer adds it to the page once)."""
+
+
 def figure_png(fig: Figure, dpi: int = 100) -> bytes:
     """The figure as PNG bytes (for an ``ipywidgets.Image`` or a file)."""
     buffer = io.BytesIO()
@@ -181,6 +318,29 @@ def _frame_columns(hit: Hit, frames: np.ndarray | None) -> int:
     if frames is not None and len(frames) != count:
         raise ValueError(f"{len(frames)} frames given, but {hit.id} was indexed with {count}")
     return count
+
+
+def _hex_colours(rgba: np.ndarray) -> list[list[str]]:
+    """``#rrggbb`` of every cell of an RGBA array ``[rows, columns, 4]`` (values 0-1)."""
+    rgb = np.round(rgba[..., :3] * 255).astype(int)
+    return [[f"#{r:02x}{g:02x}{b:02x}" for r, g, b in row] for row in rgb.tolist()]
+
+
+def _column_name(column: int, n_frames: int) -> str:
+    return f"f{column + 1}" if column < n_frames else f"e{column - n_frames + 1}"
+
+
+def _png(image) -> bytes:  # noqa: ANN001 (a PIL image)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _png_square(frame: np.ndarray, side: int) -> bytes:
+    from PIL import Image
+
+    square = Image.fromarray(_square(frame))
+    return _png(square.resize((side, side), Image.Resampling.BILINEAR))
 
 
 def _shared_norm(panels: list[Panel]) -> Normalize:
@@ -218,7 +378,7 @@ def _draw_panel(ax: Axes, panel: Panel, n_frames: int, norm: Normalize, cmap: st
             )
         )
     columns = panel.matrix.shape[1]
-    names = [f"f{c + 1}" if c < n_frames else f"e{c - n_frames + 1}" for c in range(columns)]
+    names = [_column_name(c, n_frames) for c in range(columns)]
     ax.set_xticks(range(columns), labels=names, fontsize=8)
     ax.set_yticks(range(len(panel.tokens)), labels=panel.tokens, fontsize=8)
     _style_expansion_rows(ax, panel.expansion)

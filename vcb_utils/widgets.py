@@ -1,10 +1,14 @@
-"""``QueryExplorer``: type a query, see the ranked videos and the MaxSim heatmap of the one picked.
+"""``QueryExplorer``: type a query, see the ranked videos, click one to see its MaxSim heatmap.
 
-The figures are rendered to PNG into ``ipywidgets.Image`` widgets and the ranking into an HTML
-table, so every update is plain widget state: it changes in place in JupyterLab, and plain
-pytest can drive the controls and read the results (``Output`` widgets capture nothing outside a
-kernel). Bad input (an empty query, a query of word pieces only, an empty index) shows a
-message in the widget instead of raising.
+Everything the explorer shows is plain widget state (HTML strings, button clicks), so it updates
+in place in JupyterLab, and plain pytest can drive the controls and read the results (``Output``
+widgets capture nothing outside a kernel). A query costs one text encoding and a MaxSim scan;
+drawing is kept light so that the widget answers in a fraction of a second: the thumbnail strips
+are small PNGs made once per video and reused, and only the selected hit's heatmap is drawn, as
+an HTML table (``vcb_utils.viz.heatmap_html``) rather than a matplotlib figure.
+
+Bad input (an empty query, a query of word pieces only, an empty index) shows a message in the
+widget instead of raising, and empty states show text, never an empty image.
 """
 
 from __future__ import annotations
@@ -13,9 +17,8 @@ import html
 import re
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import ipywidgets as widgets
 import numpy as np
@@ -24,46 +27,62 @@ import torch
 from vcb_utils.index import Hit, QueryResult, VideoIndex
 from vcb_utils.model import VideoColBERT
 from vcb_utils.video import VideoReadError
-from vcb_utils.viz import figure_png, index_frames, maxsim_heatmap, ranked_results_figure
+from vcb_utils.viz import HEATMAP_CSS, heatmap_html, index_frames, png_data_uri, strip_png
 
 EXAMPLE_QUERY = "a red circle moves left"
 BRANCHES = {"both": ["both", "F", "V"], "F": ["F"], "V": ["V"]}
 """The rankings each index mode offers."""
+SCORE_COLUMNS = (
+    ("both", "total", "score_total"),
+    ("F", "MMS_F", "score_f"),
+    ("V", "MMS_V", "score_v"),
+)
+"""(branch, column title, ``Hit`` attribute) of the score columns of the ranking."""
+TRUTH_MARK = "✓ ground truth"
 
-
-@dataclass
-class Rendered:
-    """What the explorer shows for one result: the ranking table and two PNG figures."""
-
-    table_html: str
-    results_png: bytes
-    heatmap_png: bytes
-
-
-def render_result(
-    result: QueryResult,
-    rank: int,
-    frames: dict[str, np.ndarray | None],
-    show_expansion: bool = True,
-    dpi: int = 80,
-) -> Rendered:
-    """The ranking table, the thumbnail strips and the heatmap of the hit at ``rank``."""
-    hit = result.hit(rank)
-    results = ranked_results_figure(result, frames)
-    heatmap = maxsim_heatmap(result, rank, frames[hit.id], show_expansion=show_expansion)
-    return Rendered(results_table(result, rank), figure_png(results, dpi), figure_png(heatmap, dpi))
-
-
-def results_table(result: QueryResult, selected: int | None = None) -> str:
-    """The hits as an HTML table (rank, video, scores); the ``selected`` rank in bold."""
-    header = "<tr><th>rank</th><th>video</th><th>total</th><th>MMS_F</th><th>MMS_V</th></tr>"
-    rows = [_table_row(hit, hit.rank == selected) for hit in result.hits]
-    return f'<table class="vcb-results-table">{header}{"".join(rows)}</table>'
+EXPLORER_CSS = (
+    HEATMAP_CSS
+    + """
+.vcb-explorer { font-size: 13px; }
+.vcb-explorer .vcb-body { gap: 16px; align-items: flex-start; }
+.vcb-explorer .vcb-ranking { min-width: 460px; }
+.vcb-explorer .vcb-controls { align-items: center; gap: 12px; }
+.vcb-explorer .vcb-row, .vcb-explorer .vcb-header {
+  display: grid; grid-template-columns: 30px var(--vcb-strip, 200px) minmax(140px, 200px)
+  repeat(3, 52px); align-items: center; column-gap: 6px; padding: 1px 4px; }
+.vcb-explorer .vcb-header { font-weight: bold; border-bottom: 1px solid #bbb; }
+.vcb-explorer .vcb-row { border-bottom: 1px solid #eee; }
+.vcb-explorer .vcb-row img { display: block; }
+.vcb-explorer .vcb-nostrip { color: #888; font-style: italic; font-size: 11px; }
+.vcb-explorer .vcb-score { text-align: right; font-variant-numeric: tabular-nums; }
+.vcb-explorer .vcb-ranked { font-weight: bold; background: #fff3cd; }
+.vcb-explorer .vcb-hit-text { overflow: hidden; font-size: 12px; line-height: 1.25; }
+.vcb-explorer .vcb-caption { color: #555; white-space: nowrap; overflow: hidden;
+  text-overflow: ellipsis; }
+.vcb-explorer .vcb-truth { color: #0a7d2c; font-weight: bold; white-space: nowrap; }
+.vcb-explorer .vcb-hit { cursor: pointer; }
+.vcb-explorer .vcb-hit .vcb-hit-button { z-index: 1; opacity: 0.0001; cursor: pointer; }
+.vcb-explorer .vcb-hit:hover .vcb-row { background: #f0f6ff; }
+.vcb-explorer .vcb-hit.vcb-selected .vcb-row { background: #dbeafe;
+  box-shadow: inset 3px 0 0 #1d4ed8; }
+.vcb-explorer .vcb-status { color: #555; font-size: 12px; }
+.vcb-explorer.vcb-busy .vcb-ranking, .vcb-explorer.vcb-busy .vcb-heatmap { opacity: 0.45; }
+.vcb-explorer .vcb-message .vcb-info { color: #555; }
+.vcb-explorer .vcb-message .vcb-warning { color: #b45309; }
+"""
+)
+"""The explorer's style, added to the page by an HTML widget inside it."""
 
 
 def caption_vocabulary(captions: Iterable[str]) -> set[str]:
     """The lower-case words of some captions (e.g. the training set's)."""
     return {word for text in captions for word in re.findall(r"[a-z0-9]+", text.lower())}
+
+
+def normalise_caption(text: str) -> str:
+    """Lower case, single spaces, no final full stop: how a typed query is compared with the
+    captions to find its ground-truth video."""
+    return " ".join(text.lower().split()).rstrip(" .")
 
 
 def query_problem(query: str, model: VideoColBERT, index: VideoIndex) -> str | None:
@@ -72,7 +91,7 @@ def query_problem(query: str, model: VideoColBERT, index: VideoIndex) -> str | N
         return "The index has no videos: build it with VideoIndex.build(model, paths)."
     if not query.strip():
         return f"Type a query first, for example '{EXAMPLE_QUERY}'."
-    pieces = _pieces(query, model)
+    pieces = model.tokenizer.pieces(query)
     if not any(whole and re.search(r"\w", text) for text, whole in pieces):
         shown = " · ".join(text.strip() for text, _ in pieces)
         return (
@@ -83,16 +102,69 @@ def query_problem(query: str, model: VideoColBERT, index: VideoIndex) -> str | N
     return None
 
 
+def ranking_header(branch: str, strip_width: int) -> str:
+    """The header of the ranking; the column that orders it (``branch``) is marked."""
+    cells = ["rank", "frames", "video · caption"]
+    for name, title, _ in SCORE_COLUMNS:
+        cells.append(
+            f'<span class="vcb-score vcb-ranked" title="ranked by this column">{title} ▼</span>'
+            if name == branch
+            else f'<span class="vcb-score">{title}</span>'
+        )
+    cells = [c if c.startswith("<") else f"<span>{c}</span>" for c in cells]
+    return f'<div class="vcb-header" style="--vcb-strip:{strip_width}px">{"".join(cells)}</div>'
+
+
+def hit_row(
+    hit: Hit,
+    branch: str,
+    strip: bytes | None,
+    strip_width: int,
+    captions: Sequence[str] = (),
+    truth: bool = False,
+) -> str:
+    """One hit of the ranking as HTML: rank, thumbnail strip (or a note when the video cannot be
+    read), id, captions, ground-truth mark and the three scores (the ranked one marked)."""
+    frames = (
+        f'<img src="{png_data_uri(strip)}" alt="frames of {html.escape(hit.id)}">'
+        if strip
+        else '<span class="vcb-nostrip">frames unavailable</span>'
+    )
+    text = f"<b>{html.escape(hit.id)}</b>"
+    if truth:
+        text += f' <span class="vcb-truth">{TRUTH_MARK}</span>'
+    if captions:
+        more = f" (+{len(captions) - 1} more)" if len(captions) > 1 else ""
+        every = html.escape("\n".join(captions))
+        text += f'<div class="vcb-caption" title="{every}">{html.escape(captions[0])}{more}</div>'
+    scores = []
+    for name, _, attribute in SCORE_COLUMNS:
+        value = getattr(hit, attribute)
+        ranked = " vcb-ranked" if name == branch else ""
+        shown = "–" if value is None else f"{value:.3f}"
+        scores.append(f'<span class="vcb-score{ranked}">{shown}</span>')
+    return (
+        f'<div class="vcb-row" style="--vcb-strip:{strip_width}px"><span>#{hit.rank}</span>'
+        f'<span>{frames}</span><div class="vcb-hit-text">{text}</div>{"".join(scores)}</div>'
+    )
+
+
 class QueryExplorer:
-    """Text box + Search (or Enter), ``k`` slider, ranking branch, ranked videos and a heatmap.
+    """Text box + Search (or Enter), ``k`` slider, ranking branch, the ranked videos, and the
+    MaxSim heatmap of the selected one beside them. Click a result (its row or its frames) to
+    select it; ``select(rank)`` does the same from code.
 
     Display it as the last expression of a cell (or with ``display``). State after each update:
-    ``result`` (the last ``QueryResult`` or None), ``error`` (the message shown, or None),
-    ``notes`` (warnings about the query) and ``timings`` (seconds for search and figures).
+    ``result`` (the last ``QueryResult`` or None), ``selected`` (the rank shown in the heatmap),
+    ``truth`` (ids of the videos whose caption the query is), ``error`` (the message shown, or
+    None), ``notes`` (warnings about the query) and ``timings`` (seconds for the search, the
+    frames decoded and the drawing; ``total`` from the query to the updated widget).
 
-    ``vocabulary``: words the model was trained on (``caption_vocabulary``), to flag unseen
-    ones. ``threads``: torch threads during a search (None keeps torch's setting); one query
-    is small work, and on a busy 2-core machine two threads made it 100x slower (0.4 s vs 3 ms).
+    ``captions``: video id -> its caption(s), shown under each hit and used to mark the
+    ground-truth video when the query is one of them (without it, the captions the index stores,
+    if any). ``vocabulary``: words the model was trained on (``caption_vocabulary``), to flag
+    unseen ones. ``threads``: torch threads during a search (None keeps torch's setting); one
+    query is small work, and on a busy 2-core machine two threads made it 100x slower.
     """
 
     def __init__(
@@ -102,72 +174,121 @@ class QueryExplorer:
         *,
         k: int = 5,
         max_k: int = 20,
+        captions: Mapping[str, str | Sequence[str]] | None = None,
         vocabulary: Iterable[str] | None = None,
-        thumbnail_size: int = 64,
+        strip_height: int = 26,
         threads: int | None = 1,
     ) -> None:
         self.index, self.model, self.threads = index, model, threads
         self.vocabulary = set(vocabulary) if vocabulary is not None else None
-        self.thumbnail_size = thumbnail_size
+        self.captions = {
+            vid: [text] if isinstance(text, str) else list(text)
+            for vid, text in (captions or {}).items()
+        }
+        self._caption_owner: dict[str, set[str]] = {}
+        for vid, texts in self.captions.items():
+            for text in texts:
+                self._caption_owner.setdefault(normalise_caption(text), set()).add(vid)
+        self.strip_height = strip_height
+        frames = int(index.config["max_frames"])
+        self._strip_width = frames * (strip_height + 2) - 2
         self.result: QueryResult | None = None
+        self.selected: int | None = None
+        self.truth: set[str] = set()
         self.error: str | None = None
         self.notes: list[str] = []
         self.timings: dict[str, float] = {}
         self._frames: dict[str, np.ndarray | None] = {}
-        self._building = False
-        self._make_widgets(k, max(1, min(max_k, len(index))))
+        self._strips: dict[str, bytes | None] = {}
+        max_k = max(1, min(max_k, len(index)))
+        self._make_widgets(k, max_k)
         self.view = self._layout()
-        self.view.add_class("vcb-explorer")
+        self._show_message(f"Type a query and press Enter, for example '{EXAMPLE_QUERY}'.", "info")
 
     # ---- controls ------------------------------------------------------------------------------
     def _make_widgets(self, k: int, max_k: int) -> None:
         self.query = widgets.Text(
             placeholder=f"e.g. {EXAMPLE_QUERY} (Enter to search)",
             continuous_update=False,
-            layout=widgets.Layout(width="60%"),
+            layout=widgets.Layout(width="min(560px, 70%)"),
         )
         self.search_button = widgets.Button(description="Search", button_style="primary")
         self.k = widgets.IntSlider(
-            value=min(k, max_k), min=1, max=max_k, description="k", continuous_update=False
+            value=min(k, max_k),
+            min=1,
+            max=max_k,
+            description="k",
+            continuous_update=False,
+            style={"description_width": "initial"},
+            layout=widgets.Layout(width="240px"),
         )
         self.branch = widgets.ToggleButtons(
-            options=BRANCHES[self.index.config["mode"]], description="rank by"
+            options=BRANCHES[self.index.config["mode"]],
+            description="rank by",
+            style={"button_width": "52px", "description_width": "initial"},
         )
-        self.show_expansion = widgets.Checkbox(value=True, description="show <pad> query rows")
-        self.selected = widgets.Dropdown(options=[], description="heatmap of")
+        self.show_expansion = widgets.Checkbox(
+            value=True, description="show <pad> query rows", indent=False
+        )
         self.message = widgets.HTML()
         self.status = widgets.HTML()
-        self.table = widgets.HTML()
-        self.results_image = widgets.Image(format="png")
-        self.heatmap_image = widgets.Image(format="png")
+        self.header = widgets.HTML()
+        self.row_html = [widgets.HTML(layout=widgets.Layout(grid_area="row")) for _ in range(max_k)]
+        self.row_buttons = [self._make_button(slot) for slot in range(max_k)]
+        self.rows = [self._make_row(slot) for slot in range(max_k)]
+        self.heatmap = widgets.HTML(layout=widgets.Layout(display="none"))
         for widget, name in (
             (self.query, "vcb-query"),
             (self.message, "vcb-message"),
-            (self.table, "vcb-results"),
-            (self.results_image, "vcb-results-image"),
-            (self.heatmap_image, "vcb-heatmap"),
+            (self.status, "vcb-status"),
+            (self.heatmap, "vcb-heatmap"),
         ):
             widget.add_class(name)
         self.query.observe(lambda _: self.search(), "value")
         self.search_button.on_click(lambda _: self.search())
         self.k.observe(self._settings_changed, "value")
         self.branch.observe(self._settings_changed, "value")
-        self.show_expansion.observe(lambda _: self._draw(), "value")
-        self.selected.observe(lambda _: self._draw(), "value")
+        self.show_expansion.observe(lambda _: self._draw_heatmap(), "value")
+
+    def _make_button(self, slot: int) -> widgets.Button:
+        layout = widgets.Layout(grid_area="row", width="100%", height="100%", margin="0")
+        button = widgets.Button(tooltip="show this video's heatmap", layout=layout)
+        button.add_class("vcb-hit-button")
+        button.on_click(lambda _: self.select(slot + 1))
+        return button
+
+    def _make_row(self, slot: int) -> widgets.GridBox:
+        """A result row: its HTML with an invisible button on top of it, so that a click
+        anywhere on the row (the frames included) selects the hit."""
+        row = widgets.GridBox(
+            [self.row_html[slot], self.row_buttons[slot]],
+            layout=widgets.Layout(
+                grid_template_areas='"row"', grid_template_columns="100%", display="none"
+            ),
+        )
+        row.add_class("vcb-hit")
+        row.add_class(f"vcb-hit-{slot + 1}")
+        return row
 
     def _layout(self) -> widgets.VBox:
-        return widgets.VBox(
+        ranking = widgets.VBox([self.header, *self.rows])
+        ranking.add_class("vcb-ranking")
+        body = widgets.HBox([ranking, self.heatmap], layout=widgets.Layout(flex_flow="row wrap"))
+        body.add_class("vcb-body")
+        controls = widgets.HBox([self.k, self.branch, self.show_expansion])
+        controls.add_class("vcb-controls")
+        view = widgets.VBox(
             [
+                widgets.HTML(f"<style>{EXPLORER_CSS}</style>"),
                 widgets.HBox([self.query, self.search_button]),
-                widgets.HBox([self.k, self.branch]),
+                controls,
                 self.message,
                 self.status,
-                self.table,
-                self.results_image,
-                widgets.HBox([self.selected, self.show_expansion]),
-                self.heatmap_image,
+                body,
             ]
         )
+        view.add_class("vcb-explorer")
+        return view
 
     def _repr_mimebundle_(self, **kwargs) -> dict:
         return self.view._repr_mimebundle_(**kwargs)
@@ -180,68 +301,159 @@ class QueryExplorer:
         if problem:
             self._fail(problem)
             return
-        start = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught, _torch_threads(self.threads):
-            warnings.simplefilter("always")
-            try:
-                result = self.index.search(
-                    query, self.k.value, self.branch.value, model=self.model
-                )[0]
-            except ValueError as err:
-                self._fail(str(err))
-                return
-        self.timings = {"search": time.perf_counter() - start}
-        self.notes = [str(w.message) for w in caught] + self._unseen_words(query)
-        self.result, self.error = result, None
-        self._building = True
-        self.selected.options = [(f"#{h.rank} {h.id}", h.rank) for h in result.hits]
-        self.selected.value = 1
-        self._building = False
-        self._draw()
+        with self._busy():
+            start = time.perf_counter()
+            with warnings.catch_warnings(record=True) as caught, _torch_threads(self.threads):
+                warnings.simplefilter("always")
+                try:
+                    result = self.index.search(
+                        query, self.k.value, self.branch.value, model=self.model
+                    )[0]
+                except ValueError as err:
+                    self._fail(str(err))
+                    return
+            self.timings = {"search": time.perf_counter() - start}
+            self.notes = [str(w.message) for w in caught] + self._unseen_words(query)
+            self.result, self.error, self.selected = result, None, 1
+            self.truth = self._truth(query, result)
+            self._draw_ranking()
+            self._draw_heatmap()
+            self._show_notes()
+            self.timings["total"] = time.perf_counter() - start
+            self._show_status()
+
+    def select(self, rank: int) -> None:
+        """Show the heatmap of the hit at ``rank`` (1 = best) and mark its row."""
+        if self.result is None or not 1 <= rank <= len(self.result.hits):
+            return
+        with self._busy():
+            start = time.perf_counter()
+            self.selected, self.timings = rank, {}
+            for slot, row in enumerate(self.rows):
+                if slot + 1 == rank:
+                    row.add_class("vcb-selected")
+                else:
+                    row.remove_class("vcb-selected")
+            self._draw_heatmap()
+            self.timings["total"] = time.perf_counter() - start
+            self._show_status()
 
     def _settings_changed(self, _change: dict) -> None:
         if self.query.value.strip():
             self.search()
 
-    def _fail(self, message: str) -> None:
-        self.result, self.error, self.notes, self.timings = None, message, [], {}
-        self._building = True
-        self.selected.options = []
-        self._building = False
-        self.message.value = f'<div style="color:#b45309">⚠ {html.escape(message)}</div>'
-        self.status.value = self.table.value = ""
-        self.results_image.value = self.heatmap_image.value = b""
+    @contextmanager
+    def _busy(self) -> Iterator[None]:
+        """Dim the results, disable Search and say so while the kernel works."""
+        self.view.add_class("vcb-busy")
+        self.search_button.disabled = True
+        self.status.value = "⏳ working…"
+        try:
+            yield
+        finally:
+            self.search_button.disabled = False
+            self.view.remove_class("vcb-busy")
 
-    def _draw(self) -> None:
-        """Show ``result`` with the selected hit's heatmap (the pure part is ``render``)."""
-        if self._building or self.result is None:
+    def _fail(self, message: str) -> None:
+        self.result, self.selected, self.error, self.notes = None, None, message, []
+        self.truth, self.timings = set(), {}
+        self._show_message(message, "warning")
+        self.status.value = self.header.value = self.heatmap.value = ""
+        self.heatmap.layout.display = "none"
+        for row in self.rows:
+            row.layout.display = "none"
+
+    def _show_message(self, text: str, kind: str) -> None:
+        sign = "⚠ " if kind == "warning" else ""
+        self.message.value = f'<div class="vcb-{kind}">{sign}{html.escape(text)}</div>'
+
+    def _show_notes(self) -> None:
+        self.message.value = "".join(
+            f'<div class="vcb-warning">note: {html.escape(n)}</div>' for n in self.notes
+        )
+
+    def _show_status(self) -> None:
+        result = self.result
+        if result is None:
             return
+        parts = [f"top {len(result.hits)} of {len(self.index)} videos"]
+        missing = sorted(self.truth - {hit.id for hit in result.hits})
+        if missing:
+            parts.append(f"the video this caption describes ({', '.join(missing)}) is not in them")
+        parts.append("click a result to see its heatmap")
+        milliseconds = ", ".join(
+            f"{name} {seconds * 1000:.0f} ms" for name, seconds in self.timings.items()
+        )
+        self.status.value = html.escape(" · ".join(parts)) + f" <small>({milliseconds})</small>"
+
+    def _draw_ranking(self) -> None:
         start = time.perf_counter()
         for hit in self.result.hits:
-            self._load_frames(hit)
-        shown = render_result(
-            self.result, self.selected.value or 1, self._frames, self.show_expansion.value
-        )
-        self.table.value = shown.table_html
-        self.results_image.value = shown.results_png
-        self.heatmap_image.value = shown.heatmap_png
-        self.timings["figures"] = time.perf_counter() - start
-        self.message.value = "".join(
-            f'<div style="color:#b45309">note: {html.escape(n)}</div>' for n in self.notes
-        )
-        search_ms, figures_ms = (self.timings[n] * 1000 for n in ("search", "figures"))
-        self.status.value = (
-            f"top {len(self.result.hits)} of {len(self.index)} videos: "
-            f"search {search_ms:.0f} ms, figures {figures_ms:.0f} ms"
-        )
+            self._load_strip(hit)
+        self.timings["frames"] = time.perf_counter() - start
+        start = time.perf_counter()
+        branch = self.result.branch
+        self.header.value = ranking_header(branch, self._strip_width)
+        for slot, row in enumerate(self.rows):
+            if slot >= len(self.result.hits):
+                row.layout.display = "none"
+                continue
+            hit = self.result.hits[slot]
+            self.row_html[slot].value = hit_row(
+                hit,
+                branch,
+                self._strips[hit.id],
+                self._strip_width,
+                self._captions_of(hit),
+                hit.id in self.truth,
+            )
+            if slot + 1 == self.selected:
+                row.add_class("vcb-selected")
+            else:
+                row.remove_class("vcb-selected")
+            row.layout.display = None
+        self.timings["ranking"] = time.perf_counter() - start
 
-    def _load_frames(self, hit: Hit) -> None:
-        if hit.id not in self._frames:
-            try:
-                self._frames[hit.id] = index_frames(self.index, hit, self.thumbnail_size)
-            except VideoReadError as err:
-                self._frames[hit.id] = None
-                self.notes.append(str(err))
+    def _draw_heatmap(self) -> None:
+        """The heatmap of the selected hit (the pure part is ``vcb_utils.viz.heatmap_html``)."""
+        if self.result is None or self.selected is None:
+            return
+        start = time.perf_counter()
+        hit = self.result.hit(self.selected)
+        frames = self._frames.get(hit.id)
+        self.heatmap.value = heatmap_html(
+            self.result, self.selected, frames, show_expansion=self.show_expansion.value
+        )
+        self.heatmap.layout.display = None
+        self.timings["heatmap"] = time.perf_counter() - start
+
+    def _load_strip(self, hit: Hit) -> None:
+        if hit.id in self._strips:
+            return
+        try:
+            frames = index_frames(self.index, hit, size=2 * self.strip_height)
+        except VideoReadError as err:
+            frames = None
+            self.notes.append(str(err))
+        self._frames[hit.id] = frames
+        self._strips[hit.id] = None if frames is None else strip_png(frames, self.strip_height)
+
+    def _captions_of(self, hit: Hit) -> list[str]:
+        if hit.id in self.captions:
+            return self.captions[hit.id]
+        stored = getattr(hit, "caption", "")  # indexes built with captions keep them
+        return [stored] if stored else []
+
+    def _truth(self, query: str, result: QueryResult) -> set[str]:
+        """The videos the query is a caption of (from ``captions``, else the hits' own)."""
+        wanted = normalise_caption(query)
+        truth = set(self._caption_owner.get(wanted, ()))
+        truth.update(
+            hit.id
+            for hit in result.hits
+            if any(normalise_caption(text) == wanted for text in self._captions_of(hit))
+        )
+        return truth
 
     def _unseen_words(self, query: str) -> list[str]:
         if self.vocabulary is None:
@@ -260,21 +472,3 @@ def _torch_threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def _pieces(query: str, model: VideoColBERT) -> list[tuple[str, bool]]:
-    """The query's BPE tokens as ``(text, is a whole word)``; a word ends with a space."""
-    texts = [model.tokenizer.decode([token]) for token in model.tokenizer.encode(query)]
-    starts = [True] + [text.endswith(" ") for text in texts[:-1]]
-    return [(text, start and text.endswith(" ")) for text, start in zip(texts, starts, strict=True)]
-
-
-def _table_row(hit: Hit, bold: bool) -> str:
-    cells = [
-        f"#{hit.rank}",
-        html.escape(hit.id),
-        f"{hit.score_total:.3f}",
-        *("–" if s is None else f"{s:.3f}" for s in (hit.score_f, hit.score_v)),
-    ]
-    style = ' style="font-weight:bold"' if bold else ""
-    return f"<tr{style}>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"

@@ -1,0 +1,373 @@
+"""Index a large video library on every process at once, resumably: shards, then one merge.
+
+::
+
+    accelerate launch -m vcb_utils.index_cli build --checkpoint runs/best/ --videos clips/ \\
+        --index my_index
+
+The videos are cut, in list order, into shards of ``shard_size``. Process ``p`` of ``P``
+(accelerate's process index and count; one process without ``accelerate launch``) encodes the
+shards ``p, p + P, p + 2P, ...`` with ``vcb_utils.encode.encode_videos`` on its own device and
+writes each one, whole (a temporary file renamed), to ``<index>.build/shard-000012.safetensors``.
+A shard already written is never encoded again, so a build killed at any point goes on where it
+stopped when the same command is run again (with any number of processes).
+
+When every shard is written, the main process merges them in order into the index
+(``VideoIndex.add_embeddings``, then ``save`` every ``merge_videos`` videos: each save is one
+crash-safe version; ids already in the index are skipped, so a merge killed half-way resumes
+too), builds the candidate index of two-stage search once at the end (``build_ann``, from
+``ANN_MIN_VIDEOS`` videos on, unless the index has one), and deletes the ``.build`` folder.
+Adding videos to an existing index (``add``) is the same procedure.
+
+``<index>.build/plan.json`` records what the shards hold (the requested video list's
+fingerprint, the shard size, the model config and framerate) and ``videos.json`` the videos
+being added: a resumed build with other videos or another model is refused instead of mixing
+them.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from vcb_utils.storage import fsync_path, read_json, remove, temp_path, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
+"""File suffixes a folder build takes as videos (case-insensitive)."""
+SHARD_SIZE = 512
+"""Videos per shard: what a crash can cost, and what one process encodes between writes."""
+MERGE_VIDEOS = 50_000
+"""Videos added to the index per save while merging (1.3 GB of vectors at 26 x 512 fp16)."""
+PLAN_FILE = "plan.json"
+VIDEOS_FILE = "videos.json"
+TENSORS = ("F", "F_mask", "V", "V_mask")
+
+
+@dataclass
+class VideoList:
+    """The videos to index: ids, paths and captions ("" when none), in order."""
+
+    ids: list[str]
+    paths: list[str]
+    captions: list[str]
+
+    def __post_init__(self) -> None:
+        if not len(self.ids) == len(self.paths) == len(self.captions):
+            raise ValueError("one id, path and caption per video")
+        seen: dict[str, str] = {}
+        for video_id, path in zip(self.ids, self.paths, strict=True):
+            if video_id in seen:
+                raise ValueError(
+                    f"video id {video_id!r} is used twice ({seen[video_id]} and {path}): "
+                    "ids must be unique"
+                )
+            seen[video_id] = path
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for fields in zip(self.ids, self.paths, self.captions, strict=True):
+            digest.update(json.dumps(fields).encode())
+        return digest.hexdigest()
+
+    def select(self, keep: Sequence[bool]) -> VideoList:
+        return VideoList(
+            *(
+                [v for v, k in zip(values, keep, strict=True) if k]
+                for values in (self.ids, self.paths, self.captions)
+            )
+        )
+
+
+def videos_in_folder(folder: str | Path) -> VideoList:
+    """Every video file under ``folder`` (recursively, sorted); ids are the paths relative to
+    the folder without the suffix (``cats/001``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder}: not a folder of videos")
+    files = sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
+    )
+    if not files:
+        raise ValueError(f"{folder}: no video files ({', '.join(VIDEO_SUFFIXES)})")
+    ids = [p.relative_to(folder).with_suffix("").as_posix() for p in files]
+    return VideoList(ids, [str(p) for p in files], [""] * len(files))
+
+
+def videos_in_csv(path: str | Path, video_root: str | Path | None = None) -> VideoList:
+    """The videos of a CSV with a ``video`` column (a path, relative to ``video_root``, default
+    the CSV's folder) and optional ``id`` and ``caption`` columns. A video on several rows is
+    indexed once, with its first caption. Every problem is reported at once, by line."""
+    path = Path(path)
+    root = Path(video_root) if video_root is not None else path.parent
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err})") from err
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if "video" not in (reader.fieldnames or []):
+        raise ValueError(f"{path}: no 'video' column (header: {reader.fieldnames})")
+    ids, paths, captions, problems = [], [], [], []
+    where: dict[str, int] = {}
+    for row in reader:
+        line = reader.line_num
+        video = (row.get("video") or "").strip()
+        if not video:
+            problems.append(f"{path.name}:{line}: missing 'video'")
+            continue
+        video_id = (row.get("id") or "").strip() or Path(video).with_suffix("").as_posix()
+        if video_id in where:
+            first = where[video_id]
+            if paths[first] != str(root / video):
+                problems.append(
+                    f"{path.name}:{line}: id {video_id!r} already names another video "
+                    f"({paths[first]})"
+                )
+            continue
+        where[video_id] = len(ids)
+        ids.append(video_id)
+        paths.append(str(root / video))
+        captions.append((row.get("caption") or "").strip())
+    if problems:
+        raise ValueError(f"{path}: {len(problems)} problem(s):\n" + "\n".join(problems))
+    if not ids:
+        raise ValueError(f"{path}: no videos")
+    return VideoList(ids, paths, captions)
+
+
+class _ThisProcess:
+    """An accelerator as ``encode_videos`` sees it, limited to this process: it encodes the
+    whole dataset it is given (no split, no gather)."""
+
+    num_processes = 1
+    process_index = 0
+
+    def __init__(self, accelerator) -> None:
+        self.device = accelerator.device
+        self.is_local_main_process = accelerator.is_local_main_process
+        self.autocast = accelerator.autocast
+
+
+def build_folder(index_dir: str | Path) -> Path:
+    """Where the shards of a build of ``index_dir`` are written."""
+    index_dir = Path(index_dir)
+    return index_dir.with_name(index_dir.name + ".build")
+
+
+def index_videos(
+    index_dir: str | Path,
+    model,
+    videos: VideoList,
+    *,
+    framerate: float,
+    batch_size: int = 16,
+    num_workers: int = 0,
+    shard_size: int = SHARD_SIZE,
+    merge_videos: int = MERGE_VIDEOS,
+    on_error: str = "skip",
+    cache_dir: str | Path | None = None,
+    accelerator=None,
+    nlist: int | None = None,
+):
+    """Encode ``videos`` on every process into shards, then merge them into ``index_dir`` (made
+    if missing, appended to otherwise); returns the index on the main process, None on others.
+
+    Videos whose id the index already holds are left out (so ``add`` can be run again).
+    ``on_error="skip"`` leaves unreadable files out, listed in a warning; ``"raise"`` stops.
+    """
+    from vcb_utils.encode import default_accelerator
+    from vcb_utils.index import VideoIndex
+
+    accelerator = accelerator or default_accelerator()
+    index_dir = Path(index_dir)
+    work = build_folder(index_dir)
+    existing = VideoIndex.load(index_dir, model) if _is_index(index_dir) else None
+    if existing is not None and existing.framerate != framerate:
+        raise ValueError(f"{index_dir} was built at framerate {existing.framerate}, not {framerate}")
+    plan = _plan(videos, shard_size, model, framerate)
+    if accelerator.is_main_process and not (work / PLAN_FILE).is_file():
+        if existing is not None:  # a new addition: leave out the videos already indexed
+            present = set(existing.ids)
+            videos = videos.select([i not in present for i in videos.ids])
+        work.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(work / VIDEOS_FILE, vars(videos))
+        write_json_atomic(work / PLAN_FILE, plan)  # last: the build exists once this is there
+    accelerator.wait_for_everyone()
+    videos = _check_plan(work, plan)
+    shards = range(0, len(videos), shard_size)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    for n in [n for n in range(len(shards)) if n % world == rank]:
+        _encode_shard(
+            work, n, model, videos, shard_size, framerate, batch_size, num_workers, on_error,
+            cache_dir, accelerator,
+        )
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return None
+    index = _merge(index_dir, work, len(shards), model, framerate, existing, merge_videos, nlist)
+    remove(work)
+    return index
+
+
+def _is_index(index_dir: Path) -> bool:
+    from vcb_utils.index_store import POINTER_FILE
+
+    return (index_dir / POINTER_FILE).is_file()
+
+
+def _plan(videos: VideoList, shard_size: int, model, framerate: float) -> dict:
+    from dataclasses import asdict
+
+    from vcb_utils.index import VECTOR_FIELDS
+
+    config = asdict(model.cfg)
+    return json.loads(
+        json.dumps(
+            {
+                "requested": videos.fingerprint(),
+                "shard_size": shard_size,
+                "framerate": framerate,
+                "model": {name: config[name] for name in VECTOR_FIELDS},
+            }
+        )
+    )
+
+
+def _check_plan(work: Path, plan: dict) -> VideoList:
+    """The videos of the build in ``work``; ValueError if it was started with other settings."""
+    remedy = f"delete {work} to start the build again"
+    saved = read_json(work / PLAN_FILE, remedy)
+    if saved != plan:
+        differ = sorted(k for k in plan if saved.get(k) != plan[k])
+        differ = ["videos" if k == "requested" else k for k in differ]
+        raise ValueError(
+            f"{work} holds the shards of another build (it differs in {differ}): run the "
+            f"command it was started with to finish it, or {remedy}"
+        )
+    videos = VideoList(**read_json(work / VIDEOS_FILE, remedy))
+    done = sum(1 for _ in work.glob("shard-*.safetensors"))
+    if done:
+        log.info("%s: resuming, %d shard(s) already encoded", work, done)
+    return videos
+
+
+def shard_path(work: Path, n: int) -> Path:
+    return work / f"shard-{n:06d}.safetensors"
+
+
+def _encode_shard(
+    work, n, model, videos, shard_size, framerate, batch_size, num_workers, on_error, cache_dir,
+    accelerator,
+) -> None:
+    """Encode shard ``n`` and write it whole, unless it is there already."""
+    from safetensors.torch import save_file
+
+    from vcb_utils.index import _encode_files
+
+    path = shard_path(work, n)
+    if path.is_file():
+        return
+    part = slice(n * shard_size, (n + 1) * shard_size)
+    ids, paths, captions = videos.ids[part], videos.paths[part], videos.captions[part]
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            embedding, kept_ids, kept_paths, kept_captions = _encode_files(
+                model, paths, ids, captions, framerate, batch_size, num_workers, on_error,
+                cache_dir, accelerator=_ThisProcess(accelerator),
+            )
+        except ValueError as err:
+            if "need one id" not in str(err):
+                raise
+            embedding, kept_ids, kept_paths, kept_captions = None, [], [], []
+    for warning in caught:
+        log.warning("shard %d: %s", n, warning.message)
+    skipped = sorted(set(paths) - set(kept_paths))
+    meta = {
+        "ids": json.dumps(kept_ids),
+        "paths": json.dumps(kept_paths),
+        "captions": json.dumps(kept_captions),
+        "skipped": json.dumps(skipped),
+    }
+    tensors = {}
+    if embedding is not None and kept_ids:
+        for name in TENSORS:
+            value = getattr(embedding, name)
+            if value is not None:
+                value = value.detach().cpu()
+                tensors[name] = (value.half() if value.is_floating_point() else value).contiguous()
+    temp = temp_path(path)
+    try:
+        save_file(tensors, str(temp), metadata=meta)
+        fsync_path(temp)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    fsync_path(work)
+
+
+def read_shard(path: Path) -> tuple[dict, dict]:
+    """The tensors and metadata (ids, paths, captions, skipped) of one shard file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            meta = {k: json.loads(v) for k, v in (file.metadata() or {}).items()}
+            tensors = {k: file.get_tensor(k) for k in file.keys()}  # noqa: SIM118
+    except (SafetensorError, ValueError) as err:
+        raise ValueError(
+            f"{path} is corrupt ({err}): delete it and run the command again (it is re-encoded)"
+        ) from err
+    return tensors, meta
+
+
+def _merge(index_dir, work, n_shards, model, framerate, existing, merge_videos, nlist):
+    """Add the shards, in order, to the index; save every ``merge_videos`` videos."""
+    from vcb_utils.index import ANN_MIN_VIDEOS, VideoIndex
+    from vcb_utils.model import VideoEmbedding
+
+    index = existing
+    present = set(index.ids) if index is not None else set()
+    pending, skipped = 0, []
+    for n in range(n_shards):
+        tensors, meta = read_shard(shard_path(work, n))
+        skipped += meta["skipped"]
+        keep = [i not in present for i in meta["ids"]]
+        if not any(keep):
+            continue
+        rows = [i for i, k in enumerate(keep) if k]
+        embedding = VideoEmbedding(*(tensors[f][rows] if f in tensors else None for f in TENSORS))
+        values = [[v for v, k in zip(meta[c], keep, strict=True) if k] for c in ("ids", "paths", "captions")]
+        if index is None:
+            index = VideoIndex(model.cfg, embedding, values[0], values[1], framerate=framerate,
+                               captions=values[2])
+        else:
+            index.add_embeddings(embedding, values[0], values[1], captions=values[2])
+        present.update(values[0])
+        pending += len(rows)
+        if pending >= merge_videos:
+            index.save(index_dir, auto_ann=False)
+            pending = 0
+    if index is None:
+        raise ValueError(f"none of the videos could be read (see {work}); nothing indexed")
+    index.save(index_dir, auto_ann=False)
+    if index.ann is None and (len(index) >= ANN_MIN_VIDEOS or nlist):
+        index.build_ann(nlist=nlist)
+        index.save(index_dir, auto_ann=False)
+    if skipped:
+        log.warning("%d unreadable video(s) left out:\n%s", len(skipped), "\n".join(skipped))
+    return index

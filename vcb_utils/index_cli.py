@@ -1,0 +1,248 @@
+"""The command line of the video index: build, add, search, info, reindex.
+
+::
+
+    # index a folder (or a CSV: --csv videos.csv) with a trained checkpoint; one process ...
+    python -m vcb_utils.index_cli build --index my_index --checkpoint runs/best --videos clips/
+    # ... or every GPU/process (each encodes its shards; re-run the same command to resume)
+    accelerate launch -m vcb_utils.index_cli build --index my_index --checkpoint runs/best \\
+        --videos clips/
+    python -m vcb_utils.index_cli add --index my_index --checkpoint runs/best --videos more/
+    python -m vcb_utils.index_cli search --index my_index --checkpoint runs/best \\
+        "a man is cooking" "a dog catches a frisbee" -k 5
+    python -m vcb_utils.index_cli info --index my_index
+    python -m vcb_utils.index_cli reindex --index my_index      # retrain the candidate index
+
+Only the standard library loads before the flags are parsed, so ``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m vcb_utils.index_cli",
+        description="Build, grow and search a Video-ColBERT video index.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (info)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def index_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--index", required=True, type=Path, help="the index folder")
+
+    def encode_args(p: argparse.ArgumentParser) -> None:
+        index_arg(p)
+        p.add_argument("--checkpoint", required=True, type=Path, help="a trained checkpoint folder")
+        source = p.add_mutually_exclusive_group(required=True)
+        source.add_argument("--videos", type=Path, help="a folder of video files (recursive)")
+        source.add_argument(
+            "--csv", type=Path, help="a CSV with a 'video' column (and optional 'id', 'caption')"
+        )
+        p.add_argument(
+            "--video-root", type=Path, help="the folder CSV 'video' paths start from (default: "
+            "the CSV's folder)"
+        )
+        p.add_argument(
+            "--framerate", type=float, help="frames per second sampled (default: the "
+            "checkpoint's video_framerate; an existing index keeps its own)"
+        )
+        p.add_argument("--batch-size", type=int, default=16, help="videos per encoder batch")
+        p.add_argument("--workers", type=int, default=0, help="video decoding processes")
+        p.add_argument("--shard-size", type=int, default=512, help="videos per resumable shard")
+        p.add_argument("--cache-dir", type=Path, help="a frame cache to read and fill")
+        p.add_argument(
+            "--on-error", choices=["skip", "raise"], default="skip",
+            help="an unreadable video: leave it out (listed at the end) or stop",
+        )
+        p.add_argument("--nlist", type=int, help="coarse lists of the candidate index")
+
+    build = commands.add_parser("build", help="index a folder or CSV of videos (resumable)")
+    encode_args(build)
+    add = commands.add_parser("add", help="add videos to an index (resumable)")
+    encode_args(add)
+
+    search = commands.add_parser("search", help="the top-k videos of text queries")
+    index_arg(search)
+    search.add_argument("--checkpoint", required=True, type=Path, help="the index's checkpoint")
+    search.add_argument("queries", nargs="+", help="one or more text queries")
+    search.add_argument("-k", type=int, default=10, help="videos per query")
+    search.add_argument("--branch", choices=["both", "F", "V"], default="both")
+    search.add_argument("--exact", action="store_true", help="score every video (slow, exact)")
+    search.add_argument("--nprobe", type=int, help="coarse lists probed per query vector")
+    search.add_argument("--candidates", type=int, help="videos reranked exactly")
+    search.add_argument("--json", action="store_true", help="print JSON lines")
+
+    info = commands.add_parser("info", help="the index's size and settings")
+    index_arg(info)
+    info.add_argument("--json", action="store_true", help="print JSON")
+
+    reindex = commands.add_parser("reindex", help="retrain the candidate index on every vector")
+    index_arg(reindex)
+    reindex.add_argument("--nlist", type=int, help="coarse lists (default: sqrt of the vectors)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _build(args: argparse.Namespace) -> int:
+    from vcb_utils.index_build import build_folder
+
+    if (args.index / "index.json").exists() and not build_folder(args.index).is_dir():
+        raise ValueError(f"{args.index} is an index already: `add` videos to it")
+    return _index_videos(args)
+
+
+def _add(args: argparse.Namespace) -> int:
+    if not (args.index / "index.json").exists():
+        raise FileNotFoundError(f"{args.index}: no index there (`build` one first)")
+    return _index_videos(args)
+
+
+def _index_videos(args: argparse.Namespace) -> int:
+    from vcb_utils.encode import default_accelerator
+    from vcb_utils.index import VideoIndex
+    from vcb_utils.index_build import index_videos, videos_in_csv, videos_in_folder
+    from vcb_utils.model import load_checkpoint
+
+    accelerator = default_accelerator()
+    model, config = load_checkpoint(args.checkpoint, device=accelerator.device)
+    model.eval()
+    framerate = args.framerate
+    if (args.index / "index.json").exists():
+        framerate = VideoIndex.load(args.index, model).framerate
+    framerate = framerate or config.data.video_framerate
+    if args.videos is not None:
+        videos = videos_in_folder(args.videos)
+    else:
+        videos = videos_in_csv(args.csv, args.video_root)
+    start = time.perf_counter()
+    index = index_videos(
+        args.index,
+        model,
+        videos,
+        framerate=framerate,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        shard_size=args.shard_size,
+        on_error=args.on_error,
+        cache_dir=args.cache_dir,
+        accelerator=accelerator,
+        nlist=args.nlist,
+    )
+    if index is not None:
+        print(
+            f"{args.index}: {len(index)} videos ({time.perf_counter() - start:.0f} s); "
+            f"{_size_line(index.stats())}"
+        )
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from vcb_utils.index import VideoIndex
+    from vcb_utils.model import load_checkpoint
+
+    model, _ = load_checkpoint(args.checkpoint)
+    model.eval()
+    index = VideoIndex.load(args.index, model)
+    for query in args.queries:
+        start = time.perf_counter()
+        (result,) = index.search(
+            query, args.k, args.branch, model=model, exact=args.exact, nprobe=args.nprobe,
+            candidates=args.candidates,
+        )
+        seconds = time.perf_counter() - start
+        hits = [
+            {
+                "rank": h.rank,
+                "score": h.score_total,
+                "mms_f": h.score_f,
+                "mms_v": h.score_v,
+                "id": h.id,
+                "path": h.path,
+                "caption": h.caption,
+            }
+            for h in result.hits
+        ]
+        if args.json:
+            print(json.dumps({"query": query, "seconds": seconds, "hits": hits}))
+            continue
+        how = "exact" if args.exact or index.ann is None else "two-stage"
+        print(f"{query!r}: top {len(hits)} of {len(index)} videos, {how}, {seconds * 1e3:.0f} ms")
+        print(f"{'rank':>4} {'score':>7} {'MMS_F':>7} {'MMS_V':>7}  id  path")
+        for h in hits:
+            f, v = (("-" if s is None else f"{s:.3f}") for s in (h["mms_f"], h["mms_v"]))
+            print(f"{h['rank']:>4} {h['score']:>7.3f} {f:>7} {v:>7}  {h['id']}  {h['path']}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from vcb_utils.index import VideoIndex
+
+    stats = VideoIndex.load(args.index).stats()
+    if args.json:
+        print(json.dumps(stats, indent=1))
+        return 0
+    print(f"{args.index}: {stats['videos']} videos, {stats['vectors']} vectors")
+    print(_size_line(stats))
+    disk = stats.get("disk_bytes", {})
+    print("on disk: " + ", ".join(f"{k} {_mb(v)}" for k, v in disk.items()))
+    ann = stats["ann"]
+    if ann is None:
+        print("search: exact (no candidate index; `reindex` builds one)")
+    else:
+        print(
+            f"search: two-stage, {ann['nlist']} lists x {ann['m']} 4-bit PQ codes, trained on "
+            f"{ann['trained_on_videos']} videos; nprobe {ann['nprobe']}, "
+            f"{ann['hits_per_vector']} hits per query vector, {ann['candidates']} candidates"
+        )
+    return 0
+
+
+def _reindex(args: argparse.Namespace) -> int:
+    from vcb_utils.index import VideoIndex
+
+    index = VideoIndex.load(args.index)
+    start = time.perf_counter()
+    index.build_ann(nlist=args.nlist)
+    index.save(args.index)
+    print(f"{args.index}: candidate index rebuilt in {time.perf_counter() - start:.0f} s")
+    print(_size_line(index.stats()))
+    return 0
+
+
+def _size_line(stats: dict) -> str:
+    per_disk = stats.get("disk_bytes_per_video", 0.0)
+    return (
+        f"{per_disk / 1e3:.1f} kB per video on disk, {stats['ram_bytes_per_video']:.0f} B per "
+        f"video in RAM ({_mb(stats['ram_bytes'])} of codes and ids)"
+    )
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
+
+
+COMMANDS = {"build": _build, "add": _add, "search": _search, "info": _info, "reindex": _reindex}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
