@@ -126,3 +126,10 @@ def test_bad_values_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         parse_args(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_named_backbone_brings_its_own_weights():
+    assert parse_args(["--base_encoder", "ViT-B/16"])[0].model.pretrained == "openai"
+    assert parse_args(["--backbone", "ViT-B-16-SigLIP"])[0].model.pretrained == "webli"
+    siglip = parse_args(["--backbone", "ViT-B-16-SigLIP", "--pretrained", "none"])[0]
+    assert siglip.model.pretrained is None

@@ -32,9 +32,8 @@ def clustered(n: int, dim: int = 64, seed: int = 0) -> tuple[ClusteredVectors, V
 
 
 def recall(got: torch.Tensor, want: torch.Tensor) -> float:
-    return float(
-        np.mean([len(set(a.tolist()) & set(b.tolist())) / len(b) for a, b in zip(got, want)])
-    )
+    pairs = zip(got.tolist(), want.tolist(), strict=True)
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in pairs]))
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +52,9 @@ def test_two_stage_equals_exact_when_the_candidate_budget_covers_the_index(small
     assert torch.equal(rows, want_rows) and torch.equal(scores, want_scores)
     # every list probed, every vector a hit: candidates are ranked by their PQ-approximate
     # score, and the exact top-10 is among the best 60, so the rerank finds it exactly
-    index.settings = SearchSettings(nprobe=8, hits_per_vector=index.stats()["vectors"], candidates=60)
+    index.settings = SearchSettings(
+        nprobe=8, hits_per_vector=index.stats()["vectors"], candidates=60
+    )
     scores, rows = index.top_k(queries, 10)
     assert torch.equal(rows, want_rows)
     torch.testing.assert_close(scores, want_scores)
@@ -207,8 +208,22 @@ def cli(*args: str) -> int:
 def test_cli_builds_searches_adds_and_reports(library, tmp_path, capsys):
     index = tmp_path / "idx"
     ckpt = library / "ckpt"
-    assert cli("build", "--index", index, "--checkpoint", ckpt, "--videos", library / "clips",
-               "--shard-size", "2", "--framerate", "4") == 0
+    assert (
+        cli(
+            "build",
+            "--index",
+            index,
+            "--checkpoint",
+            ckpt,
+            "--videos",
+            library / "clips",
+            "--shard-size",
+            "2",
+            "--framerate",
+            "4",
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "4 videos" in out and "kB per video on disk" in out
     assert not index_build.build_folder(index).exists()  # the shards are merged and deleted
@@ -252,8 +267,19 @@ def test_a_build_killed_after_some_shards_resumes_without_encoding_them_again(
         return real(model, paths, *args, **kwargs)
 
     monkeypatch.setattr(index_module, "_encode_files", counting)
-    args = ["build", "--index", tmp_path / "idx", "--checkpoint", library / "ckpt",
-            "--videos", library / "clips", "--shard-size", "2", "--framerate", "4"]
+    args = [
+        "build",
+        "--index",
+        tmp_path / "idx",
+        "--checkpoint",
+        library / "ckpt",
+        "--videos",
+        library / "clips",
+        "--shard-size",
+        "2",
+        "--framerate",
+        "4",
+    ]
     with pytest.raises(Killed):
         cli(*args)
     work = index_build.build_folder(tmp_path / "idx")
@@ -265,8 +291,17 @@ def test_a_build_killed_after_some_shards_resumes_without_encoding_them_again(
     assert first not in encoded and len(encoded) == 2  # shards 1 and 2 only
     assert "resuming, 1 shard(s)" in caplog.text
     assert len(VideoIndex.load(tmp_path / "idx")) == 4 and not work.exists()
-    other = ["build", "--index", tmp_path / "idx2", "--checkpoint", library / "ckpt",
-             "--videos", library / "clips", "--shard-size", "3"]
+    other = [
+        "build",
+        "--index",
+        tmp_path / "idx2",
+        "--checkpoint",
+        library / "ckpt",
+        "--videos",
+        library / "clips",
+        "--shard-size",
+        "3",
+    ]
     work2 = index_build.build_folder(tmp_path / "idx2")
     work2.mkdir()
     (work2 / "plan.json").write_text(json.dumps({"requested": "another list"}))
@@ -277,7 +312,9 @@ def test_a_build_killed_after_some_shards_resumes_without_encoding_them_again(
 def test_video_lists_from_a_csv_report_every_problem(tmp_path):
     path = tmp_path / "videos.csv"
     path.write_text("video,id,caption\na.mp4,,first\n,x,\nb.mp4,a,clash\na.mp4,,again\n")
-    with pytest.raises(ValueError, match=r"(?s)2 problem.*videos.csv:3: missing 'video'.*videos.csv:4"):
+    with pytest.raises(
+        ValueError, match=r"(?s)2 problem.*videos.csv:3: missing 'video'.*videos.csv:4"
+    ):
         index_build.videos_in_csv(path)
     path.write_text("video,caption\nclips/a.mp4,one\nclips/a.mp4,two\n")
     videos = index_build.videos_in_csv(path, video_root="/data")

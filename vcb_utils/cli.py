@@ -51,8 +51,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, RunOptions]:
         for f in dataclasses.fields(kind):
             if f.name in args:
                 values[name][f.name] = args[f.name]
-    if "backbone" in values["model"]:  # the reference code: --base_encoder means OpenAI weights
-        values["model"].setdefault("pretrained", "openai")
+    if "backbone" in values["model"]:  # the reference code: --base_encoder means its weights
+        values["model"].setdefault("pretrained", default_weights(values["model"]["backbone"]))
     options = values.pop("run")
     options.setdefault("do_train", options.get("init_model") is None)  # the reference code
     try:
@@ -85,6 +85,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
             help_text = f"{docs.get(f.name, '')} (default: {_shown(value)})".replace("%", "%%")
             group.add_argument(*flags, dest=f.name, help=help_text, **_kind_options(f, hints))
     return parser
+
+
+def default_weights(backbone: str) -> str:
+    """The open_clip weights tag a named backbone means: ``webli`` for SigLIP, else ``openai``."""
+    return "webli" if "siglip" in backbone.lower() else "openai"
 
 
 def _selector() -> argparse.ArgumentParser:

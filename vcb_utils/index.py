@@ -85,6 +85,9 @@ ANN_MIN_VIDEOS = 5000
 below it the exact scan takes a few tens of milliseconds."""
 ENCODE_BLOCK_VIDEOS = 4096
 """Videos whose vectors are compressed at once by ``build_ann`` (about 50 MB as fp32)."""
+JOIN_ROWS = 4096
+"""Rows added one call after another are joined into one run while it is shorter than this
+(many tiny runs would slow the exact scan; copying long ones would slow every addition)."""
 RERANK_THREADS = 1
 """torch threads while the candidates are scored: a few hundred videos are little work, and more
 threads only add synchronisation (on a busy 2-core machine, 5-40x slower with 2 threads)."""
@@ -257,7 +260,14 @@ class VideoIndex:
         self.check_model(model)
         paths, ids = _names(paths, "paths"), None if ids is None else _names(ids, "ids")
         embedding, ids, paths, captions = _encode_files(
-            model, paths, ids, captions, self.framerate, batch_size, num_workers, on_error,
+            model,
+            paths,
+            ids,
+            captions,
+            self.framerate,
+            batch_size,
+            num_workers,
+            on_error,
             cache_dir,
         )
         self.add_embeddings(embedding, ids, paths, captions=captions)
@@ -301,7 +311,7 @@ class VideoIndex:
     def _append_pending(self, part: _Part) -> None:
         """Add ``part`` after the rows; small runs of added rows are joined into one."""
         last = self._parts[-1] if self._parts else None
-        if last is None or last.segment is not None or min(len(last), len(part)) > 4096:
+        if last is None or last.segment is not None or len(last) >= JOIN_ROWS:
             self._parts.append(part)
             return
         if (last.codes is None) != (part.codes is None) or (
@@ -346,36 +356,26 @@ class VideoIndex:
         return self._known_ids
 
     def records(self, rows: Sequence[int]) -> list[dict]:
-        """``{"row", "id", "path", "caption"}`` of each of ``rows`` (read from the catalogue
-        for saved rows: the whole columns are not needed)."""
-        saved = [r for r in rows if r < self._saved_rows]
-        found = {}
-        if saved and "id" in self._columns and "path" in self._columns:
-            captions = self._columns.get("caption")
-            found = {
-                r: {
-                    "row": r,
-                    "id": self._columns["id"][r],
-                    "path": self._columns["path"][r],
-                    "caption": captions[r] if captions else None,
-                }
-                for r in saved
-            }
-            if captions is None:
-                for r, record in zip(saved, self._catalogue.take(saved), strict=True):
-                    found[r]["caption"] = record["caption"]
-        elif saved:
-            found = {r: record for r, record in zip(saved, self._catalogue.take(saved), strict=True)}
-        out = []
+        """``{"row", "id", "path", "caption"}`` of each of ``rows``; saved rows are read from
+        the catalogue (only those rows), unless its columns are already in memory."""
+        rows = [int(r) for r in rows]
         for r in rows:
-            r = int(r)
             if not 0 <= r < len(self):
                 raise IndexError(f"row {r} is not in an index of {len(self)} videos")
+        saved = [r for r in rows if r < self._saved_rows]
+        if all(name in self._columns for name in self._pending):
+            found = {r: {k: self._columns[k][r] for k in self._pending} for r in saved}
+        else:
+            found = dict(zip(saved, self._catalogue.take(saved), strict=True))
+        out = []
+        for r in rows:
             if r < self._saved_rows:
-                out.append(found[r])
+                record = found[r]
             else:
-                i = r - self._saved_rows
-                out.append({"row": r, **{k: v[i] for k, v in self._pending.items()}})
+                record = {k: v[r - self._saved_rows] for k, v in self._pending.items()}
+            out.append(
+                {"row": r, "id": record["id"], "path": record["path"], "caption": record["caption"]}
+            )
         return out
 
     # ---- the stored vectors ----------------------------------------------------------------------
@@ -398,10 +398,6 @@ class VideoIndex:
         ]
         if len(pieces) == 1:
             return pieces[0]
-        if not pieces:
-            d = self._dim()
-            shape = (0, columns.stop or self._width - self._frames)
-            return torch.zeros(shape if name.endswith("mask") else (*shape, d or 0))
         return torch.cat(pieces)
 
     F = property(lambda self: self._field("F"), doc="F vectors ``[N, max_frames, D]`` (fp16)")
@@ -461,7 +457,11 @@ class VideoIndex:
             store.remove_unreferenced(directory, current, base)
             append = self._check_save(directory, current, base)
             # whether the new version's rows are this index's, at the same row numbers
-            same_rows = not append or self._origin == (directory.resolve(), current.name, base.count)
+            same_rows = not append or self._origin == (
+                directory.resolve(),
+                current.name,
+                base.count,
+            )
             name = store.next_version_name(current)
             manifest = self._write(directory, base if append else None)
             kept_ann = self._write_ann(directory, base if append else None, manifest, same_rows)
@@ -473,7 +473,7 @@ class VideoIndex:
             log.info("%d videos: building the candidate index for two-stage search", len(self))
             self.build_ann()
             self.save(directory)
-        elif self._ann is not None and len(self) >= GROWTH_WARNING * self._ann_trained_rows:
+        elif self._ann is not None and len(self) >= GROWTH_WARNING * max(self._ann_trained_rows, 1):
             warnings.warn(
                 f"{directory}: {len(self)} videos, {len(self) / self._ann_trained_rows:.0f}x "
                 "those the candidate index was trained on: retrain it for recall and speed "
@@ -605,7 +605,9 @@ class VideoIndex:
         runs = []
         for part in group:
             codes = part.codes
-            if ann is not None and not (codes is not None and part.codes_generation == ann.generation):
+            if ann is not None and not (
+                codes is not None and part.codes_generation == ann.generation
+            ):
                 codes = self._encode(ann, part)
             counts = [
                 int(part.mask[:, branch_columns(b, self._frames)].sum())
@@ -811,7 +813,9 @@ class VideoIndex:
         """Sizes: videos, stored vectors, bytes on disk (when saved) and in RAM, per video."""
         n = len(self)
         vectors = sum(self._vector_count(p) for p in self._parts)
-        pending = sum(p.vectors.numel() * 2 + p.mask.numel() for p in self._parts if p.segment is None)
+        pending = sum(
+            p.vectors.numel() * 2 + p.mask.numel() for p in self._parts if p.segment is None
+        )
         ann = self._ann.nbytes if self._ann is not None else 0
         info = {
             "videos": n,
@@ -991,8 +995,7 @@ class VideoIndex:
         vectors = text.vectors[i][text.mask[i]]
         records = self.records(rows)
         hits = [
-            self._make_hit(rank, record, vectors)
-            for rank, record in enumerate(records, start=1)
+            self._make_hit(rank, record, vectors) for rank, record in enumerate(records, start=1)
         ]
         return QueryResult(query, branch, tokens, expansion, hits)
 

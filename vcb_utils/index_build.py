@@ -194,7 +194,9 @@ def index_videos(
     work = build_folder(index_dir)
     existing = VideoIndex.load(index_dir, model) if _is_index(index_dir) else None
     if existing is not None and existing.framerate != framerate:
-        raise ValueError(f"{index_dir} was built at framerate {existing.framerate}, not {framerate}")
+        raise ValueError(
+            f"{index_dir} was built at framerate {existing.framerate}, not {framerate}"
+        )
     plan = _plan(videos, shard_size, model, framerate)
     if accelerator.is_main_process and not (work / PLAN_FILE).is_file():
         if existing is not None:  # a new addition: leave out the videos already indexed
@@ -209,8 +211,17 @@ def index_videos(
     rank, world = accelerator.process_index, accelerator.num_processes
     for n in [n for n in range(len(shards)) if n % world == rank]:
         _encode_shard(
-            work, n, model, videos, shard_size, framerate, batch_size, num_workers, on_error,
-            cache_dir, accelerator,
+            work,
+            n,
+            model,
+            videos,
+            shard_size,
+            framerate,
+            batch_size,
+            num_workers,
+            on_error,
+            cache_dir,
+            accelerator,
         )
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
@@ -267,7 +278,16 @@ def shard_path(work: Path, n: int) -> Path:
 
 
 def _encode_shard(
-    work, n, model, videos, shard_size, framerate, batch_size, num_workers, on_error, cache_dir,
+    work,
+    n,
+    model,
+    videos,
+    shard_size,
+    framerate,
+    batch_size,
+    num_workers,
+    on_error,
+    cache_dir,
     accelerator,
 ) -> None:
     """Encode shard ``n`` and write it whole, unless it is there already."""
@@ -286,8 +306,16 @@ def _encode_shard(
         warnings.simplefilter("always")
         try:
             embedding, kept_ids, kept_paths, kept_captions = _encode_files(
-                model, paths, ids, captions, framerate, batch_size, num_workers, on_error,
-                cache_dir, accelerator=_ThisProcess(accelerator),
+                model,
+                paths,
+                ids,
+                captions,
+                framerate,
+                batch_size,
+                num_workers,
+                on_error,
+                cache_dir,
+                accelerator=_ThisProcess(accelerator),
             )
         except ValueError as err:
             if "need one id" not in str(err):
@@ -351,10 +379,14 @@ def _merge(index_dir, work, n_shards, model, framerate, existing, merge_videos, 
             continue
         rows = [i for i, k in enumerate(keep) if k]
         embedding = VideoEmbedding(*(tensors[f][rows] if f in tensors else None for f in TENSORS))
-        values = [[v for v, k in zip(meta[c], keep, strict=True) if k] for c in ("ids", "paths", "captions")]
+        values = [
+            [v for v, k in zip(meta[c], keep, strict=True) if k]
+            for c in ("ids", "paths", "captions")
+        ]
         if index is None:
-            index = VideoIndex(model.cfg, embedding, values[0], values[1], framerate=framerate,
-                               captions=values[2])
+            index = VideoIndex(
+                model.cfg, embedding, values[0], values[1], framerate=framerate, captions=values[2]
+            )
         else:
             index.add_embeddings(embedding, values[0], values[1], captions=values[2])
         present.update(values[0])

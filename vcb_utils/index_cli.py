@@ -47,19 +47,24 @@ def build_parser() -> argparse.ArgumentParser:
             "--csv", type=Path, help="a CSV with a 'video' column (and optional 'id', 'caption')"
         )
         p.add_argument(
-            "--video-root", type=Path, help="the folder CSV 'video' paths start from (default: "
-            "the CSV's folder)"
+            "--video-root",
+            type=Path,
+            help="the folder CSV 'video' paths start from (default: the CSV's folder)",
         )
         p.add_argument(
-            "--framerate", type=float, help="frames per second sampled (default: the "
-            "checkpoint's video_framerate; an existing index keeps its own)"
+            "--framerate",
+            type=float,
+            help="frames per second sampled (default: the "
+            "checkpoint's video_framerate; an existing index keeps its own)",
         )
         p.add_argument("--batch-size", type=int, default=16, help="videos per encoder batch")
         p.add_argument("--workers", type=int, default=0, help="video decoding processes")
         p.add_argument("--shard-size", type=int, default=512, help="videos per resumable shard")
         p.add_argument("--cache-dir", type=Path, help="a frame cache to read and fill")
         p.add_argument(
-            "--on-error", choices=["skip", "raise"], default="skip",
+            "--on-error",
+            choices=["skip", "raise"],
+            default="skip",
             help="an unreadable video: leave it out (listed at the end) or stop",
         )
         p.add_argument("--nlist", type=int, help="coarse lists of the candidate index")
@@ -166,7 +171,12 @@ def _search(args: argparse.Namespace) -> int:
     for query in args.queries:
         start = time.perf_counter()
         (result,) = index.search(
-            query, args.k, args.branch, model=model, exact=args.exact, nprobe=args.nprobe,
+            query,
+            args.k,
+            args.branch,
+            model=model,
+            exact=args.exact,
+            nprobe=args.nprobe,
             candidates=args.candidates,
         )
         seconds = time.perf_counter() - start

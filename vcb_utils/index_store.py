@@ -169,9 +169,7 @@ def read_manifest(directory: Path, name: str) -> Manifest:
         ann = data["ann"]
         if ann is not None and not GENERATION_NAME.fullmatch(str(ann.get("generation"))):
             raise ValueError(f"ann {ann!r}")
-        return Manifest(
-            dict(data["model"]), float(data["framerate"]), segments, catalogue, ann
-        )
+        return Manifest(dict(data["model"]), float(data["framerate"]), segments, catalogue, ann)
     except (TypeError, KeyError, ValueError, AttributeError) as err:
         raise ValueError(f"{path} is not a consistent index manifest ({err}); {REBUILD}") from err
 
@@ -180,7 +178,7 @@ def write_manifest(directory: Path, name: str, manifest: Manifest) -> None:
     write_json_atomic(manifest_path(directory, name), manifest.to_json())
 
 
-# ---- segments ----------------------------------------------------------------------------------
+# ---- segments ------------------------------------------------------------------------------------
 def write_array(path: Path, parts: Sequence[np.ndarray]) -> None:
     """Write the concatenation of ``parts`` (same dtype and trailing shape) as one .npy file."""
     rows = sum(len(p) for p in parts)
@@ -217,7 +215,12 @@ def write_segment(
 
 
 def open_segment(
-    directory: Path, name: str, rows: int, width: int, dim: int | None, version: str = "the manifest"
+    directory: Path,
+    name: str,
+    rows: int,
+    width: int,
+    dim: int | None,
+    version: str = "the manifest",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Memory-map a segment's vectors and mask (copy-on-write: writable views, file untouched);
     ValueError naming the file if it is damaged or not the shape the manifest says."""
@@ -252,7 +255,7 @@ def next_segment_name(directory: Path, names: Sequence[str]) -> str:
     return f"s{max(numbers, default=0) + 1:06d}"
 
 
-# ---- the candidate index (ANN) files ---------------------------------------------------------------
+# ---- the candidate index (ANN) files -------------------------------------------------------------
 def ann_folder(directory: Path, generation: str) -> Path:
     return directory / ANN / generation
 
@@ -306,7 +309,7 @@ def read_ann_part(
     return codes
 
 
-# ---- the catalogue (LanceDB) -----------------------------------------------------------------------
+# ---- the catalogue (LanceDB) ---------------------------------------------------------------------
 def _schema():
     import pyarrow as pa
 
@@ -385,9 +388,9 @@ class Catalogue:
                 f"{self.version}, the manifest {self.rows}; {REBUILD}"
             )
         values = table.column(name).to_pylist()
-        return values if np.array_equal(order, np.arange(len(order))) else [
-            values[i] for i in order
-        ]
+        return (
+            values if np.array_equal(order, np.arange(len(order))) else [values[i] for i in order]
+        )
 
     def take(self, rows: Sequence[int]) -> list[dict]:
         """The records (``id``, ``path``, ``caption``) of ``rows``, in that order."""
@@ -406,7 +409,9 @@ class Catalogue:
 
 
 # ---- deleting what the current version does not use ----------------------------------------------
-def remove_unreferenced(directory: Path, current: Current | None, manifest: Manifest | None) -> None:
+def remove_unreferenced(
+    directory: Path, current: Current | None, manifest: Manifest | None
+) -> None:
     """Delete every version, segment and ANN file that ``manifest`` (the current version's)
     does not use, and temporary files. Call it holding the lock."""
     remove_temps(directory)
@@ -414,9 +419,12 @@ def remove_unreferenced(directory: Path, current: Current | None, manifest: Mani
     for entry in directory.iterdir():
         if VERSION_FILE.fullmatch(entry.name) and entry.name != keep_file:
             remove(entry)
-        elif VERSION_DIR.fullmatch(entry.name) and entry.is_dir():
-            if current is None or current.layout == 4 or entry.name != current.name:
-                remove(entry)  # format 3 versions (folders), converted
+        elif (
+            VERSION_DIR.fullmatch(entry.name)
+            and entry.is_dir()
+            and (current is None or current.layout == 4 or entry.name != current.name)
+        ):
+            remove(entry)  # format 3 versions (folders), converted
     legacy = directory / LEGACY_TENSORS
     if current is not None and current.layout == 4 and legacy.exists():
         remove(legacy)  # the vectors of a format 2 index, converted
@@ -447,7 +455,7 @@ def remove_unreferenced(directory: Path, current: Current | None, manifest: Mani
         remove(catalogue)  # a first save killed after its catalogue
 
 
-# ---- formats 2 and 3 ---------------------------------------------------------------------------
+# ---- formats 2 and 3 -----------------------------------------------------------------------------
 def read_legacy(folder: Path) -> tuple[dict, dict]:
     """The manifest and tensors of a format 2 or 3 version folder (read into RAM)."""
     from safetensors import SafetensorError

@@ -48,6 +48,8 @@ RUN_ALL_TIMEOUT_S = 240
 """Run All of a notebook (the explorer notebook of the browser test runs in a few seconds)."""
 KERNEL_START_S = 90
 """JupyterLab opening a notebook and starting its kernel (about 5 s on an idle 2-core machine)."""
+RUN_STARTS_S = 30
+"""From the Run All click to the first cell queued (instant when idle)."""
 WIDGET_UPDATE_S = 30
 """A query or a click to the updated widget in the page (well under a second when idle)."""
 
@@ -161,14 +163,28 @@ def run_all_cells(
 
     Raises RuntimeError with the tracebacks when a cell fails.
     """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     page.goto(f"{url}/lab/tree/{notebook}?reset")
     page.wait_for_selector(
         ".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=KERNEL_START_S * 1000
     )
-    page.locator(".jp-NotebookPanel .jp-Cell").first.click()  # the notebook is the current widget
-    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
-    run_all = page.locator(".lm-Menu-item:not(.lm-mod-disabled)", has_text="Run All Cells")
-    run_all.first.click()
+    for _attempt in range(3):  # a menu click can be lost while the page is still settling
+        page.locator(".jp-NotebookPanel .jp-Cell").first.click()  # the notebook is current
+        page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+        run_all = page.locator(".lm-Menu-item:not(.lm-mod-disabled)", has_text="Run All Cells")
+        run_all.first.click()
+        try:
+            page.wait_for_function(
+                """() => [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')]
+                    .some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))""",
+                timeout=RUN_STARTS_S * 1000,
+            )
+            break
+        except PlaywrightTimeout:
+            page.keyboard.press("Escape")
+    else:
+        raise RuntimeError(f"Run All Cells did not start {notebook}")
     page.wait_for_function(
         """() => {
             const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')];

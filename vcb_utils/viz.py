@@ -196,7 +196,7 @@ def heatmap_html(
     *,
     show_expansion: bool = True,
     cmap: str = "viridis",
-    cell: int = 20,
+    cell: int = 18,
 ) -> str:
     """The panels of ``maxsim_heatmap`` as one HTML table, F and V side by side.
 
@@ -251,10 +251,12 @@ def heatmap_html(
                 f'<div style="width:{max(0.0, share / top_share) * 100:.0f}%"></div></td>'
             )
         rows.append(f'<tr class="{classes}">{"".join(cells)}</tr>')
-    title = html.escape(_heatmap_title(result, hit)).replace("\n", "<br>")
+    scores = _heatmap_title(result, hit).split("\n")[1]
+    title = f'{hit.id} (rank {hit.rank}): {scores} for "{_short(result.query, 60)}"'
     hidden = [f"{p.hidden:.3f} of MMS_{p.branch}" for p in panels if p.hidden]
     if hidden:
-        title += "<br>the hidden &lt;pad&gt; rows carry " + ", ".join(hidden)
+        title += "; the hidden <pad> rows carry " + ", ".join(hidden)
+    title = html.escape(title)
     table = "".join(f"<tr>{''.join(r)}</tr>" for r in (titles, headers)) + "".join(rows)
     return (
         f'<div class="vcb-hm" style="--vcb-cell:{cell}px"><div class="vcb-hm-title">{title}</div>'
@@ -274,6 +276,7 @@ def _legend_html(norm: Normalize, colours) -> str:  # noqa: ANN001 (a matplotlib
 
 HEATMAP_CSS = """
 .vcb-hm { font-size: 12px; line-height: 1.2; }
+.vcb-hm-table, .vcb-hm-table * { line-height: 1; }
 .vcb-hm-title { margin: 0 0 4px 0; }
 .vcb-hm-table { border-collapse: separate; border-spacing: 1px; }
 .vcb-hm-table td, .vcb-hm-table th { padding: 0; height: calc(var(--vcb-cell) * 0.65);

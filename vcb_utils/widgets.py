@@ -44,19 +44,22 @@ EXPLORER_CSS = (
     HEATMAP_CSS
     + """
 .vcb-explorer { font-size: 13px; }
+.vcb-explorer .vcb-ranking .widget-html, .vcb-explorer .vcb-heatmap { margin-top: 0;
+  margin-bottom: 0; }
+.vcb-explorer .vcb-ranking .widget-html-content { line-height: 1.2; }
 .vcb-explorer .vcb-body { gap: 16px; align-items: flex-start; }
 .vcb-explorer .vcb-ranking { min-width: 460px; }
 .vcb-explorer .vcb-controls { align-items: center; gap: 12px; }
 .vcb-explorer .vcb-row, .vcb-explorer .vcb-header {
-  display: grid; grid-template-columns: 30px var(--vcb-strip, 200px) minmax(140px, 200px)
-  repeat(3, 52px); align-items: center; column-gap: 6px; padding: 1px 4px; }
+  display: grid; grid-template-columns: 32px var(--vcb-strip, 200px) minmax(130px, 190px)
+  repeat(3, 56px); align-items: center; column-gap: 6px; padding: 1px 4px; }
 .vcb-explorer .vcb-header { font-weight: bold; border-bottom: 1px solid #bbb; }
 .vcb-explorer .vcb-row { border-bottom: 1px solid #eee; }
 .vcb-explorer .vcb-row img { display: block; }
 .vcb-explorer .vcb-nostrip { color: #888; font-style: italic; font-size: 11px; }
 .vcb-explorer .vcb-score { text-align: right; font-variant-numeric: tabular-nums; }
 .vcb-explorer .vcb-ranked { font-weight: bold; background: #fff3cd; }
-.vcb-explorer .vcb-hit-text { overflow: hidden; font-size: 12px; line-height: 1.25; }
+.vcb-explorer .vcb-hit-text { overflow: hidden; font-size: 12px; line-height: 1.2; }
 .vcb-explorer .vcb-caption { color: #555; white-space: nowrap; overflow: hidden;
   text-overflow: ellipsis; }
 .vcb-explorer .vcb-truth { color: #0a7d2c; font-weight: bold; white-space: nowrap; }
@@ -176,7 +179,7 @@ class QueryExplorer:
         max_k: int = 20,
         captions: Mapping[str, str | Sequence[str]] | None = None,
         vocabulary: Iterable[str] | None = None,
-        strip_height: int = 26,
+        strip_height: int = 24,
         threads: int | None = 1,
     ) -> None:
         self.index, self.model, self.threads = index, model, threads
@@ -222,13 +225,18 @@ class QueryExplorer:
             style={"description_width": "initial"},
             layout=widgets.Layout(width="240px"),
         )
+        mode = self.index.config["mode"]
         self.branch = widgets.ToggleButtons(
             options=BRANCHES[self.index.config["mode"]],
-            description="rank by",
-            style={"button_width": "52px", "description_width": "initial"},
+            tooltips=["MMS_F + MMS_V", "MMS_F only", "MMS_V only"][: len(BRANCHES[mode])],
+            style={"button_width": "52px"},
+            layout=widgets.Layout(width="auto"),
         )
         self.show_expansion = widgets.Checkbox(
-            value=True, description="show <pad> query rows", indent=False
+            value=True,
+            description="show <pad> query rows",
+            indent=False,
+            layout=widgets.Layout(width="auto"),
         )
         self.message = widgets.HTML()
         self.status = widgets.HTML()
@@ -275,7 +283,8 @@ class QueryExplorer:
         ranking.add_class("vcb-ranking")
         body = widgets.HBox([ranking, self.heatmap], layout=widgets.Layout(flex_flow="row wrap"))
         body.add_class("vcb-body")
-        controls = widgets.HBox([self.k, self.branch, self.show_expansion])
+        rank_by = widgets.HTML("rank by")
+        controls = widgets.HBox([self.k, rank_by, self.branch, self.show_expansion])
         controls.add_class("vcb-controls")
         view = widgets.VBox(
             [
