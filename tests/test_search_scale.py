@@ -12,7 +12,7 @@ import torch
 from test_index import QUERIES, make_model, random_embedding, write_clip
 
 from vcb_utils import index_build, index_cli
-from vcb_utils.ann import SearchSettings, approximate_scores
+from vcb_utils.ann import SearchSettings, approximate_scores, merge_duplicates
 from vcb_utils.config import ModelConfig
 from vcb_utils.index import VideoIndex
 from vcb_utils.model import TextEmbedding, save_checkpoint
@@ -97,6 +97,16 @@ def test_approximate_scores_impute_missing_vectors_with_the_worst_hit():
     np.testing.assert_allclose(scores, [0.85 + 0.65, 0.65 + 0.65], rtol=1e-6)
     rows, _ = approximate_scores(sims, ids, np.full(2, 0.5, np.float32), ("V",), 1)
     assert rows.tolist() == [4]
+
+
+def test_near_duplicate_query_vectors_are_searched_once_with_their_weights():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.nn.functional.normalize(torch.randn(2, 64, generator=g), dim=-1)
+    copy = torch.nn.functional.normalize(a + 0.01 * torch.randn(64, generator=g), dim=-1)
+    vectors = torch.stack([a, b, copy, copy]).numpy()
+    kept, weights = merge_duplicates(vectors, np.full(4, 0.25, np.float32))
+    np.testing.assert_array_equal(kept, vectors[:2])
+    np.testing.assert_allclose(weights, [0.75, 0.25])
 
 
 def test_persistence_round_trip_keeps_codes_settings_and_results(small, tmp_path):

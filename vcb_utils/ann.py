@@ -15,7 +15,8 @@ The ``candidates`` videos with the best approximate scores go on to the exact re
 
 Codes are kept in faiss's plain IVF-PQ layout on disk (``encode``: list number + PQ code per
 vector, so a part can be appended and read back without encoding again) and converted to the
-fast-scan layout in memory (``add``). RAM holds ``m / 2 + 8`` bytes per vector (code and id).
+fast-scan layout in memory (``rebuild``); vectors added later are encoded by faiss directly
+(``add_vectors``). RAM holds ``m / 2 + 8`` bytes per vector (code and id) and the centroids.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ SUBVECTOR_DIMS = 8
 """Dimensions per PQ sub-quantizer: ``m = dim / 8`` (64 codes of 4 bits = 32 bytes at 512)."""
 TRAIN_POINTS_PER_LIST = 64
 """Training vectors per coarse list (faiss warns below 39)."""
+DUPLICATE_COSINE = 0.98
+"""Query vectors this similar to an earlier one are searched once, with their weights added:
+query-expansion (pad) vectors are often near copies of each other, and would fetch the same
+neighbours."""
 
 
 @dataclass(frozen=True)
@@ -99,9 +104,17 @@ def segment_ids(mask: np.ndarray, branches: Sequence[str], frames: int) -> np.nd
 
 
 class CandidateIndex:
-    """Trained IVF-PQ codebooks plus the fast-scan codes of every added vector."""
+    """Trained IVF-PQ codebooks plus the fast-scan codes of every added vector.
 
-    def __init__(self, trained: bytes, generation: str | None = None) -> None:
+    ``parts``: ``(codes, ids)`` pairs to start with (what ``encode`` gave, e.g. read from disk).
+    """
+
+    def __init__(
+        self,
+        trained: bytes,
+        generation: str | None = None,
+        parts: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+    ) -> None:
         import faiss
 
         self.generation = generation or f"g{uuid.uuid4().hex[:12]}"
@@ -111,18 +124,44 @@ class CandidateIndex:
         self.nlist = self._encoder.nlist
         self.m = self._encoder.pq.M
         self.code_size = self._encoder.sa_code_size()
-        # the fast-scan index shares its coarse quantizer with the plain index it was made
-        # from: that one must live as long as it does
-        self._fast, self._plain = self._fast_scan(
-            np.empty((0, self.code_size), np.uint8), np.empty(0, np.int64)
-        )
+        self._fast = None
+        self.rebuild(parts)
+
+    def rebuild(self, parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Hold exactly the encoded vectors of ``parts`` (``(codes, ids)`` pairs).
+
+        The codes go into a plain IVF-PQ index, which faiss then converts to the fast-scan
+        layout in one go. (Appending fast-scan codes with ``merge_from`` is not used: in faiss
+        1.15 it can write past a list's end when the list holds a multiple of 1024 codes.)
+        """
+        import faiss
+
+        plain = faiss.deserialize_index(np.frombuffer(self._trained_bytes, dtype=np.uint8))
+        for codes, ids in parts:
+            if len(codes) != len(ids):
+                raise ValueError(f"{len(codes)} codes but {len(ids)} ids")
+            for lo in range(0, len(codes), 1 << 20):  # bounded copies out of memory maps
+                plain.add_sa_codes(
+                    np.ascontiguousarray(codes[lo : lo + (1 << 20)], dtype=np.uint8),
+                    np.ascontiguousarray(ids[lo : lo + (1 << 20)], dtype=np.int64),
+                )
+        fast = faiss.IndexIVFPQFastScan(plain)
+        # the conversion shares the plain index's coarse quantizer: give it its own copy, so
+        # that the plain index (and its copy of the codes) can go now
+        quantizer = faiss.clone_index(plain.quantizer)
+        quantizer.this.disown()
+        fast.quantizer = quantizer
+        fast.own_fields = True
+        del plain
+        self._fast = fast
 
     # ---- training and encoding -----------------------------------------------------------------
     @classmethod
     def train(
         cls, sample: np.ndarray, nlist: int | None = None, m: int | None = None, seed: int = 0
     ) -> CandidateIndex:
-        """Train the coarse centroids and the PQ codebooks on ``sample`` (unit vectors)."""
+        """Train the coarse centroids and the PQ codebooks on ``sample`` (unit vectors); the
+        index holds no vector yet."""
         import faiss
 
         sample = _float32(sample)
@@ -154,23 +193,13 @@ class CandidateIndex:
             codes[start : start + batch] = self._encoder.sa_encode(vectors[start : start + batch])
         return codes
 
-    def add(self, codes: np.ndarray, ids: np.ndarray) -> None:
-        """Append encoded vectors with their ids (see ``vector_ids``)."""
-        if len(codes) != len(ids):
-            raise ValueError(f"{len(codes)} codes but {len(ids)} ids")
-        if len(codes):
-            part, plain = self._fast_scan(codes, ids)
-            self._fast.merge_from(part, 0)
-            del part, plain  # the part first: it points into the plain index
-
-    def _fast_scan(self, codes: np.ndarray, ids: np.ndarray) -> tuple:
-        """A fast-scan index of ``codes`` and the plain IVF-PQ index it depends on."""
-        import faiss
-
-        plain = faiss.deserialize_index(np.frombuffer(self._trained_bytes, dtype=np.uint8))
-        if len(codes):
-            plain.add_sa_codes(np.ascontiguousarray(codes), np.ascontiguousarray(ids, np.int64))
-        return faiss.IndexIVFPQFastScan(plain), plain
+    def add_vectors(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Append vectors with their ids (see ``vector_ids``); faiss encodes them as ``encode``
+        does."""
+        if len(vectors) != len(ids):
+            raise ValueError(f"{len(vectors)} vectors but {len(ids)} ids")
+        if len(vectors):
+            self._fast.add_with_ids(_float32(vectors), np.ascontiguousarray(ids, np.int64))
 
     def __len__(self) -> int:
         return int(self._fast.ntotal)
@@ -208,8 +237,29 @@ class CandidateIndex:
         ``queries`` are the query's valid vectors ``[L, dim]``, ``weights`` their weights in the
         mean (``1 / L`` each), ``branches`` the branches the score adds (``F``, ``V`` or both).
         """
+        queries, weights = merge_duplicates(_float32(queries), np.asarray(weights, np.float32))
         sims, ids = self.search(queries, settings.hits_per_vector, settings.nprobe)
         return approximate_scores(sims, ids, weights, branches, settings.candidates)
+
+
+def merge_duplicates(
+    vectors: np.ndarray, weights: np.ndarray, cosine: float = DUPLICATE_COSINE
+) -> tuple[np.ndarray, np.ndarray]:
+    """The query vectors to search (each at least ``cosine`` away from the others, greedily in
+    order) and their weights: a dropped vector's weight goes to the kept vector nearest it."""
+    gram = vectors @ vectors.T
+    kept: list[int] = []
+    merged = np.zeros(len(vectors), np.float32)
+    for j in range(len(vectors)):
+        if kept:
+            similar = gram[kept, j]
+            best = int(np.argmax(similar))
+            if similar[best] >= cosine:
+                merged[kept[best]] += weights[j]
+                continue
+        kept.append(j)
+        merged[j] += weights[j]
+    return vectors[kept], merged[kept]
 
 
 def approximate_scores(

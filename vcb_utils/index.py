@@ -57,7 +57,9 @@ from vcb_utils.ann import (
     branch_columns,
     default_nlist,
     default_settings,
+    merge_duplicates,
     segment_ids,
+    vector_ids,
 )
 from vcb_utils.cache import FrameCache
 from vcb_utils.config import VALUE_ALIASES, ModelConfig
@@ -299,10 +301,9 @@ class VideoIndex:
         vectors, mask = self._stored(embedding)
         start = len(self)
         part = _Part(vectors, mask)
-        if self._ann is not None and count:
-            part.codes = self._encode(self._ann, part)
+        if self._ann is not None and count:  # encoded now: the new videos are found at once
+            part.codes = self._encode(self._ann, part, first_row=start)
             part.codes_generation = self._ann.generation
-            self._ann.add(part.codes, self._part_ids(part, start))
         self._append_pending(part)
         for name, values in (("id", ids), ("path", paths), ("caption", captions)):
             self._pending[name] += values
@@ -363,7 +364,9 @@ class VideoIndex:
             if not 0 <= r < len(self):
                 raise IndexError(f"row {r} is not in an index of {len(self)} videos")
         saved = [r for r in rows if r < self._saved_rows]
-        if all(name in self._columns for name in self._pending):
+        if not saved:
+            found = {}
+        elif all(name in self._columns for name in self._pending):
             found = {r: {k: self._columns[k][r] for k in self._pending} for r in saved}
         else:
             found = dict(zip(saved, self._catalogue.take(saved), strict=True))
@@ -713,17 +716,15 @@ class VideoIndex:
 
     def _load_ann(self, folder: Path, manifest: Manifest) -> None:
         info = manifest.ann
-        ann = CandidateIndex(store.read_ann_trained(folder, info["generation"]), info["generation"])
-        start = 0
+        trained = store.read_ann_trained(folder, info["generation"])
+        code_size = CandidateIndex(trained, info["generation"]).code_size
+        parts, start = [], 0
         for part in self._parts:
-            codes = store.read_ann_part(
-                folder, ann.generation, part.segment, ann.code_size, self._vector_count(part)
-            )
-            ids = self._part_ids(part, start)
-            for lo in range(0, len(codes), 1 << 20):  # bounded memory while converting
-                ann.add(np.asarray(codes[lo : lo + (1 << 20)]), ids[lo : lo + (1 << 20)])
+            count = self._vector_count(part)
+            codes = store.read_ann_part(folder, info["generation"], part.segment, code_size, count)
+            parts.append((codes, self._part_ids(part, start)))
             start += len(part)
-        self._ann = ann
+        self._ann = CandidateIndex(trained, info["generation"], parts)
         self._ann_trained_rows = int(info.get("trained_rows", 0))
         self.settings = SearchSettings(**info["settings"])
 
@@ -754,12 +755,13 @@ class VideoIndex:
         nlist = nlist or default_nlist(total)
         sample = self._sample_vectors(TRAIN_POINTS_PER_LIST * nlist, seed)
         ann = CandidateIndex.train(sample, nlist, m, seed)
-        start = 0
+        parts, start = [], 0
         for part in self._parts:
             part.codes = self._encode(ann, part)
             part.codes_generation = ann.generation
-            ann.add(part.codes, self._part_ids(part, start))
+            parts.append((part.codes, self._part_ids(part, start)))
             start += len(part)
+        ann.rebuild(parts)
         log.info("candidate index: %d vectors of %d videos in %d lists", total, len(self), nlist)
         self._ann, self._ann_fresh, self._ann_trained_rows = ann, True, len(self)
         self.settings = default_settings(nlist)
@@ -781,15 +783,19 @@ class VideoIndex:
     def _part_ids(self, part: _Part, start: int) -> np.ndarray:
         return segment_ids(part.mask.numpy(), self._ann_branches(), self._frames) + 2 * start
 
-    def _encode(self, ann: CandidateIndex, part: _Part) -> np.ndarray:
-        """Codes of a part's valid vectors in ``segment_ids`` order, a block of rows at a time."""
+    def _encode(self, ann: CandidateIndex, part: _Part, first_row: int | None = None) -> np.ndarray:
+        """Codes of a part's valid vectors in ``segment_ids`` order, a block of rows at a time;
+        with ``first_row`` (the part's first row number), the vectors are also added to ``ann``."""
         runs = []
         for branch in self._ann_branches():
             columns = branch_columns(branch, self._frames)
             for lo in range(0, len(part), ENCODE_BLOCK_VIDEOS):
                 mask = part.mask[lo : lo + ENCODE_BLOCK_VIDEOS, columns]
-                vectors = part.vectors[lo : lo + ENCODE_BLOCK_VIDEOS, columns][mask]
-                runs.append(ann.encode(vectors.float().numpy()))
+                vectors = part.vectors[lo : lo + ENCODE_BLOCK_VIDEOS, columns][mask].float().numpy()
+                runs.append(ann.encode(vectors))
+                if first_row is not None:
+                    rows = np.nonzero(mask.numpy())[0] + first_row + lo
+                    ann.add_vectors(vectors, vector_ids(rows, branch))
         return np.concatenate(runs) if runs else np.empty((0, ann.code_size), np.uint8)
 
     def _sample_vectors(self, count: int, seed: int) -> np.ndarray:
@@ -940,16 +946,19 @@ class VideoIndex:
         block_videos: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Candidates from the compressed codes, then exact scores of those from disk."""
-        counts = text.mask.sum(dim=1).tolist()
-        flat = text.vectors[text.mask].float().numpy()
+        searched = []  # per query: its distinct vectors and their weights (``merge_duplicates``)
+        for i in range(len(text.vectors)):
+            vectors = text.vectors[i][text.mask[i]].float().numpy()
+            weights = np.full(len(vectors), 1.0 / len(vectors), np.float32)
+            searched.append(merge_duplicates(vectors, weights))
+        flat = np.concatenate([distinct for distinct, _ in searched])
         sims, ids = self._ann.search(flat, settings.hits_per_vector, settings.nprobe)
         want = min(k, len(self))
         all_scores, all_rows = [], []
         start = 0
-        for i, count in enumerate(counts):
-            part = slice(start, start + count)
-            start += count
-            weights = np.full(count, 1.0 / count, np.float32)
+        for i, (distinct, weights) in enumerate(searched):
+            part = slice(start, start + len(distinct))
+            start += len(distinct)
             rows, _ = approximate_scores(
                 sims[part], ids[part], weights, tuple(names), settings.candidates
             )

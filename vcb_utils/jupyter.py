@@ -244,7 +244,10 @@ def click_result(
 ) -> None:
     """Click the hit at ``rank`` (on ``part`` of its row: by default its thumbnail strip) and
     wait until the heatmap shows it."""
-    page.locator(f".vcb-hit-{rank} {part}").first.click()
+    target = page.locator(f".vcb-hit-{rank} {part}").first
+    target.scroll_into_view_if_needed()
+    box = target.bounding_box()  # a click where a user would click: the row's button takes it
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.wait_for_function(
         """(rank) => {
             const title = document.querySelector('.vcb-explorer .vcb-heatmap .vcb-hm-title');
