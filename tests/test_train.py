@@ -329,7 +329,7 @@ def test_non_finite_loss_stops_naming_the_step_after_saving(tmp_path, small_synt
     with pytest.raises(FloatingPointError, match="at step 3"):
         run(config, options)
     progress = json.loads((tmp_path / "state" / "progress.json").read_text())
-    assert progress["step"] == 2
+    assert progress["progress"]["step"] == 2
 
 
 def test_an_interrupt_inside_an_accumulation_window_replays_the_window():

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import load
 from tqdm.auto import tqdm
 
 from vcb_utils.config import Config, RunOptions
@@ -283,7 +284,7 @@ def check_state(state_dir: Path) -> dict:
             )
     for path in sorted(state_dir.glob("random_states_*.pkl")):  # accelerate ignores a bad one
         try:
-            torch.load(path, map_location="cpu", weights_only=True)
+            load(path, map_location="cpu")  # accelerate's loader: no code, numpy arrays allowed
         except Exception as err:  # an UnpicklingError, or anything a forged file raises
             raise ValueError(
                 f"--resume: {path} is not a random state that can be loaded without running "
