@@ -37,6 +37,7 @@ from vcb_utils.config import Config, RunOptions
 from vcb_utils.datasets import Preprocessing, build_dataset, collate
 from vcb_utils.distributed import check_world_size, gather_with_grad, set_cpu_threads
 from vcb_utils.evaluate import METRICS_FILE, evaluate, load_eval_set, zero_shot
+from vcb_utils.jupyter import free_port
 from vcb_utils.model import VideoColBERT, load_checkpoint
 from vcb_utils.optim import build_optimizer, warmup_cosine
 
@@ -226,4 +227,6 @@ def notebook_train(config: Config, options: RunOptions | None = None, num_proces
     """Run ``run`` from a notebook through ``accelerate.notebook_launcher``."""
     from accelerate import notebook_launcher
 
-    notebook_launcher(run, args=(config, options or RunOptions()), num_processes=num_processes)
+    port = str(free_port())  # not accelerate's fixed 29500: another run may hold it
+    options = options or RunOptions()
+    notebook_launcher(run, args=(config, options), num_processes=num_processes, use_port=port)
