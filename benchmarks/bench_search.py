@@ -1,15 +1,32 @@
-"""Query latency of ``VideoIndex`` search over collections of random videos.
+"""Search at scale: the exact scan vs two-stage search, on clustered synthetic videos.
 
-Each video holds 26 unit vectors (12 F + 14 V, dim 512) stored in fp16; each query is 32 unit
-vectors (already encoded: the text encoder is not timed). Prints the median latency of one
-query against 1k, 10k and 100k videos, the bytes stored per video, how latency grows with
-size, the read bandwidth reached as a fraction of the machine's (measured in the same run),
-and what a million-video collection would need. Before that it measures, on 10k videos, the
-choices the scan depends on: scoring the fp16 blocks directly vs casting them to fp32 (and
-bf16 for comparison), the block size, and the number of threads.
+For each collection size (default 100k and 1M videos) the script draws clustered synthetic
+embeddings that behave like CLIP's (``vcb_utils.synthetic_vectors``: 12 F + 14 V vectors of
+512 dimensions per video, 32-vector queries near their target so that the exact R@1 is about
+50%), builds a ``VideoIndex`` on disk from them (segments of 50k videos, then the candidate
+index), and prints:
 
-    python benchmarks/bench_search.py                  # the issue's setting, about 2-3 minutes
-    python benchmarks/bench_search.py --sizes 1000 10000 --queries 20
+- build time from the precomputed embeddings (drawing them is timed apart), bytes per video on
+  disk and in RAM;
+- the exact top-10 of every query (one batched exact pass: the ground truth);
+- in a fresh process each (so that its memory is its own): the exact scan (``exact=True``) and
+  the two-stage search with the index's default settings, one encoded query at a time (batch
+  1, the text encoder is not timed): median latency, recall@10 against the exact top-10, and
+  the process's resident memory (peak and at the end; file-backed pages of the memory-mapped
+  vectors counted apart). The vector files are evicted from the page cache before the queries,
+  so the candidates' vectors are read from disk;
+- the recall / latency curve of the two-stage search as ``nprobe`` and ``candidates`` change
+  (the settings run in turns, so that other load on the machine hits them alike).
+
+``--lancedb`` also measures LanceDB's multivector IVF-PQ index as the candidate generator (with
+the same exact rerank), the engine this index did not choose, and LanceDB's random access to the
+candidates' vectors against the memory-mapped segments. ``--scan-choices`` times what the exact
+scan's defaults rest on (fp16 vs fp32 blocks, block size, threads) on 10k random videos.
+
+    nice -n 10 python benchmarks/bench_search.py --data /scratch/bench   # 100k + 1M, hours, 31 GB
+    python benchmarks/bench_search.py --sizes 20000 --queries 20         # a quick look
+    python benchmarks/bench_search.py --sizes 100000 --lancedb           # + LanceDB's engine
+    python benchmarks/bench_search.py --sizes 10000 --scan-choices       # the exact scan's choices
 
 Timings on a shared machine move with the other work on it: the load average is printed.
 """
@@ -17,25 +34,280 @@ Timings on a shared machine move with the other work on it: the load average is 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import math
+import multiprocessing
 import os
+import shutil
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from vcb_utils.config import ModelConfig
 from vcb_utils.index import DEFAULT_BLOCK_VIDEOS, VideoIndex
 from vcb_utils.model import TextEmbedding, VideoEmbedding
+from vcb_utils.synthetic_vectors import ClusteredVectors
 
-FRAMES, VIDEO_VECTORS, DIM, QUERY_LEN, K = 12, 14, 512, 32, 10
+K = 10
+CHUNK = 50_000
+"""Videos drawn and saved at once (one segment each; 1.3 GB of vectors)."""
+CURVE_NPROBE = (1, 2, 4, 8, 16, 32)
+CURVE_CANDIDATES = (32, 64, 128, 256)
+CURVE_HITS = (1024, 2048)
+
+
+# ---- building -------------------------------------------------------------------------------
+def build(n: int, folder: Path) -> dict:
+    """Draw ``n`` videos chunk by chunk into a saved index; the times of each step."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    vectors = ClusteredVectors(n)
+    index, drawn, stored = None, 0.0, 0.0
+    for start in range(0, n, CHUNK):
+        stop = min(n, start + CHUNK)
+        began = time.perf_counter()
+        embedding = vectors.videos(start, stop)
+        ids = [f"video{i}" for i in range(start, stop)]
+        paths = [f"/videos/video{i}.mp4" for i in ids]
+        drawn += time.perf_counter() - began
+        began = time.perf_counter()
+        if index is None:
+            index = VideoIndex(vectors.model_config, embedding, ids, paths)
+        else:
+            index.add_embeddings(embedding, ids, paths)
+        del embedding
+        index.save(folder, auto_ann=False)  # one segment per chunk, vectors out of RAM
+        stored += time.perf_counter() - began
+    began = time.perf_counter()
+    index.build_ann()
+    index.save(folder, auto_ann=False)
+    ann = time.perf_counter() - began
+    stats = index.stats()
+    result = {
+        "videos": n,
+        "draw_s": drawn,
+        "store_s": stored,
+        "ann_s": ann,
+        "build_s": stored + ann,
+        "disk_bytes": stats["disk_bytes"],
+        "disk_per_video": stats["disk_bytes_per_video"],
+        "ram_per_video": stats["ram_bytes_per_video"],
+        "vectors": stats["vectors"],
+        "ann": stats["ann"],
+    }
+    (folder / "bench-build.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def queries_for(n: int, count: int) -> tuple[torch.Tensor, TextEmbedding]:
+    targets = torch.randperm(n, generator=torch.Generator().manual_seed(5))[:count]
+    return targets, ClusteredVectors(n).queries(targets)
+
+
+def one(text: TextEmbedding, i: int) -> TextEmbedding:
+    return TextEmbedding(text.vectors[i : i + 1], text.mask[i : i + 1], text.ids[i : i + 1])
+
+
+def ground_truth(folder: Path, text: TextEmbedding, batch: int = 50) -> tuple[torch.Tensor, float]:
+    """The exact top-10 of every query: one exact pass over the collection per ``batch``."""
+    index = VideoIndex.load(folder, ann=False)
+    began = time.perf_counter()
+    rows = []
+    for lo in range(0, len(text.vectors), batch):
+        part = TextEmbedding(*(t[lo : lo + batch] for t in (text.vectors, text.mask, text.ids)))
+        rows.append(index.top_k(part, K, exact=True, block_videos=512)[1])
+    return torch.cat(rows), time.perf_counter() - began
+
+
+# ---- measuring, each in a fresh process -------------------------------------------------------
+def memory() -> dict:
+    """This process's resident memory (bytes): peak, now, and now split anonymous / file-backed."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
+            fields[name] = int(value.split()[0]) * 1024
+    return fields
+
+
+def evict(folder: Path) -> None:
+    """Drop the index's vector files from the page cache (the next reads come from disk)."""
+    for path in (folder / "segments").rglob("*.npy"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def recall(rows: torch.Tensor, truth: torch.Tensor) -> float:
+    return len(set(rows.tolist()) & set(truth.tolist())) / len(truth)
+
+
+def measure_two_stage(folder: str, n: int, count: int, truth: list, out) -> None:
+    folder = Path(folder)
+    _, text = queries_for(n, count)
+    truth = torch.tensor(truth)
+    began = time.perf_counter()
+    index = VideoIndex.load(folder)
+    load_s = time.perf_counter() - began
+    evict(folder)
+    default = index.settings
+    times, recalls = [], []
+    for i in range(count):
+        began = time.perf_counter()
+        _, rows = index.top_k(one(text, i), K)
+        times.append(time.perf_counter() - began)
+        recalls.append(recall(rows[0], truth[i]))
+    result = {
+        "load_s": load_s,
+        "settings": dataclasses.asdict(default),
+        "median_ms": 1e3 * statistics.median(times),
+        "p90_ms": 1e3 * sorted(times)[int(0.9 * (count - 1))],
+        "recall": float(np.mean(recalls)),
+        "memory": memory(),
+    }
+    # the curve: every setting for each query in turn
+    grid = [(h, p, c) for h in CURVE_HITS for c in CURVE_CANDIDATES for p in CURVE_NPROBE]
+    curve = {key: ([], []) for key in grid}
+    for i in range(count):
+        for h, p, c in grid:
+            index.settings = dataclasses.replace(default, hits_per_vector=h)
+            began = time.perf_counter()
+            _, rows = index.top_k(one(text, i), K, nprobe=p, candidates=c)
+            curve[(h, p, c)][0].append(time.perf_counter() - began)
+            curve[(h, p, c)][1].append(recall(rows[0], truth[i]))
+    result["curve"] = [
+        [h, p, c, 1e3 * statistics.median(t), float(np.mean(r))]
+        for (h, p, c), (t, r) in curve.items()
+    ]
+    out.send(result)
+
+
+def measure_exact(folder: str, n: int, count: int, threads: int, out) -> None:
+    folder = Path(folder)
+    torch.set_num_threads(threads)
+    _, text = queries_for(n, count)
+    index = VideoIndex.load(folder, ann=False)  # the exact scan needs no codes in RAM
+    evict(folder)
+    times = []
+    for i in range(count):
+        began = time.perf_counter()
+        index.top_k(one(text, i), K, exact=True)
+        times.append(time.perf_counter() - began)
+    out.send(
+        {
+            "median_ms": 1e3 * statistics.median(times),
+            "memory": memory(),
+            "queries": count,
+            "threads": threads,
+        }
+    )
+
+
+def in_fresh_process(target, *args) -> dict:
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=target, args=(*args, send))
+    child.start()
+    send.close()
+    result = receive.recv()
+    child.join()
+    return result
+
+
+# ---- LanceDB's multivector index, for comparison ------------------------------------------------
+def measure_lancedb(n: int, folder: Path, count: int, truth: torch.Tensor) -> dict:
+    """Build LanceDB's IVF-PQ multivector index on the same videos (all F and V vectors of a
+    video as one multivector, fp32: its index build is slower on fp16) and use its search as
+    the candidate generator, reranked exactly as the two-stage search does."""
+    import lancedb
+    import pyarrow as pa
+    from lancedb.index import IvfPq
+
+    path = folder.with_name(folder.name + "-lancedb")
+    if path.exists():
+        shutil.rmtree(path)
+    vectors = ClusteredVectors(n)
+    db, table = lancedb.connect(str(path)), None
+    began = time.perf_counter()
+    for start in range(0, n, 10_000):
+        embedding = vectors.videos(start, min(n, start + 10_000))
+        stacked = torch.cat([embedding.F, embedding.V], dim=1)
+        mask = torch.cat([embedding.F_mask, embedding.V_mask], dim=1)
+        flat = stacked[mask].float().numpy()
+        offsets = np.concatenate([[0], np.cumsum(mask.sum(dim=1).numpy())]).astype(np.int32)
+        column = pa.ListArray.from_arrays(
+            pa.array(offsets), pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), 512)
+        )
+        batch = pa.table({"row": pa.array(np.arange(start, start + len(mask))), "vectors": column})
+        if table is None:
+            table = db.create_table("videos", batch)
+        else:
+            table.add(batch)
+    write_s = time.perf_counter() - began
+    partitions = VideoIndex.load(folder).ann.nlist
+    began = time.perf_counter()
+    table.create_index(
+        "vectors",
+        config=IvfPq(distance_type="cosine", num_partitions=partitions, num_sub_vectors=64),
+    )
+    index_s = time.perf_counter() - began
+    disk = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    index = VideoIndex.load(folder)
+    _, text = queries_for(n, count)
+    rows_out = []
+    for nprobes in (10, 40):
+        for limit in (128, 512):
+            times, recalls = [], []
+            for i in range(count):
+                began = time.perf_counter()
+                found = table.search(text.vectors[i].numpy(), vector_column_name="vectors")
+                found = found.nprobes(nprobes).limit(limit).select(["row"]).to_arrow()
+                rows = torch.tensor(found.column("row").to_pylist())
+                vectors_, mask_ = index._rows(rows)
+                scores = index._score(one(text, i), vectors_, mask_, ["F", "V"])
+                top = rows[scores.topk(min(K, len(rows))).indices[0]]
+                times.append(time.perf_counter() - began)
+                recalls.append(recall(top, truth[i]))
+            rows_out.append(
+                [nprobes, limit, 1e3 * statistics.median(times), float(np.mean(recalls))]
+            )
+    # reading the candidates' full vectors: LanceDB's random access vs the memory-mapped segments
+    take = {"lancedb": [], "segments": []}
+    g = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        rows = torch.randperm(n, generator=g)[:128].sort().values
+        began = time.perf_counter()
+        table.take_offsets(rows.tolist()).select(["vectors"]).to_arrow()
+        take["lancedb"].append(time.perf_counter() - began)
+        began = time.perf_counter()
+        index._rows(rows)
+        take["segments"].append(time.perf_counter() - began)
+    shutil.rmtree(path)
+    return {
+        "write_s": write_s,
+        "index_s": index_s,
+        "disk_bytes": disk,
+        "curve": rows_out,
+        "take_ms": {k: 1e3 * statistics.median(v) for k, v in take.items()},
+    }
+
+
+# ---- the exact scan's own choices (``--scan-choices``): dtype, block size, threads ---------------
+FRAMES, VIDEO_VECTORS, DIM, QUERY_LEN = 12, 14, 512, 32
 UNIQUE_VIDEOS = 10_000
-"""Larger collections repeat these random videos (same cost per video, quicker to make)."""
+"""Larger random collections repeat these videos (same cost per video, quicker to make)."""
 
 
 def random_index(n: int) -> VideoIndex:
+    """``n`` random videos (repeating 10k unique ones): what the scan choices are timed on."""
     g = torch.Generator().manual_seed(0)
     unique = min(n, UNIQUE_VIDEOS)
     vectors = [
@@ -62,18 +334,6 @@ def random_queries(count: int, dtype: torch.dtype = torch.float32) -> list[TextE
     return [TextEmbedding(v.to(dtype), mask, ids) for v in vectors]
 
 
-def latencies(
-    index: VideoIndex, queries: list[TextEmbedding], block: int = DEFAULT_BLOCK_VIDEOS
-) -> list[float]:
-    index.top_k(queries[0], K, block_videos=block)  # warm-up
-    times = []
-    for text in queries:
-        start = time.perf_counter()
-        index.top_k(text, K, block_videos=block)
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def interleaved(variants: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
     """Median seconds of each variant, run in turns so that load changes hit all alike."""
     for run in variants.values():
@@ -92,20 +352,6 @@ def timed(run: Callable[[], object]) -> Callable[[], float]:
         return time.perf_counter() - start
 
     return once
-
-
-def read_bandwidth(repeats: int = 5) -> float:
-    """Bytes per second of a sum over 1 GiB of fp32 (best of ``repeats``)."""
-    x = torch.ones(256 * 1024 * 1024)
-    best = min(timed(x.sum)() for _ in range(repeats))
-    return x.numel() * x.element_size() / best
-
-
-def matmul_peak(repeats: int = 5) -> float:
-    """FLOP per second of a 2048^3 fp32 matrix product (best of ``repeats``)."""
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    best = min(timed(lambda: a @ b)() for _ in range(repeats))
-    return 2 * 2048**3 / best
 
 
 def choose_threads(index: VideoIndex, query: TextEmbedding) -> int:
@@ -146,7 +392,7 @@ def compare_dtypes(index: VideoIndex) -> None:
 
 
 def _all_scores(index: VideoIndex, query: TextEmbedding) -> torch.Tensor:
-    scores, rows = index.top_k(query, len(index))
+    scores, rows = index.top_k(query, len(index), exact=True)
     return scores[0][rows[0].argsort()]
 
 
@@ -172,80 +418,141 @@ def _row(medians: dict[str, float]) -> str:
     return ", ".join(f"{name} {seconds * 1e3:.0f} ms" for name, seconds in medians.items())
 
 
-def size_table(
-    sizes: list[int], n_queries: int, large_queries: int, bandwidth: float, peak: float
-) -> list:
-    print(
-        f"\n{'videos':>9} {'queries':>7} {'MB stored':>9} {'median ms':>9} {'p10-p90 ms':>13} "
-        f"{'us/video':>8} {'x prev':>6} {'GB/s':>5} {'% bw':>5} {'GFLOP/s':>7} {'% mm':>5}"
-    )
-    rows, previous = [], None
-    for n in sizes:
-        index = random_index(n)
-        count = n_queries if n < 100_000 else large_queries
-        times = sorted(latencies(index, random_queries(count)))
-        median = statistics.median(times)
-        p10, p90 = times[len(times) // 10], times[(9 * len(times)) // 10]
-        growth = f"{median / previous:.1f}" if previous else "-"
-        flops = 2 * n * (FRAMES + VIDEO_VECTORS) * QUERY_LEN * DIM / median
-        print(
-            f"{n:>9,} {count:>7} {index.nbytes / 1e6:>9.0f} {median * 1e3:>9.1f} "
-            f"{p10 * 1e3:>6.1f}-{p90 * 1e3:<6.1f} {median / n * 1e6:>8.2f} {growth:>6} "
-            f"{index.nbytes / median / 1e9:>5.1f} {100 * index.nbytes / median / bandwidth:>5.1f} "
-            f"{flops / 1e9:>7.1f} {100 * flops / peak:>5.0f}"
-        )
-        rows.append((n, median, index.nbytes / n))
-        previous = median
-        del index
-    return rows
+def scan_choices() -> None:
+    """What the exact scan's defaults rest on, on 10k random videos: fp16 vs fp32 blocks, the
+    block size (``DEFAULT_BLOCK_VIDEOS``), threads, queries batched."""
+    calibration = random_index(10_000)
+    query = random_queries(1)[0]
+    torch.set_num_threads(choose_threads(calibration, query))
+    compare_dtypes(calibration)
+    compare_blocks(calibration, query)
+    batched_queries(calibration)
 
 
-def growth_summary(rows: list) -> None:
-    (n0, t0, _), (n1, t1, per_video) = rows[0], rows[-1]
-    exponent = math.log(t1 / t0) / math.log(n1 / n0) if n1 > n0 else float("nan")
-    print(f"\nlatency grows as N^{exponent:.2f} from {n0:,} to {n1:,} videos")
+# ---- the report -------------------------------------------------------------------------------
+def gb(x: float) -> str:
+    return f"{x / 1e9:.2f} GB"
+
+
+def report(n: int, built: dict, truth_s: float, r1: float, exact: dict, two: dict) -> None:
+    disk = sum(built["disk_bytes"].values())
+    print(f"\n=== {n:,} videos ({built['vectors']:,} vectors) ===")
     print(
-        "% bw: read bandwidth reached / measured bandwidth; % mm: FLOP rate / matmul peak. "
-        "With 32 query vectors each fp16 byte read costs 32 FLOP: the scan is compute-bound"
+        f"build from precomputed embeddings: {built['build_s'] / 60:.1f} min "
+        f"(segments + catalogue {built['store_s'] / 60:.1f} min, candidate index "
+        f"{built['ann_s'] / 60:.1f} min; drawing the embeddings {built['draw_s'] / 60:.1f} min "
+        "more, not counted)"
     )
-    print(f"bytes per video stored: {per_video:,.0f} (26 x 512 fp16 vectors + 26 mask bytes)")
-    million = 1_000_000
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     print(
-        f"1M videos: {per_video * million / 1e9:.1f} GB of vectors in RAM (+ ids and paths; "
-        f"this machine has {ram / 1e9:.0f} GB), "
-        f"about {t1 / n1 * million:.1f} s per query at the {n1:,}-video cost per video "
-        "(linear: the scan reads every video); a GPU or an approximate first stage "
-        "(e.g. one pooled vector per video, then MaxSim on the top few thousand) is the way "
-        "to interactive latency at that size"
+        f"on disk: {gb(disk)} = {built['disk_per_video']:,.0f} B per video ("
+        + ", ".join(f"{k} {v / n:,.0f} B" for k, v in built["disk_bytes"].items())
+        + f"); in RAM: {built['ram_per_video']:,.0f} B per video of codes and ids"
     )
+    ann = built["ann"]
+    print(
+        f"candidate index: {ann['nlist']} lists, {ann['m']} x 4-bit PQ; defaults nprobe "
+        f"{ann['nprobe']}, {ann['hits_per_vector']} hits per query vector, "
+        f"{ann['candidates']} candidates"
+    )
+    print(f"exact pass for the ground truth: {truth_s:.0f} s; exact R@1 of the queries {r1:.0%}")
+    header = f"{'':>28} {'exact scan':>14} {'two-stage':>14}"
+    print(header)
+    print(
+        f"{'median query (batch 1)':>28} {exact['median_ms']:>11.0f} ms "
+        f"{two['median_ms']:>11.1f} ms"
+    )
+    print(f"{'p90 query':>28} {'':>14} {two['p90_ms']:>11.1f} ms")
+    print(f"{'recall@10 vs exact':>28} {1.0:>14.3f} {two['recall']:>14.3f}")
+    for label, key in (("peak resident memory", "VmHWM"), ("resident at the end", "VmRSS")):
+        print(f"{label:>28} {gb(exact['memory'][key]):>14} {gb(two['memory'][key]):>14}")
+    print(
+        f"{'  of which file-backed':>28} {gb(exact['memory']['RssFile']):>14} "
+        f"{gb(two['memory']['RssFile']):>14}"
+    )
+    print(
+        f"(exact: median of {exact['queries']} queries on {exact['threads']} thread(s); "
+        f"two-stage: index load {two['load_s']:.1f} s, then every query on one thread)"
+    )
+    print(
+        "recall/latency curve (two-stage; median ms, recall@10; every setting in turn for each "
+        "query, so the candidates' vectors are mostly in the page cache by now):"
+    )
+    candidates = sorted({c for _, _, c, _, _ in two["curve"]})
+    for h in sorted({h for h, _, _, _, _ in two["curve"]}):
+        print(f"{h} hits per query vector")
+        print(f"{'nprobe':>8} " + " ".join(f"{f'{c} candidates':>20}" for c in candidates))
+        for p in sorted({p for _, p, _, _, _ in two["curve"]}):
+            cells = {c: (ms, r) for hh, pp, c, ms, r in two["curve"] if (hh, pp) == (h, p)}
+            print(
+                f"{p:>8} "
+                + " ".join(f"{cells[c][0]:>9.1f} ms {cells[c][1]:>6.3f}" for c in candidates)
+            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
-    parser.add_argument("--queries", type=int, default=100, help="queries timed per size")
-    parser.add_argument("--large-queries", type=int, default=10, help="queries at >= 100k")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--data", type=Path, default=Path("outputs/bench_search"))
+    parser.add_argument("--queries", type=int, default=100, help="queries per size (1M: half)")
+    parser.add_argument("--exact-queries", type=int, default=5, help="timed exact scans (1M: 2)")
+    parser.add_argument("--reuse", action="store_true", help="reuse an index built before")
+    parser.add_argument("--lancedb", action="store_true", help="also measure LanceDB's index")
+    parser.add_argument(
+        "--lancedb-max", type=int, default=100_000, help="largest size LanceDB is measured at"
+    )
+    parser.add_argument(
+        "--scan-choices", action="store_true", help="also time the exact scan's choices (10k)"
+    )
     args = parser.parse_args()
-
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    bandwidth = read_bandwidth()
-    print(f"memory read bandwidth {bandwidth / 1e9:.1f} GB/s (sum of 1 GiB fp32, all threads)")
+    if args.scan_choices:
+        scan_choices()
+    # the exact scan runs on the faster of 1 and all threads (a shared machine can flip it;
+    # the two-stage search always uses vcb_utils.index.SEARCH_THREADS)
     calibration = random_index(10_000)
-    query = random_queries(1)[0]
-    torch.set_num_threads(choose_threads(calibration, query))
-    peak = matmul_peak()
-    print(f"fp32 matmul peak {peak / 1e9:.0f} GFLOP/s on {torch.get_num_threads()} thread(s)")
-    compare_dtypes(calibration)
-    compare_blocks(calibration, query)
-    batched_queries(calibration)
+    exact_threads = choose_threads(calibration, random_queries(1)[0])
     del calibration
-    print(f"\ntimed: fp32 scan, {DEFAULT_BLOCK_VIDEOS}-video blocks, top {K}, one query at a time")
-    if max(args.sizes) >= 100_000 and args.large_queries < args.queries:
-        print(f"collections of 100k or more: median of {args.large_queries} queries (time)")
-    rows = size_table(args.sizes, args.queries, args.large_queries, bandwidth, peak)
-    growth_summary(rows)
-    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+    # the ground truth's long exact passes: one thread, which a busy shared machine slows least
+    torch.set_num_threads(1)
+    for n in args.sizes:
+        folder = args.data / f"index-{n}"
+        count = args.queries if n < 1_000_000 else max(1, args.queries // 2)
+        exact_count = args.exact_queries if n < 1_000_000 else min(2, args.exact_queries)
+        if args.reuse and (folder / "bench-build.json").is_file():
+            built = json.loads((folder / "bench-build.json").read_text())
+        else:
+            built = build(n, folder)
+        targets, text = queries_for(n, count)
+        truth, truth_s = ground_truth(folder, text)
+        r1 = float((truth[:, 0] == targets).float().mean())
+        exact = in_fresh_process(measure_exact, str(folder), n, exact_count, exact_threads)
+        two = in_fresh_process(measure_two_stage, str(folder), n, count, truth.tolist())
+        report(n, built, truth_s, r1, exact, two)
+        if args.lancedb and n > args.lancedb_max:
+            table = built["vectors"] * 512 * 4
+            free = shutil.disk_usage(args.data).free
+            print(
+                f"LanceDB multivector index at {n:,} videos: not measured (its fp32 table would "
+                f"take {gb(table)} of disk beside this index; {gb(free)} free)"
+            )
+        elif args.lancedb:
+            lance = measure_lancedb(n, folder, count, truth)
+            print(
+                f"LanceDB multivector IVF-PQ ({n:,} videos, fp32): write "
+                f"{lance['write_s'] / 60:.1f} min, index {lance['index_s'] / 60:.1f} min, "
+                f"{gb(lance['disk_bytes'])} on disk"
+            )
+            for nprobes, limit, ms, r in lance["curve"]:
+                print(
+                    f"  nprobes {nprobes:>3}, {limit:>4} candidates: {ms:7.1f} ms, "
+                    f"recall@10 {r:.3f}"
+                )
+            print(
+                "  reading 128 candidates' vectors: LanceDB take_offsets "
+                f"{lance['take_ms']['lancedb']:.1f} ms, memory-mapped segments "
+                f"{lance['take_ms']['segments']:.1f} ms (median of 20)"
+            )
+        print(f"load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -6,15 +6,18 @@
 Both come from the tiny model on the synthetic clips: the checkpoint notebook 3 trains in fast
 mode (``outputs/notebooks/train-tiny/best``), trained here with the same config
 (``vcb_utils.tutorial.notebook_config(True)``) if it is missing. The query is the test caption
-(of the first 20) whose own video the model ranks highest, as in the tour of notebook 05. The
-screenshot runs notebook 05 in JupyterLab with headless Chromium (``vcb_utils.jupyter``) and
-types that query into the widget. Each PNG is reduced to a 256-colour palette if it is over
-300 KB.
+(of the first 20) whose own video the model ranks highest, as in the tour of notebook 05. For the
+screenshot, the index of the test videos is saved next to a one-cell notebook that shows the
+explorer with the test captions (``vcb_utils.jupyter.write_explorer_notebook``, what the browser
+test drives too); JupyterLab runs it in headless Chromium, in a window wide enough for the
+ranking and the heatmap side by side, and that query is typed into the widget. Each PNG is
+reduced to a 256-colour palette if it is over 300 KB.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -27,7 +30,13 @@ from PIL import Image
 from vcb_utils.config import RunOptions
 from vcb_utils.datasets import Record, read_annotations
 from vcb_utils.index import QueryResult, VideoIndex
-from vcb_utils.jupyter import chromium_page, jupyter_lab, run_all_cells, search_in_widget
+from vcb_utils.jupyter import (
+    chromium_page,
+    jupyter_lab,
+    run_all_cells,
+    search_in_widget,
+    write_explorer_notebook,
+)
 from vcb_utils.model import VideoColBERT, load_checkpoint
 from vcb_utils.train import run
 from vcb_utils.tutorial import notebook_config
@@ -36,18 +45,21 @@ from vcb_utils.viz import index_frames, maxsim_heatmap
 ROOT = Path(__file__).resolve().parents[1]
 CANDIDATES = 20
 MAX_BYTES = 300_000
+WINDOW = (1600, 1000)
+"""The browser window of the screenshot (wide: the heatmap beside the ranking)."""
 
 log = logging.getLogger("make_figures")
 
 
 def trained_checkpoint() -> Path:
     """Notebook 3's fast-mode checkpoint (notebooks 4 and 5 use it too), trained first with the
-    notebooks' fast-mode config if it is missing."""
+    notebooks' fast-mode config if it is missing or was trained for another number of epochs."""
     config, run_dir = notebook_config(True)
     best = run_dir / "best"
-    if not (best / "model.safetensors").is_file():
-        epochs = config.train.epochs
-        log.info("no checkpoint in %s: training the tiny model for %d epochs", best, epochs)
+    epochs = config.train.epochs
+    saved = best / "config.json"
+    if not saved.is_file() or json.loads(saved.read_text())["train"]["epochs"] != epochs:
+        log.info("no fast-mode checkpoint in %s: training the tiny model, %d epochs", best, epochs)
         run(config, RunOptions(do_eval=False, overwrite=True))  # an earlier run there is unfinished
     return best
 
@@ -71,16 +83,23 @@ def save_heatmap(result: QueryResult, index: VideoIndex, path: Path) -> Path:
     return compact(path)
 
 
-def save_widget_screenshot(query: str, path: Path) -> Path:
-    """Notebook 05 run in JupyterLab (fast mode), ``query`` typed into its widget."""
-    with (
-        tempfile.TemporaryDirectory() as state,
-        jupyter_lab(ROOT, Path(state), env={"VCB_FULL": "0"}) as url,
-        chromium_page() as page,
-    ):
-        run_all_cells(page, url)
-        search_in_widget(page, query)
-        page.locator(".vcb-explorer").screenshot(path=path)
+def save_widget_screenshot(
+    query: str, index: VideoIndex, checkpoint: Path, test: list[Record], path: Path
+) -> Path:
+    """The explorer in JupyterLab (fast mode) over ``index``, ``query`` typed into it."""
+    captions: dict[str, list[str]] = {}
+    for record in test:
+        captions.setdefault(Path(record.path).stem, []).append(record.caption)
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        index.save(root / "index")
+        write_explorer_notebook(root / "explorer.ipynb", checkpoint, root / "index", captions)
+        with jupyter_lab(root, root / "lab") as url, chromium_page(*WINDOW) as page:
+            run_all_cells(page, url, "explorer.ipynb")
+            page.keyboard.press("Control+b")  # hide the file browser: more room for the widget
+            search_in_widget(page, query)
+            page.mouse.move(0, 0)  # no hover highlight in the picture
+            page.locator(".vcb-explorer").screenshot(path=path)
     return compact(path)
 
 
@@ -111,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.chdir(ROOT)  # notebook_config finds the repository from the working directory
-    model, saved = load_checkpoint(trained_checkpoint())
+    checkpoint = trained_checkpoint()
+    model, saved = load_checkpoint(checkpoint)
     model.eval()
     test = read_annotations("synthetic", None, "test")
     paths = list(dict.fromkeys(record.path for record in test))
@@ -121,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.only in (None, "heatmap"):
         save_heatmap(result, index, out / "heatmap.png")
     if args.only in (None, "widget"):
-        save_widget_screenshot(result.query, out / "widget.png")
+        save_widget_screenshot(result.query, index, checkpoint, test, out / "widget.png")
     return 0
 
 

@@ -240,13 +240,16 @@ def test_checkpoint_save_killed_at_any_step_leaves_the_old_or_the_new_one(contex
         assert sorted(p.name for p in target.parent.iterdir()) == [".best.lock", "best"]
 
 
-def test_processes_loading_adding_and_saving_at_once_keep_every_video(context, tmp_path):
+@pytest.mark.parametrize("candidates", [False, True], ids=["exact", "two-stage"])
+def test_processes_loading_adding_and_saving_at_once_keep_every_video(
+    context, tmp_path, candidates
+):
     directory = tmp_path / "idx"
     workers, rounds = 2, 5
     for attempt in range(3):
         if directory.exists():
             shutil.rmtree(directory)
-        VideoIndex(CONFIG, vectors(FIRST_IDS), FIRST_IDS).save(directory)
+        first_index(directory, candidates)
         barrier = context.Barrier(workers)
         children = [
             context.Process(target=add_rounds, args=(str(directory), w, rounds, barrier))
@@ -261,6 +264,9 @@ def test_processes_loading_adding_and_saving_at_once_keep_every_video(context, t
         added = {f"w{w}_{r}_{j}" for w in range(workers) for r in range(rounds) for j in range(2)}
         assert set(loaded.ids) == set(FIRST_IDS) | added, attempt
         assert_consistent(loaded)
+        if candidates:  # every added vector has its code, under the one generation
+            assert len(loaded.ann) == loaded.stats()["vectors"]
+            assert_only_the_current_version(directory, candidates)
 
 
 # ---- damaged files ---------------------------------------------------------------------------

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 
 import numpy as np
 import pytest
 import torch
+from helpers import free_port, launch_env
 from test_index import QUERIES, make_model, random_embedding, write_clip
 
 from vcb_utils import index_build, index_cli
@@ -317,6 +319,55 @@ def test_a_build_killed_after_some_shards_resumes_without_encoding_them_again(
     (work2 / "plan.json").write_text(json.dumps({"requested": "another list"}))
     (work2 / "videos.json").write_text(json.dumps({"ids": [], "paths": [], "captions": []}))
     assert cli(*other) == 2  # shards of another build are not mixed in
+
+
+@pytest.mark.slow
+def test_every_process_encodes_its_shards_then_the_main_one_merges(library, tmp_path):
+    command = [
+        "accelerate",
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "vcb_utils.index_cli",
+        "-v",
+        "build",
+        "--index",
+        str(tmp_path / "two"),
+        "--checkpoint",
+        str(library / "ckpt"),
+        "--videos",
+        str(library / "clips"),
+        "--shard-size",
+        "1",
+        "--framerate",
+        "4",
+    ]
+    done = subprocess.run(command, env=launch_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank, shard in ((0, 0), (1, 1), (0, 2), (1, 3), (0, 4)):
+        assert f"process {rank} wrote shard {shard} " in done.stderr
+    assert (
+        cli(
+            "build",
+            "--index",
+            tmp_path / "one",
+            "--checkpoint",
+            library / "ckpt",
+            "--videos",
+            library / "clips",
+            "--framerate",
+            "4",
+        )
+        == 0
+    )
+    two, one = VideoIndex.load(tmp_path / "two"), VideoIndex.load(tmp_path / "one")
+    assert two.ids == one.ids and two.paths == one.paths
+    torch.testing.assert_close(two.F.float(), one.F.float(), atol=2e-3, rtol=0)
+    torch.testing.assert_close(two.V.float(), one.V.float(), atol=2e-3, rtol=0)
 
 
 def test_video_lists_from_a_csv_report_every_problem(tmp_path):

@@ -1,9 +1,12 @@
-"""MaxSim heatmaps and ranked strips: what is drawn is what the model computed."""
+"""MaxSim heatmaps and ranked strips: what is drawn is what the model computed, in the matplotlib
+figures and in the explorer's HTML heatmap and thumbnail strips."""
 
 from __future__ import annotations
 
 import dataclasses
+import html
 import io
+import re
 from pathlib import Path
 
 import matplotlib.image
@@ -24,10 +27,12 @@ from vcb_utils.viz import (
     BRANCH_TITLES,
     EXPANSION_COLOUR,
     figure_png,
+    heatmap_html,
     heatmap_panels,
     index_frames,
     maxsim_heatmap,
     ranked_results_figure,
+    strip_png,
 )
 
 QUERY = "a red circle moves left"
@@ -215,3 +220,58 @@ def test_index_frames_are_the_frames_the_index_encoded(model, tmp_path):
     frames = index_frames(index, hit, size=32)
     assert frames.shape == (hit.sim_f.shape[1], 32, 43, 3)  # 48 x 64 to a 32 px short side
     assert frames.dtype == np.uint8
+
+
+# ---- the explorer's light renderings -------------------------------------------------------------
+def html_rows(page: str) -> list[tuple[str, list[list[str]]]]:
+    """``(token, panels)`` per token row of a ``heatmap_html`` table; each panel is the list of its
+    cells' classes ("max" for the MaxSim choice, "" otherwise)."""
+    rows = []
+    for row in re.findall(r'<tr class="vcb-hm-(?:word|pad)[^"]*">(.*?)</tr>', page):
+        token = html.unescape(re.search(r"<th[^>]*>(.*?)</th>", row).group(1))
+        panels, current = [], []
+        for cell in re.findall(r"<td([^>]*)>", row):
+            if "vcb-hm-share" in cell:
+                panels.append(current)
+                current = []
+            else:
+                current.append("max" if "vcb-hm-max" in cell else "")
+        rows.append((token, panels))
+    return rows
+
+
+def test_heatmap_html_marks_the_argmax_of_each_row_in_both_panels(result):
+    hit = result.hits[1]
+    frames = frames_of(result, 2)
+    page = heatmap_html(result, 2, frames)
+    rows = html_rows(page)
+    assert [token for token, _ in rows] == result.tokens
+    for row, (_, (f_cells, v_cells)) in enumerate(rows):
+        assert f_cells.index("max") == int(hit.sim_f[row].argmax()) and f_cells.count("max") == 1
+        assert v_cells.index("max") == int(hit.sim_v[row].argmax()) and v_cells.count("max") == 1
+    assert page.count('<img src="data:image/png;base64,') == 2 * len(frames)  # over F and V
+    assert f"MMS_F = {hit.score_f:.3f}" in page and f"MMS_V = {hit.score_v:.3f}" in page
+    assert f"{hit.id} (rank 2)" in page and ">e1<" in page and ">e2<" in page
+    value = float(hit.sim_f[0, 0])
+    assert f"({'F'}): {value:.3f}" in html.unescape(page)  # every cell's value is its tooltip
+
+
+def test_heatmap_html_without_pad_rows_says_what_they_carried(result):
+    page = heatmap_html(result, 1, show_expansion=False)
+    assert [token for token, _ in html_rows(page)] == WORDS
+    hidden = heatmap_panels(result, 1, show_expansion=False)[0].hidden
+    assert f"hidden &lt;pad&gt; rows carry {hidden:.3f} of MMS_F" in page
+    assert "vcb-hm-pad" not in page
+
+
+def test_heatmap_html_of_a_spatial_only_model_has_one_panel():
+    spatial = make_model(mode="F")
+    result = random_index(spatial).search(QUERY, k=2, model=spatial)[0]
+    rows = html_rows(heatmap_html(result, 1, frames_of(result, 1)))
+    assert all(len(panels) == 1 for _, panels in rows)
+
+
+def test_strip_png_is_one_row_of_square_thumbnails():
+    data = strip_png(fake_frames(5), height=20, gap=2)
+    assert data.startswith(PNG_SIGNATURE)
+    assert matplotlib.image.imread(io.BytesIO(data)).shape[:2] == (20, 5 * 22 - 2)

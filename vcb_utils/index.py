@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import mmap
 import numbers
 import warnings
 from collections.abc import Iterator, Sequence
@@ -57,6 +58,7 @@ from vcb_utils.ann import (
     branch_columns,
     default_nlist,
     default_settings,
+    faiss_threads,
     merge_duplicates,
     segment_ids,
     vector_ids,
@@ -90,9 +92,12 @@ ENCODE_BLOCK_VIDEOS = 4096
 JOIN_ROWS = 4096
 """Rows added one call after another are joined into one run while it is shorter than this
 (many tiny runs would slow the exact scan; copying long ones would slow every addition)."""
-RERANK_THREADS = 1
-"""torch threads while the candidates are scored: a few hundred videos are little work, and more
-threads only add synchronisation (on a busy 2-core machine, 5-40x slower with 2 threads)."""
+PREFETCH = True
+"""Before the rerank reads its candidates' vectors, ask the kernel for all of them at once
+(``madvise(MADV_WILLNEED)``): the disk serves them in parallel."""
+SEARCH_THREADS = 1
+"""Threads of the two-stage search (faiss and torch): one query is little work, and more
+threads only add synchronisation (on a busy 2-core machine, 2-40x slower with 2 threads)."""
 GROWTH_WARNING = 8
 """``save`` warns when an index holds this many times the videos its candidate index was
 trained on: the coarse lists are then too few and too long (``build_ann`` retrains)."""
@@ -428,6 +433,8 @@ class VideoIndex:
             lo, hi = torch.searchsorted(sorted_rows, torch.tensor([start, stop]))
             if hi > lo:
                 local = sorted_rows[lo:hi] - start
+                if PREFETCH and part.arrays:
+                    _prefetch(part.arrays[0], local.tolist())
                 vectors.append(part.vectors[local])
                 masks.append(part.mask[local])
             start = stop
@@ -638,8 +645,14 @@ class VideoIndex:
         self._origin = (here, name, manifest.count)
 
     @classmethod
-    def load(cls, directory: str | Path, model: VideoColBERT | None = None) -> VideoIndex:
-        """Read the current version saved by ``save``; with ``model``, refuse another config."""
+    def load(
+        cls, directory: str | Path, model: VideoColBERT | None = None, *, ann: bool = True
+    ) -> VideoIndex:
+        """Read the current version saved by ``save``; with ``model``, refuse another config.
+
+        ``ann=False`` leaves the candidate index on disk (search is then exact: no RAM for
+        codes); a later ``save`` still keeps it up to date.
+        """
         directory = Path(directory)
         while True:
             current = store.current_version(directory)
@@ -648,7 +661,7 @@ class VideoIndex:
                     f"{directory}: not a video index ({store.POINTER_FILE} missing)"
                 )
             try:
-                index = cls._read(directory, current)
+                index = cls._read(directory, current, ann)
                 break
             except FileNotFoundError:
                 if store.current_version(directory) == current:
@@ -658,7 +671,7 @@ class VideoIndex:
         return index
 
     @classmethod
-    def _read(cls, directory: Path, current: Current) -> VideoIndex:
+    def _read(cls, directory: Path, current: Current, ann: bool = True) -> VideoIndex:
         here = directory.resolve()
         if current.layout != store.VERSION:
             folder = directory / current.name
@@ -684,7 +697,7 @@ class VideoIndex:
             path = store.manifest_path(directory, current.name)
             raise ValueError(f"{path} is not a consistent index ({err}); {REBUILD}") from err
         index._open_manifest(here, manifest, current.name)
-        if manifest.ann is not None:
+        if manifest.ann is not None and ann:
             index._load_ann(here, manifest)
         index._origin = (here, current.name, manifest.count)
         return index
@@ -952,7 +965,8 @@ class VideoIndex:
             weights = np.full(len(vectors), 1.0 / len(vectors), np.float32)
             searched.append(merge_duplicates(vectors, weights))
         flat = np.concatenate([distinct for distinct, _ in searched])
-        sims, ids = self._ann.search(flat, settings.hits_per_vector, settings.nprobe)
+        with faiss_threads(SEARCH_THREADS):
+            sims, ids = self._ann.search(flat, settings.hits_per_vector, settings.nprobe)
         want = min(k, len(self))
         all_scores, all_rows = [], []
         start = 0
@@ -967,7 +981,7 @@ class VideoIndex:
                 scores, top = self._scan(one, k, names, block_videos)
             else:
                 rows = torch.from_numpy(rows)
-                with _torch_threads(RERANK_THREADS):
+                with _torch_threads(SEARCH_THREADS):
                     vectors, mask = self._rows(rows)
                     exact = self._score(one, vectors, mask, names)
                 scores, order = exact.topk(want, dim=1)
@@ -1151,6 +1165,23 @@ def _saved_ids(directory: Path, current: Current, base: Manifest | None) -> list
         return store.Catalogue(directory, base.catalogue, base.count).column("id")
     manifest, _ = store.read_legacy(directory / current.name)
     return list(manifest["ids"])
+
+
+def _prefetch(array: np.ndarray, rows: list[int]) -> None:
+    """Ask the kernel to read these rows of a memory-mapped array now, all at once (so the
+    disk serves them in parallel rather than one page fault after another)."""
+    handle = getattr(array, "_mmap", None)
+    if handle is None or not hasattr(handle, "madvise"):
+        return
+    row_bytes = array[0].nbytes if len(array) else 0
+    first = array.offset % mmap.ALLOCATIONGRANULARITY  # where the data starts in the map
+    for row in rows:
+        begin = first + row * row_bytes
+        aligned = begin - begin % mmap.PAGESIZE
+        try:
+            handle.madvise(mmap.MADV_WILLNEED, aligned, begin + row_bytes - aligned)
+        except (OSError, ValueError):
+            return
 
 
 @contextmanager

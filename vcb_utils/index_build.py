@@ -192,7 +192,9 @@ def index_videos(
     accelerator = accelerator or default_accelerator()
     index_dir = Path(index_dir)
     work = build_folder(index_dir)
-    existing = VideoIndex.load(index_dir, model) if _is_index(index_dir) else None
+    existing = None
+    if _is_index(index_dir):  # the candidate index is needed where the merge happens only
+        existing = VideoIndex.load(index_dir, model, ann=accelerator.is_main_process)
     if existing is not None and existing.framerate != framerate:
         raise ValueError(
             f"{index_dir} was built at framerate {existing.framerate}, not {framerate}"
@@ -346,6 +348,13 @@ def _encode_shard(
         temp.unlink(missing_ok=True)
         raise
     fsync_path(work)
+    log.info(
+        "process %d wrote shard %d (%d videos, %d unreadable)",
+        accelerator.process_index,
+        n,
+        len(kept_ids),
+        len(skipped),
+    )
 
 
 def read_shard(path: Path) -> tuple[dict, dict]:

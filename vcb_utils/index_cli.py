@@ -97,10 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.verbose:
+        logging.getLogger("vcb_utils").setLevel(logging.INFO)
     try:
         return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError, NotADirectoryError) as err:
@@ -129,11 +128,11 @@ def _index_videos(args: argparse.Namespace) -> int:
     from vcb_utils.model import load_checkpoint
 
     accelerator = default_accelerator()
-    model, config = load_checkpoint(args.checkpoint, device=accelerator.device)
-    model.eval()
+    model, config = load_checkpoint(args.checkpoint)
+    model.to(accelerator.device).eval()
     framerate = args.framerate
     if (args.index / "index.json").exists():
-        framerate = VideoIndex.load(args.index, model).framerate
+        framerate = VideoIndex.load(args.index, model, ann=False).framerate
     framerate = framerate or config.data.video_framerate
     if args.videos is not None:
         videos = videos_in_folder(args.videos)

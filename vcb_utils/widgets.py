@@ -27,7 +27,14 @@ import torch
 from vcb_utils.index import Hit, QueryResult, VideoIndex
 from vcb_utils.model import VideoColBERT
 from vcb_utils.video import VideoReadError
-from vcb_utils.viz import HEATMAP_CSS, heatmap_html, index_frames, png_data_uri, strip_png
+from vcb_utils.viz import (
+    HEATMAP_CSS,
+    RANKED_BY,
+    heatmap_html,
+    index_frames,
+    png_data_uri,
+    strip_png,
+)
 
 EXAMPLE_QUERY = "a red circle moves left"
 BRANCHES = {"both": ["both", "F", "V"], "F": ["F"], "V": ["V"]}
@@ -225,10 +232,10 @@ class QueryExplorer:
             style={"description_width": "initial"},
             layout=widgets.Layout(width="240px"),
         )
-        mode = self.index.config["mode"]
+        options = BRANCHES[self.index.config["mode"]]
         self.branch = widgets.ToggleButtons(
-            options=BRANCHES[self.index.config["mode"]],
-            tooltips=["MMS_F + MMS_V", "MMS_F only", "MMS_V only"][: len(BRANCHES[mode])],
+            options=options,
+            tooltips=[RANKED_BY[name] for name in options],
             style={"button_width": "52px"},
             layout=widgets.Layout(width="auto"),
         )
