@@ -275,9 +275,10 @@ def _legend_html(norm: Normalize, colours) -> str:  # noqa: ANN001 (a matplotlib
 
 
 HEATMAP_CSS = """
-.vcb-hm { font-size: 12px; line-height: 1.2; }
+.vcb-hm { font-size: 12px; line-height: 1.2; display: inline-block; }
+.vcb-hm-title, .vcb-hm-legend { width: 0; min-width: 100%; }
 .vcb-hm-table, .vcb-hm-table * { line-height: 1; }
-.vcb-hm-title { margin: 0 0 4px 0; }
+.vcb-hm-title { margin: 0 0 4px 0; }  /* as wide as the table: it wraps */
 .vcb-hm-table { border-collapse: separate; border-spacing: 1px; }
 .vcb-hm-table td, .vcb-hm-table th { padding: 0; height: calc(var(--vcb-cell) * 0.65);
   font-weight: normal; font-size: 11px; }

@@ -286,7 +286,9 @@ class QueryExplorer:
         return row
 
     def _layout(self) -> widgets.VBox:
-        ranking = widgets.VBox([self.header, *self.rows])
+        ranking = widgets.VBox(
+            [self.header, *self.rows], layout=widgets.Layout(width="fit-content", flex="0 0 auto")
+        )
         ranking.add_class("vcb-ranking")
         body = widgets.HBox([ranking, self.heatmap], layout=widgets.Layout(flex_flow="row wrap"))
         body.add_class("vcb-body")
