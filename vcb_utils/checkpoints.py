@@ -82,6 +82,7 @@ class TrainingSession:
             self.progress = self._load_state(_resume_dir(options.resume, self.output_dir))
         else:
             self._start_afresh()
+        self.accelerator.wait_for_everyone()  # no process may see the logs this run writes next
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.output_dir / "config.json", config.to_dict())

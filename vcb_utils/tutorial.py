@@ -24,8 +24,8 @@ FAST_PRESET = "tiny"
 FAST_SETTINGS: dict[str, dict[str, Any]] = {"train": {"epochs": 12}}
 """The fast mode's settings over the tiny preset: its own 12 epochs, spelled out, so that
 notebooks 3-5 and ``benchmarks/make_figures.py`` train what ``python vcb_utils/train.py``
-trains. Shorter runs were tried (6 and 8 epochs): they rank well enough, but their video branch
-does not yet tell the order-swapped twins apart, which notebook 4 shows."""
+trains. Shorter runs (6 and 8 epochs were tried) rank much worse, and their video branch prefers
+a clip played forwards over the same clip backwards less clearly (notebook 4's order test)."""
 FULL_PRESET = "msrvtt-vit-b32"
 MSRVTT_DIR = "data/msrvtt"
 """Where ``vcb_utils.download.download_msrvtt`` unpacks MSR-VTT in the full run."""
