@@ -32,12 +32,13 @@ import hashlib
 import io
 import json
 import logging
-import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from vcb_utils.storage import fsync_path, read_json, remove, temp_path, write_json_atomic
+from vcb_utils.storage import read_json, remove, write_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,9 @@ class VideoList:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def __getitem__(self, rows: slice) -> VideoList:
+        return VideoList(self.ids[rows], self.paths[rows], self.captions[rows])
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
@@ -211,20 +215,21 @@ def index_videos(
     videos = _check_plan(work, plan)
     shards = range(0, len(videos), shard_size)
     rank, world = accelerator.process_index, accelerator.num_processes
+    from vcb_utils.index import _encode_files
+
+    encode = partial(
+        _encode_files,
+        model,
+        framerate=framerate,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        on_error=on_error,
+        cache_dir=cache_dir,
+        accelerator=_ThisProcess(accelerator),
+    )
     for n in [n for n in range(len(shards)) if n % world == rank]:
-        _encode_shard(
-            work,
-            n,
-            model,
-            videos,
-            shard_size,
-            framerate,
-            batch_size,
-            num_workers,
-            on_error,
-            cache_dir,
-            accelerator,
-        )
+        part = slice(n * shard_size, (n + 1) * shard_size)
+        _encode_shard(shard_path(work, n), videos[part], encode, rank)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return None
@@ -279,81 +284,29 @@ def shard_path(work: Path, n: int) -> Path:
     return work / f"shard-{n:06d}.safetensors"
 
 
-def _encode_shard(
-    work,
-    n,
-    model,
-    videos,
-    shard_size,
-    framerate,
-    batch_size,
-    num_workers,
-    on_error,
-    cache_dir,
-    accelerator,
-) -> None:
-    """Encode shard ``n`` and write it whole, unless it is there already."""
-    from safetensors.torch import save_file
+def _encode_shard(path: Path, videos: VideoList, encode: Callable, rank: int) -> None:
+    """Encode the shard ``videos`` with ``encode`` (``_encode_files`` with the build's
+    settings) and write it whole to ``path``, unless it is there already."""
+    from safetensors.torch import save
 
-    from vcb_utils.index import _encode_files
-
-    path = shard_path(work, n)
     if path.is_file():
         return
-    part = slice(n * shard_size, (n + 1) * shard_size)
-    ids, paths, captions = videos.ids[part], videos.paths[part], videos.captions[part]
-    import warnings
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            embedding, kept_ids, kept_paths, kept_captions = _encode_files(
-                model,
-                paths,
-                ids,
-                captions,
-                framerate,
-                batch_size,
-                num_workers,
-                on_error,
-                cache_dir,
-                accelerator=_ThisProcess(accelerator),
-            )
-        except ValueError as err:
-            if "need one id" not in str(err):
-                raise
-            embedding, kept_ids, kept_paths, kept_captions = None, [], [], []
+        embedding, ids, paths, captions = encode(videos.paths, videos.ids, videos.captions)
     for warning in caught:
-        log.warning("shard %d: %s", n, warning.message)
-    skipped = sorted(set(paths) - set(kept_paths))
-    meta = {
-        "ids": json.dumps(kept_ids),
-        "paths": json.dumps(kept_paths),
-        "captions": json.dumps(kept_captions),
-        "skipped": json.dumps(skipped),
-    }
+        log.warning("%s: %s", path.name, warning.message)
+    skipped = sorted(set(videos.paths) - set(paths))
+    meta = {"ids": ids, "paths": paths, "captions": captions, "skipped": skipped}
     tensors = {}
-    if embedding is not None and kept_ids:
-        for name in TENSORS:
-            value = getattr(embedding, name)
-            if value is not None:
-                value = value.detach().cpu()
-                tensors[name] = (value.half() if value.is_floating_point() else value).contiguous()
-    temp = temp_path(path)
-    try:
-        save_file(tensors, str(temp), metadata=meta)
-        fsync_path(temp)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    fsync_path(work)
+    for name in TENSORS if ids else ():
+        value = getattr(embedding, name)
+        if value is not None:
+            value = value.detach().cpu()
+            tensors[name] = (value.half() if value.is_floating_point() else value).contiguous()
+    write_atomic(path, save(tensors, metadata={k: json.dumps(v) for k, v in meta.items()}))
     log.info(
-        "process %d wrote shard %d (%d videos, %d unreadable)",
-        accelerator.process_index,
-        n,
-        len(kept_ids),
-        len(skipped),
+        "process %d wrote %s (%d videos, %d unreadable)", rank, path.name, len(ids), len(skipped)
     )
 
 

@@ -142,21 +142,28 @@ def manifest_path(directory: Path, name: str) -> Path:
     return directory / f"{name}.json"
 
 
+def read_header(path: Path, versions: Sequence[int], keys: Sequence[str]) -> dict:
+    """The JSON object at ``path``, checked to be an index manifest of one of ``versions``
+    with every one of ``keys``; ValueError naming the file otherwise."""
+    data = read_json(path, REBUILD)
+    if data.get("format") != FORMAT or data.get("version") not in versions:
+        raise ValueError(
+            f"{path}: format {data.get('format')!r} version {data.get('version')!r}; "
+            f"this code reads {FORMAT!r} versions {READABLE_VERSIONS}: {REBUILD}"
+        )
+    missing = [key for key in keys if key not in data]
+    if missing:
+        raise ValueError(f"{path} lacks {missing}; {REBUILD}")
+    return data
+
+
 def read_manifest(directory: Path, name: str) -> Manifest:
     """The manifest of version ``name``; FileNotFoundError if it is gone, ValueError naming
     the file if it is damaged or inconsistent."""
     path = manifest_path(directory, name)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: the index version is missing")
-    data = read_json(path, REBUILD)
-    if data.get("format") != FORMAT or data.get("version") != VERSION:
-        raise ValueError(
-            f"{path}: format {data.get('format')!r} version {data.get('version')!r}; "
-            f"this code reads {FORMAT!r} versions {READABLE_VERSIONS}: {REBUILD}"
-        )
-    missing = [key for key in MANIFEST_KEYS if key not in data]
-    if missing:
-        raise ValueError(f"{path} lacks {missing}; {REBUILD}")
+    data = read_header(path, (VERSION,), MANIFEST_KEYS)
     try:
         segments = [(str(s["name"]), int(s["rows"])) for s in data["segments"]]
         if not all(SEGMENT_NAME.fullmatch(n) and rows > 0 for n, rows in segments):
@@ -466,15 +473,7 @@ def read_legacy(folder: Path) -> tuple[dict, dict]:
         raise FileNotFoundError(
             f"{folder}: not a video index ({LEGACY_MANIFEST} or {LEGACY_TENSORS} missing)"
         )
-    manifest = read_json(path, REBUILD)
-    if manifest.get("format") != FORMAT or manifest.get("version") not in (2, 3):
-        raise ValueError(
-            f"{path}: format {manifest.get('format')!r} version {manifest.get('version')!r}; "
-            f"this code reads {FORMAT!r} versions {READABLE_VERSIONS}: {REBUILD}"
-        )
-    missing = [key for key in LEGACY_KEYS if key not in manifest]
-    if missing:
-        raise ValueError(f"{path} lacks {missing}; {REBUILD}")
+    manifest = read_header(path, (2, 3), LEGACY_KEYS)
     tensors_path = folder / LEGACY_TENSORS
     try:
         tensors = load_file(str(tensors_path))
