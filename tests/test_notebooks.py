@@ -29,6 +29,7 @@ FAST_RUN = (
     "02_building_videocolbert.ipynb",
     "03_training_with_accelerate.ipynb",
     "04_evaluation.ipynb",
+    "06_search_at_scale.ipynb",
 )
 FAST_SWITCH = "FAST = fast_mode()"
 NO_OVERRIDES = "OVERRIDES = {}"

@@ -38,8 +38,9 @@ def recall(got: torch.Tensor, want: torch.Tensor) -> float:
     return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in pairs]))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def small():
+    """A fresh 300-video index per test (tests change its settings and save it)."""
     vectors, index = clustered(300)
     index.build_ann(nlist=8)
     queries = vectors.queries(range(0, 300, 15))
@@ -99,6 +100,22 @@ def test_approximate_scores_impute_missing_vectors_with_the_worst_hit():
     np.testing.assert_allclose(scores, [0.85 + 0.65, 0.65 + 0.65], rtol=1e-6)
     rows, _ = approximate_scores(sims, ids, np.full(2, 0.5, np.float32), ("V",), 1)
     assert rows.tolist() == [4]
+
+
+def test_a_query_vector_without_hits_leaves_the_scores_finite():
+    sims = np.array([[0.9, 0.5], [0.0, 0.0]], np.float32)
+    ids = np.array([[2 * 3, 2 * 4], [-1, -1]])  # the second query vector found nothing
+    rows, scores = approximate_scores(sims, ids, np.full(2, 0.5, np.float32), ("F",), 10)
+    assert rows.tolist() == [3, 4] and np.isfinite(scores).all()
+
+
+def test_k_above_the_candidate_budget_still_searches_in_two_stages(small, monkeypatch):
+    _, index, queries = small
+    want = index.top_k(queries, 40, exact=True)
+    monkeypatch.setattr(index, "_scan", lambda *a: pytest.fail("fell back to the exact scan"))
+    scores, rows = index.top_k(queries, 40, nprobe=8, candidates=10)
+    assert rows.shape == (len(queries.vectors), 40)
+    assert recall(rows, want[1]) >= 0.8  # the budget grows to k: most of the top-40 is found
 
 
 def test_near_duplicate_query_vectors_are_searched_once_with_their_weights():
@@ -187,6 +204,27 @@ def test_damaged_codes_are_a_clear_error(tmp_path, kind):
         VideoIndex.load(tmp_path / "idx")
 
 
+def test_a_damaged_trained_candidate_index_is_a_clear_error(small, tmp_path):
+    _, index, _ = small
+    index.save(tmp_path / "idx")
+    (trained,) = (tmp_path / "idx" / "ann").glob("*/trained.faiss")
+    trained.write_bytes(b"\x00" * 100)
+    with pytest.raises(ValueError, match=r"trained.faiss is corrupt .*VideoIndex\.build"):
+        VideoIndex.load(tmp_path / "idx")
+
+
+@pytest.mark.parametrize("damage", ["settings", "trained_rows"])
+def test_a_manifest_without_its_search_settings_is_a_clear_error(small, tmp_path, damage):
+    _, index, _ = small
+    index.save(tmp_path / "idx")
+    manifest = tmp_path / "idx" / "v000001.json"
+    data = json.loads(manifest.read_text())
+    del data["ann"][damage]
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"v000001.json is not a consistent index manifest"):
+        VideoIndex.load(tmp_path / "idx")
+
+
 def test_the_exact_scan_reads_memory_mapped_segments(small, tmp_path):
     _, index, queries = small
     index.save(tmp_path / "idx")
@@ -259,6 +297,16 @@ def test_cli_builds_searches_adds_and_reports(library, tmp_path, capsys):
     (line,) = capsys.readouterr().out.splitlines()
     assert len(json.loads(line)["hits"]) == 1
     assert cli("build", "--index", index, "--checkpoint", ckpt, "--videos", library / "clips") == 2
+    assert "is an index already" in capsys.readouterr().err
+    args = ("search", "--index", index, "--checkpoint", ckpt, "red", "--json", "--branch", "F")
+    assert cli(*args) == 0
+    hit = json.loads(capsys.readouterr().out)["hits"][0]
+    assert hit["score"] == hit["mms_f"]  # the score the ranking is by
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    args = ("build", "--index", not_a_folder, "--checkpoint", ckpt, "--videos", library / "clips")
+    assert cli(*args) == 2
+    assert str(not_a_folder) in capsys.readouterr().err
 
 
 def test_a_build_killed_after_some_shards_resumes_without_encoding_them_again(

@@ -245,23 +245,6 @@ class CandidateIndex:
         distances, ids = self._fast.search(_float32(queries), int(k))
         return 1.0 - distances / 2.0, ids  # unit vectors: |q - x|^2 = 2 - 2 <q, x>
 
-    def candidates(
-        self,
-        queries: np.ndarray,
-        weights: np.ndarray,
-        branches: tuple[str, ...],
-        settings: SearchSettings,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The videos worth scoring exactly for one query: rows and approximate scores, best
-        first (at most ``settings.candidates``).
-
-        ``queries`` are the query's valid vectors ``[L, dim]``, ``weights`` their weights in the
-        mean (``1 / L`` each), ``branches`` the branches the score adds (``F``, ``V`` or both).
-        """
-        queries, weights = merge_duplicates(_float32(queries), np.asarray(weights, np.float32))
-        sims, ids = self.search(queries, settings.hits_per_vector, settings.nprobe)
-        return approximate_scores(sims, ids, weights, branches, settings.candidates)
-
 
 def merge_duplicates(
     vectors: np.ndarray, weights: np.ndarray, cosine: float = DUPLICATE_COSINE
@@ -301,6 +284,7 @@ def approximate_scores(
         return np.empty(0, np.int64), np.empty(0, np.float32)
     sims = np.where(found, sims, np.inf)
     floor = sims.min(axis=1)  # each query vector's worst hit: what a missing vector may score
+    floor[~np.isfinite(floor)] = 0.0  # a query vector with no hit: the same for every video
     sims = np.where(found, sims, -np.inf)
     branch_of = ids & 1
     wanted = np.isin(branch_of, [BRANCH_IDS[b] for b in branches]) & found

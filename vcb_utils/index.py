@@ -48,6 +48,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from vcb_utils import index_store as store
 from vcb_utils.ann import (
@@ -485,7 +486,8 @@ class VideoIndex:
             self.save(directory)
         elif self._ann is not None and len(self) >= GROWTH_WARNING * max(self._ann_trained_rows, 1):
             warnings.warn(
-                f"{directory}: {len(self)} videos, {len(self) / self._ann_trained_rows:.0f}x "
+                f"{directory}: {len(self)} videos, "
+                f"{len(self) / max(self._ann_trained_rows, 1):.0f}x "
                 "those the candidate index was trained on: retrain it for recall and speed "
                 "(index.build_ann(); index.save(...), or `python -m vcb_utils.index_cli "
                 "reindex`)",
@@ -567,16 +569,15 @@ class VideoIndex:
             store.write_ann_trained(directory, ann.generation, ann.trained)
             needed = manifest.segments  # a new generation: codes for every segment
         elif disk is not None:
-            trained = store.read_ann_trained(directory, disk["generation"])
-            ann = CandidateIndex(trained, disk["generation"])
-            trained_rows = disk.get("trained_rows", 0)
+            ann = _open_ann(directory, disk["generation"])
+            trained_rows = disk["trained_rows"]
             needed = [(name, rows) for name, rows in manifest.segments if name in written]
         else:
             return False
         for name, rows in needed:
             codes = self._codes_for(directory, ann, name, rows, written.get(name))
             store.write_ann_part(directory, ann.generation, name, codes)
-        settings = self.settings if self._ann is not None else SearchSettings(**disk["settings"])
+        settings = self.settings if ann is self._ann else SearchSettings(**disk["settings"])
         manifest.ann = {
             "generation": ann.generation,
             "settings": asdict(settings),
@@ -729,16 +730,15 @@ class VideoIndex:
 
     def _load_ann(self, folder: Path, manifest: Manifest) -> None:
         info = manifest.ann
-        trained = store.read_ann_trained(folder, info["generation"])
-        code_size = CandidateIndex(trained, info["generation"]).code_size
+        ann = _open_ann(folder, info["generation"])
         parts, start = [], 0
         for part in self._parts:
             count = self._vector_count(part)
-            codes = store.read_ann_part(folder, info["generation"], part.segment, code_size, count)
+            codes = store.read_ann_part(folder, ann.generation, part.segment, ann.code_size, count)
             parts.append((codes, self._part_ids(part, start)))
             start += len(part)
-        self._ann = CandidateIndex(trained, info["generation"], parts)
-        self._ann_trained_rows = int(info.get("trained_rows", 0))
+        ann.rebuild(parts)
+        self._ann, self._ann_trained_rows = ann, info["trained_rows"]
         self.settings = SearchSettings(**info["settings"])
 
     def check_model(self, model: VideoColBERT, source: str = "the index") -> None:
@@ -769,11 +769,14 @@ class VideoIndex:
         sample = self._sample_vectors(TRAIN_POINTS_PER_LIST * nlist, seed)
         ann = CandidateIndex.train(sample, nlist, m, seed)
         parts, start = [], 0
-        for part in self._parts:
-            part.codes = self._encode(ann, part)
-            part.codes_generation = ann.generation
-            parts.append((part.codes, self._part_ids(part, start)))
-            start += len(part)
+        quiet = len(self) < ANN_MIN_VIDEOS
+        with tqdm(total=len(self), desc="candidate index", unit="video", disable=quiet) as bar:
+            for part in self._parts:
+                part.codes = self._encode(ann, part)
+                part.codes_generation = ann.generation
+                parts.append((part.codes, self._part_ids(part, start)))
+                start += len(part)
+                bar.update(len(part))
         ann.rebuild(parts)
         log.info("candidate index: %d vectors of %d videos in %d lists", total, len(self), nlist)
         self._ann, self._ann_fresh, self._ann_trained_rows = ann, True, len(self)
@@ -912,9 +915,15 @@ class VideoIndex:
         branch = _branch(branch)
         names = self._branch_names(branch)
         settings = self.settings.updated(nprobe=nprobe, candidates=candidates)
-        if exact or self._ann is None or settings.candidates >= len(self):
+        if not self.is_two_stage(exact, settings.candidates):
             return self._scan(text, k, names, block_videos)
         return self._two_stage(text, k, names, settings, block_videos)
+
+    def is_two_stage(self, exact: bool = False, candidates: int | None = None) -> bool:
+        """Whether ``top_k`` with these arguments runs the two stages (else the exact scan):
+        not ``exact``, a candidate index, and fewer candidates than videos."""
+        candidates = candidates or self.settings.candidates
+        return not exact and self._ann is not None and candidates < len(self)
 
     def _scan(
         self, text: TextEmbedding, k: int, names: list[str], block_videos: int
@@ -974,10 +983,11 @@ class VideoIndex:
             part = slice(start, start + len(distinct))
             start += len(distinct)
             rows, _ = approximate_scores(
-                sims[part], ids[part], weights, tuple(names), settings.candidates
+                sims[part], ids[part], weights, tuple(names), max(settings.candidates, want)
             )
             one = TextEmbedding(text.vectors[i : i + 1], text.mask[i : i + 1], text.ids[i : i + 1])
             if len(rows) < want:  # too few candidates found: score every video instead
+                log.info("query %d: %d candidates for k=%d, scanning every video", i, len(rows), k)
                 scores, top = self._scan(one, k, names, block_videos)
             else:
                 rows = torch.from_numpy(rows)
@@ -1127,6 +1137,16 @@ def _encode_files(
         return [v for v, ok in zip(values, kept, strict=True) if ok]
 
     return _select(embedding, keep), chosen(ids), chosen(paths), chosen(captions)
+
+
+def _open_ann(folder: Path, generation: str) -> CandidateIndex:
+    """The trained candidate index of ``generation`` saved in ``folder``, holding no codes yet;
+    ValueError naming a damaged file."""
+    try:
+        return CandidateIndex(store.read_ann_trained(folder, generation), generation)
+    except RuntimeError as err:  # faiss could not read it
+        path = store.ann_folder(folder, generation) / store.TRAINED_FILE
+        raise ValueError(f"{path} is corrupt ({err}); {REBUILD}") from err
 
 
 def _select(embedding: VideoEmbedding, keep: torch.Tensor) -> VideoEmbedding:

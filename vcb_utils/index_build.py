@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from vcb_utils.storage import read_json, remove, write_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,6 @@ MERGE_VIDEOS = 50_000
 """Videos added to the index per save while merging (1.3 GB of vectors at 26 x 512 fp16)."""
 PLAN_FILE = "plan.json"
 VIDEOS_FILE = "videos.json"
-TENSORS = ("F", "F_mask", "V", "V_mask")
 
 
 @dataclass
@@ -197,7 +198,7 @@ def index_videos(
     index_dir = Path(index_dir)
     work = build_folder(index_dir)
     existing = None
-    if _is_index(index_dir):  # the candidate index is needed where the merge happens only
+    if is_index(index_dir):  # the candidate index is needed where the merge happens only
         existing = VideoIndex.load(index_dir, model, ann=accelerator.is_main_process)
     if existing is not None and existing.framerate != framerate:
         raise ValueError(
@@ -238,7 +239,8 @@ def index_videos(
     return index
 
 
-def _is_index(index_dir: Path) -> bool:
+def is_index(index_dir: Path) -> bool:
+    """Whether ``index_dir`` holds a saved index."""
     from vcb_utils.index_store import POINTER_FILE
 
     return (index_dir / POINTER_FILE).is_file()
@@ -289,6 +291,8 @@ def _encode_shard(path: Path, videos: VideoList, encode: Callable, rank: int) ->
     settings) and write it whole to ``path``, unless it is there already."""
     from safetensors.torch import save
 
+    from vcb_utils.index import FIELDS
+
     if path.is_file():
         return
     with warnings.catch_warnings(record=True) as caught:
@@ -299,7 +303,7 @@ def _encode_shard(path: Path, videos: VideoList, encode: Callable, rank: int) ->
     skipped = sorted(set(videos.paths) - set(paths))
     meta = {"ids": ids, "paths": paths, "captions": captions, "skipped": skipped}
     tensors = {}
-    for name in TENSORS if ids else ():
+    for name in FIELDS if ids else ():
         value = getattr(embedding, name)
         if value is not None:
             value = value.detach().cpu()
@@ -327,20 +331,20 @@ def read_shard(path: Path) -> tuple[dict, dict]:
 
 def _merge(index_dir, work, n_shards, model, framerate, existing, merge_videos, nlist):
     """Add the shards, in order, to the index; save every ``merge_videos`` videos."""
-    from vcb_utils.index import ANN_MIN_VIDEOS, VideoIndex
+    from vcb_utils.index import ANN_MIN_VIDEOS, FIELDS, VideoIndex
     from vcb_utils.model import VideoEmbedding
 
     index = existing
     present = set(index.ids) if index is not None else set()
     pending, skipped = 0, []
-    for n in range(n_shards):
+    for n in tqdm(range(n_shards), desc="merging shards", unit="shard"):
         tensors, meta = read_shard(shard_path(work, n))
         skipped += meta["skipped"]
         keep = [i not in present for i in meta["ids"]]
         if not any(keep):
             continue
         rows = [i for i, k in enumerate(keep) if k]
-        embedding = VideoEmbedding(*(tensors[f][rows] if f in tensors else None for f in TENSORS))
+        embedding = VideoEmbedding(*(tensors[f][rows] if f in tensors else None for f in FIELDS))
         values = [
             [v for v, k in zip(meta[c], keep, strict=True) if k]
             for c in ("ids", "paths", "captions")

@@ -102,21 +102,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("vcb_utils").setLevel(logging.INFO)
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
+    except (ValueError, OSError) as err:  # OSError: FileNotFoundError, PermissionError, ...
         print(f"error: {err}", file=sys.stderr)
         return 2
 
 
 def _build(args: argparse.Namespace) -> int:
-    from vcb_utils.index_build import build_folder
+    from vcb_utils.index_build import build_folder, is_index
 
-    if (args.index / "index.json").exists() and not build_folder(args.index).is_dir():
+    if is_index(args.index) and not build_folder(args.index).is_dir():
         raise ValueError(f"{args.index} is an index already: `add` videos to it")
     return _index_videos(args)
 
 
 def _add(args: argparse.Namespace) -> int:
-    if not (args.index / "index.json").exists():
+    from vcb_utils.index_build import is_index
+
+    if not is_index(args.index):
         raise FileNotFoundError(f"{args.index}: no index there (`build` one first)")
     return _index_videos(args)
 
@@ -124,14 +126,14 @@ def _add(args: argparse.Namespace) -> int:
 def _index_videos(args: argparse.Namespace) -> int:
     from vcb_utils.encode import default_accelerator
     from vcb_utils.index import VideoIndex
-    from vcb_utils.index_build import index_videos, videos_in_csv, videos_in_folder
+    from vcb_utils.index_build import index_videos, is_index, videos_in_csv, videos_in_folder
     from vcb_utils.model import load_checkpoint
 
     accelerator = default_accelerator()
     model, config = load_checkpoint(args.checkpoint)
     model.to(accelerator.device).eval()
     framerate = args.framerate
-    if (args.index / "index.json").exists():
+    if is_index(args.index):
         framerate = VideoIndex.load(args.index, model, ann=False).framerate
     framerate = framerate or config.data.video_framerate
     if args.videos is not None:
@@ -182,7 +184,7 @@ def _search(args: argparse.Namespace) -> int:
         hits = [
             {
                 "rank": h.rank,
-                "score": h.score_total,
+                "score": {"both": h.score_total, "F": h.score_f, "V": h.score_v}[result.branch],
                 "mms_f": h.score_f,
                 "mms_v": h.score_v,
                 "id": h.id,
@@ -194,9 +196,10 @@ def _search(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"query": query, "seconds": seconds, "hits": hits}))
             continue
-        how = "exact" if args.exact or index.ann is None else "two-stage"
+        how = "two-stage" if index.is_two_stage(args.exact, args.candidates) else "exact"
         print(f"{query!r}: top {len(hits)} of {len(index)} videos, {how}, {seconds * 1e3:.0f} ms")
-        print(f"{'rank':>4} {'score':>7} {'MMS_F':>7} {'MMS_V':>7}  id  path")
+        score = {"both": "MMS_F+V", "F": "MMS_F", "V": "MMS_V"}[result.branch]
+        print(f"{'rank':>4} {score:>7} {'MMS_F':>7} {'MMS_V':>7}  id  path")
         for h in hits:
             f, v = (("-" if s is None else f"{s:.3f}") for s in (h["mms_f"], h["mms_v"]))
             print(f"{h['rank']:>4} {h['score']:>7.3f} {f:>7} {v:>7}  {h['id']}  {h['path']}")
@@ -229,7 +232,7 @@ def _info(args: argparse.Namespace) -> int:
 def _reindex(args: argparse.Namespace) -> int:
     from vcb_utils.index import VideoIndex
 
-    index = VideoIndex.load(args.index)
+    index = VideoIndex.load(args.index, ann=False)  # the old codes are replaced
     start = time.perf_counter()
     index.build_ann(nlist=args.nlist)
     index.save(args.index)

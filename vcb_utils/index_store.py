@@ -27,7 +27,7 @@ load, into RAM, and saving converts them.
 
 from __future__ import annotations
 
-import json
+import io
 import os
 import re
 from collections.abc import Sequence
@@ -67,6 +67,8 @@ VERSION_FILE = re.compile(r"v\d{6}\.json")
 VERSION_DIR = re.compile(r"v\d{6}")
 SEGMENT_NAME = re.compile(r"s\d{6}")
 GENERATION_NAME = re.compile(r"g[0-9a-f]{12}")
+ANN_SETTINGS = {"nprobe", "hits_per_vector", "candidates"}
+"""The search settings a manifest's candidate index carries (``vcb_utils.ann.SearchSettings``)."""
 REBUILD = "rebuild the index: VideoIndex.build(model, paths).save(directory)"
 
 
@@ -174,7 +176,13 @@ def read_manifest(directory: Path, name: str) -> Manifest:
         if catalogue is not None and not isinstance(catalogue, int):
             raise ValueError(f"catalogue version {catalogue!r}")
         ann = data["ann"]
-        if ann is not None and not GENERATION_NAME.fullmatch(str(ann.get("generation"))):
+        if ann is not None and not (
+            GENERATION_NAME.fullmatch(str(ann.get("generation")))
+            and isinstance(ann.get("trained_rows"), int)
+            and isinstance(ann.get("settings"), dict)
+            and set(ann["settings"]) == ANN_SETTINGS
+            and all(isinstance(v, int) and v > 0 for v in ann["settings"].values())
+        ):
             raise ValueError(f"ann {ann!r}")
         return Manifest(dict(data["model"]), float(data["framerate"]), segments, catalogue, ann)
     except (TypeError, KeyError, ValueError, AttributeError) as err:
@@ -269,7 +277,9 @@ def ann_folder(directory: Path, generation: str) -> Path:
 
 def write_ann_trained(directory: Path, generation: str, trained: bytes) -> None:
     folder = ann_folder(directory, generation)
-    folder.mkdir(parents=True, exist_ok=True)
+    if not folder.is_dir():
+        folder.mkdir(parents=True)
+        fsync_path(folder.parent)  # the new generation's entry survives a power loss
     write_atomic(folder / TRAINED_FILE, trained)
 
 
@@ -283,17 +293,9 @@ def read_ann_trained(directory: Path, generation: str) -> bytes:
 
 def write_ann_part(directory: Path, generation: str, segment: str, codes: np.ndarray) -> None:
     """The codes of one segment's vectors, in ``vcb_utils.ann.segment_ids`` order."""
-    path = ann_folder(directory, generation) / f"{segment}.codes.npy"
-    temp = temp_path(path)
-    try:
-        with open(temp, "wb") as file:
-            np.save(file, np.ascontiguousarray(codes), allow_pickle=False)
-        fsync_path(temp)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    fsync_path(path.parent)
+    data = io.BytesIO()
+    np.save(data, np.ascontiguousarray(codes), allow_pickle=False)
+    write_atomic(ann_folder(directory, generation) / f"{segment}.codes.npy", data.getvalue())
 
 
 def read_ann_part(
@@ -496,8 +498,3 @@ def disk_bytes(directory: Path) -> dict[str, int]:
         for name in files:
             sizes[part] += (Path(root) / name).stat().st_size
     return sizes
-
-
-def manifest_json(directory: Path, name: str) -> dict:
-    """The raw manifest (for reports)."""
-    return json.loads(manifest_path(directory, name).read_text())
