@@ -44,8 +44,9 @@ def clip_frames(seed: int) -> np.ndarray:
     for i in range(len(frames)):
         image = np.empty((HEIGHT, WIDTH, 3), np.float32)
         image[..., 0] = 128 + 100 * np.sin((np.arange(WIDTH) + speed[0] * i) / 23 + phase[0])
-        image[..., 1] = (128 + 100 * np.cos((np.arange(HEIGHT) - speed[1] * i) / 31
-                                             + phase[1]))[:, None]
+        image[..., 1] = (128 + 100 * np.cos((np.arange(HEIGHT) - speed[1] * i) / 31 + phase[1]))[
+            :, None
+        ]
         diagonal = 128 + 100 * np.sin((np.arange(HEIGHT + WIDTH) + speed[2] * i) / 41 + phase[2])
         image[..., 2] = diagonal[x + y]
         cx, cy = (40 + 3 * i) % WIDTH, (60 + 2 * i) % HEIGHT
@@ -88,8 +89,10 @@ def main() -> None:
         with ProcessPoolExecutor(args.workers) as pool:
             list(pool.map(write_clip, jobs))
         size_mb = sum(p.stat().st_size for _, p in jobs) / len(jobs) / 1e6
-        print(f"generated {args.clips} clips ({SECONDS} s, {FPS} fps, {WIDTH}x{HEIGHT}, "
-              f"{size_mb:.2f} MB each) in {time.perf_counter() - started:.1f} s")
+        print(
+            f"generated {args.clips} clips ({SECONDS} s, {FPS} fps, {WIDTH}x{HEIGHT}, "
+            f"{size_mb:.2f} MB each) in {time.perf_counter() - started:.1f} s"
+        )
 
         records = [Record(p.stem, p, f"caption {i}") for i, p in jobs]
         prep = Preprocessing(tokenize, MAX_FRAMES, IMAGE_SIZE, MEAN, STD)
@@ -104,15 +107,21 @@ def main() -> None:
             cached = VideoTextDataset(
                 records, tokenize, prep.source(FRAMERATE, cache=cache, uint8=uint8)
             )
-            rates[uint8] = (throughput(raw, args.workers, args.raw_passes),
-                            throughput(cached, args.workers, args.cache_passes))
+            rates[uint8] = (
+                throughput(raw, args.workers, args.raw_passes),
+                throughput(cached, args.workers, args.cache_passes),
+            )
 
-    print(f"{MAX_FRAMES} frames at {IMAGE_SIZE} px per clip, {args.workers} workers, batch 8; "
-          f"cache built in {build:.1f} s, {entry_mb:.2f} MB/clip")
+    print(
+        f"{MAX_FRAMES} frames at {IMAGE_SIZE} px per clip, {args.workers} workers, batch 8; "
+        f"cache built in {build:.1f} s, {entry_mb:.2f} MB/clip"
+    )
     for uint8, (raw, cached) in rates.items():
         name = "uint8 videos  " if uint8 else "float32 videos"
-        print(f"{name}: raw decode {raw:6.1f} clips/s | frame cache {cached:6.1f} clips/s | "
-              f"ratio {cached / raw:5.1f}x")
+        print(
+            f"{name}: raw decode {raw:6.1f} clips/s | frame cache {cached:6.1f} clips/s | "
+            f"ratio {cached / raw:5.1f}x"
+        )
 
 
 def tokenize(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

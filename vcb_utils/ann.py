@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
@@ -44,7 +44,7 @@ neighbours."""
 class SearchSettings:
     """How much the two stages do per query; more of each: higher recall, slower."""
 
-    nprobe: int = 16
+    nprobe: int = 4
     """Coarse lists scanned per query vector."""
     hits_per_vector: int = 1024
     """Approximate neighbours kept per query vector."""
@@ -82,13 +82,12 @@ def default_m(dim: int) -> int:
 
 
 def default_settings(nlist: int) -> SearchSettings:
-    """Search settings for an index of ``nlist`` lists: 1/256 of the lists probed (at least 4),
-    and from 2048 lists (millions of videos, more of them near each query vector) twice the
-    hits per query vector."""
-    return SearchSettings(
-        nprobe=min(nlist, max(4, nlist // 256)),
-        hits_per_vector=2048 if nlist >= 2048 else 1024,
-    )
+    """Search settings for an index of ``nlist`` lists: the ``SearchSettings`` defaults, with
+    no more lists probed than there are. Chosen on ``benchmarks/bench_search.py``'s curve: at
+    100k and 1M videos, 4 lists, 1024 hits and 128 candidates are past the knee (more lists
+    cost time linearly for little recall; 2048 hits lower each query vector's worst hit, the
+    score a video it did not find gets, and so lowered recall)."""
+    return SearchSettings(nprobe=min(nlist, SearchSettings.nprobe))
 
 
 @contextmanager
@@ -148,8 +147,9 @@ class CandidateIndex:
         self._fast = None
         self.rebuild(parts)
 
-    def rebuild(self, parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
-        """Hold exactly the encoded vectors of ``parts`` (``(codes, ids)`` pairs).
+    def rebuild(self, parts: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Hold exactly the encoded vectors of ``parts`` (``(codes, ids)`` pairs, read once, in
+        turn).
 
         The codes go into a plain IVF-PQ index, which faiss then converts to the fast-scan
         layout in one go. (Appending fast-scan codes with ``merge_from`` is not used: in faiss

@@ -731,15 +731,19 @@ class VideoIndex:
     def _load_ann(self, folder: Path, manifest: Manifest) -> None:
         info = manifest.ann
         ann = _open_ann(folder, info["generation"])
-        parts, start = [], 0
+        ann.rebuild(self._saved_codes(folder, ann))
+        self._ann, self._ann_trained_rows = ann, info["trained_rows"]
+        self.settings = SearchSettings(**info["settings"])
+
+    def _saved_codes(self, folder: Path, ann: CandidateIndex) -> Iterator[tuple]:
+        """``(codes, ids)`` of each segment, memory-mapped one at a time: a segment's pages
+        leave this process once the next one is read (peak memory at load)."""
+        start = 0
         for part in self._parts:
             count = self._vector_count(part)
             codes = store.read_ann_part(folder, ann.generation, part.segment, ann.code_size, count)
-            parts.append((codes, self._part_ids(part, start)))
+            yield codes, self._part_ids(part, start)
             start += len(part)
-        ann.rebuild(parts)
-        self._ann, self._ann_trained_rows = ann, info["trained_rows"]
-        self.settings = SearchSettings(**info["settings"])
 
     def check_model(self, model: VideoColBERT, source: str = "the index") -> None:
         """ValueError naming every vector-changing config field where ``model`` differs."""

@@ -96,16 +96,6 @@ class ClusteredVectors:
             return self._block(0, count=0)
         return VideoEmbedding(*(torch.cat(tensors) for tensors in zip(*parts, strict=True)))
 
-    def centres(self, rows: torch.Tensor) -> torch.Tensor:
-        """The centre direction of each video in ``rows`` ``[n, dim]`` (what queries aim at)."""
-        rows = torch.as_tensor(rows)
-        out = torch.empty(len(rows), self.dim)
-        for block in rows.div(BLOCK, rounding_mode="floor").unique().tolist():
-            here = rows.div(BLOCK, rounding_mode="floor") == block
-            centre, _ = self._block_centres(block)
-            out[here] = centre[rows[here] - block * BLOCK]
-        return out
-
     def _block_centres(self, block: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Centres ``[BLOCK, dim]`` and scenes ``[BLOCK, 2, dim]`` of one block of videos."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + block + 7)
@@ -127,7 +117,8 @@ class ClusteredVectors:
         scene = scenes.gather(1, scene_of[..., None].expand(-1, -1, self.dim))
         noise = _unit(torch.randn(BLOCK, t, self.dim, generator=g))
         frames = _unit(scene + 0.3 * noise)
-        context = _unit(frames + 0.5 * centre[:, None] + 0.2 * _unit(torch.randn_like(frames)))
+        jitter = _unit(torch.randn(frames.shape, generator=g))
+        context = _unit(frames + 0.5 * centre[:, None] + 0.2 * jitter)
         extra = _unit(centre[:, None] + 0.35 * _unit(torch.randn(BLOCK, e, self.dim, generator=g)))
         f_mask = torch.arange(t)[None] < lengths[:, None]
         v_mask = F.pad(f_mask, (0, e), value=True)
