@@ -282,7 +282,8 @@ def measure_lancedb(n: int, folder: Path, count: int, truth: torch.Tensor) -> di
             for i in range(count):
                 began = time.perf_counter()
                 found = table.search(text.vectors[i].numpy(), vector_column_name="vectors")
-                found = found.nprobes(nprobes).limit(limit).select(["row"]).to_arrow()
+                found = found.nprobes(nprobes).limit(limit).select(["row", "_distance"])
+                found = found.to_arrow()
                 rows = torch.tensor(found.column("row").to_pylist())
                 vectors_, mask_ = index._rows(rows)
                 scores = index._score(one(text, i), vectors_, mask_, ["F", "V"])
@@ -461,11 +462,11 @@ def report(n: int, built: dict, truth_s: float, r1: float, exact: dict, two: dic
         + ", ".join(f"{k} {v / n:,.0f} B" for k, v in built["disk_bytes"].items())
         + f"); in RAM: {built['ram_per_video']:,.0f} B per video of codes and ids"
     )
-    ann = built["ann"]
+    ann, settings = built["ann"], two["settings"]
     print(
         f"candidate index: {ann['nlist']} lists, {ann['m']} x 4-bit PQ; defaults nprobe "
-        f"{ann['nprobe']}, {ann['hits_per_vector']} hits per query vector, "
-        f"{ann['candidates']} candidates"
+        f"{settings['nprobe']}, {settings['hits_per_vector']} hits per query vector, "
+        f"{settings['candidates']} candidates"
     )
     print(f"exact pass for the ground truth: {truth_s:.0f} s; exact R@1 of the queries {r1:.0%}")
     header = f"{'':>28} {'exact scan':>14} {'two-stage':>14}"
