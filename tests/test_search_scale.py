@@ -10,7 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from helpers import free_port, launch_env
+from helpers import launch_env, launch_two
 from test_index import QUERIES, make_model, random_embedding, write_clip
 
 from vcb_utils import index_build, index_cli
@@ -255,25 +255,18 @@ def cli(*args: str) -> int:
     return index_cli.main([str(a) for a in args])
 
 
+def build_args(index, library, *more) -> list:
+    """``index_cli build`` of the library's clips into ``index`` with its checkpoint."""
+    return [
+        "build", "--index", index, "--checkpoint", library / "ckpt",
+        "--videos", library / "clips", *more,
+    ]  # fmt: skip
+
+
 def test_cli_builds_searches_adds_and_reports(library, tmp_path, capsys):
     index = tmp_path / "idx"
     ckpt = library / "ckpt"
-    assert (
-        cli(
-            "build",
-            "--index",
-            index,
-            "--checkpoint",
-            ckpt,
-            "--videos",
-            library / "clips",
-            "--shard-size",
-            "2",
-            "--framerate",
-            "4",
-        )
-        == 0
-    )
+    assert cli(*build_args(index, library, "--shard-size", "2", "--framerate", "4")) == 0
     out = capsys.readouterr().out
     assert "4 videos" in out and "kB per video on disk" in out
     assert not index_build.build_folder(index).exists()  # the shards are merged and deleted
@@ -296,7 +289,7 @@ def test_cli_builds_searches_adds_and_reports(library, tmp_path, capsys):
     assert cli("search", "--index", index, "--checkpoint", ckpt, "red", "--json", "-k", "1") == 0
     (line,) = capsys.readouterr().out.splitlines()
     assert len(json.loads(line)["hits"]) == 1
-    assert cli("build", "--index", index, "--checkpoint", ckpt, "--videos", library / "clips") == 2
+    assert cli(*build_args(index, library)) == 2
     assert "is an index already" in capsys.readouterr().err
     args = ("search", "--index", index, "--checkpoint", ckpt, "red", "--json", "--branch", "F")
     assert cli(*args) == 0
@@ -304,8 +297,7 @@ def test_cli_builds_searches_adds_and_reports(library, tmp_path, capsys):
     assert hit["score"] == hit["mms_f"]  # the score the ranking is by
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
-    args = ("build", "--index", not_a_folder, "--checkpoint", ckpt, "--videos", library / "clips")
-    assert cli(*args) == 2
+    assert cli(*build_args(not_a_folder, library)) == 2
     assert str(not_a_folder) in capsys.readouterr().err
 
 
@@ -327,19 +319,7 @@ def test_a_build_killed_after_some_shards_resumes_without_encoding_them_again(
         return real(model, paths, *args, **kwargs)
 
     monkeypatch.setattr(index_module, "_encode_files", counting)
-    args = [
-        "build",
-        "--index",
-        tmp_path / "idx",
-        "--checkpoint",
-        library / "ckpt",
-        "--videos",
-        library / "clips",
-        "--shard-size",
-        "2",
-        "--framerate",
-        "4",
-    ]
+    args = build_args(tmp_path / "idx", library, "--shard-size", "2", "--framerate", "4")
     with pytest.raises(Killed):
         cli(*args)
     work = index_build.build_folder(tmp_path / "idx")
@@ -351,17 +331,7 @@ def test_a_build_killed_after_some_shards_resumes_without_encoding_them_again(
     assert first not in encoded and len(encoded) == 2  # shards 1 and 2 only
     assert "resuming, 1 shard(s)" in caplog.text
     assert len(VideoIndex.load(tmp_path / "idx")) == 4 and not work.exists()
-    other = [
-        "build",
-        "--index",
-        tmp_path / "idx2",
-        "--checkpoint",
-        library / "ckpt",
-        "--videos",
-        library / "clips",
-        "--shard-size",
-        "3",
-    ]
+    other = build_args(tmp_path / "idx2", library, "--shard-size", "3")
     work2 = index_build.build_folder(tmp_path / "idx2")
     work2.mkdir()
     (work2 / "plan.json").write_text(json.dumps({"requested": "another list"}))
@@ -371,47 +341,13 @@ def test_a_build_killed_after_some_shards_resumes_without_encoding_them_again(
 
 @pytest.mark.slow
 def test_every_process_encodes_its_shards_then_the_main_one_merges(library, tmp_path):
-    command = [
-        "accelerate",
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--main_process_port",
-        str(free_port()),
-        "-m",
-        "vcb_utils.index_cli",
-        "-v",
-        "build",
-        "--index",
-        str(tmp_path / "two"),
-        "--checkpoint",
-        str(library / "ckpt"),
-        "--videos",
-        str(library / "clips"),
-        "--shard-size",
-        "1",
-        "--framerate",
-        "4",
-    ]
+    build = build_args(tmp_path / "two", library, "--shard-size", "1", "--framerate", "4")
+    command = launch_two("-m", "vcb_utils.index_cli", "-v", *map(str, build))
     done = subprocess.run(command, env=launch_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     for rank, shard in ((0, 0), (1, 1), (0, 2), (1, 3), (0, 4)):
         assert f"process {rank} wrote shard-{shard:06d}.safetensors " in done.stderr
-    assert (
-        cli(
-            "build",
-            "--index",
-            tmp_path / "one",
-            "--checkpoint",
-            library / "ckpt",
-            "--videos",
-            library / "clips",
-            "--framerate",
-            "4",
-        )
-        == 0
-    )
+    assert cli(*build_args(tmp_path / "one", library, "--framerate", "4")) == 0
     two, one = VideoIndex.load(tmp_path / "two"), VideoIndex.load(tmp_path / "one")
     assert two.ids == one.ids and two.paths == one.paths
     torch.testing.assert_close(two.F.float(), one.F.float(), atol=2e-3, rtol=0)
