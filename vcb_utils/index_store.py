@@ -31,11 +31,12 @@ import io
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
+from vcb_utils.ann import SearchSettings
 from vcb_utils.storage import (
     fsync_path,
     fsync_tree,
@@ -67,8 +68,8 @@ VERSION_FILE = re.compile(r"v\d{6}\.json")
 VERSION_DIR = re.compile(r"v\d{6}")
 SEGMENT_NAME = re.compile(r"s\d{6}")
 GENERATION_NAME = re.compile(r"g[0-9a-f]{12}")
-ANN_SETTINGS = {"nprobe", "hits_per_vector", "candidates"}
-"""The search settings a manifest's candidate index carries (``vcb_utils.ann.SearchSettings``)."""
+ANN_SETTINGS = {f.name for f in fields(SearchSettings)}
+"""The search settings a manifest's candidate index carries."""
 REBUILD = "rebuild the index: VideoIndex.build(model, paths).save(directory)"
 
 
