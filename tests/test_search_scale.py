@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+import warnings
 
 import numpy as np
 import pytest
@@ -176,6 +177,20 @@ def test_a_retrained_candidate_index_replaces_the_old_codes(tmp_path):
     loaded.save(tmp_path / "idx")
     assert [p.name for p in (tmp_path / "idx" / "ann").iterdir()] == [loaded.ann.generation]
     assert loaded.ann.generation != old and VideoIndex.load(tmp_path / "idx").ann.nlist == 8
+
+
+def test_saving_an_index_grown_far_past_its_candidate_index_warns_to_retrain(tmp_path):
+    vectors, index = clustered(900)
+    small = VideoIndex(index.config, vectors.videos(0, 100), index.ids[:100])
+    small.build_ann(nlist=4)
+    small.save(tmp_path / "idx")  # trained on 100 videos
+    small.add_embeddings(vectors.videos(100, 700), index.ids[100:700])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small.save(tmp_path / "idx")  # 7x: no warning yet
+    small.add_embeddings(vectors.videos(700, 900), index.ids[700:900])
+    with pytest.warns(UserWarning, match=r"900 videos, 9x those the candidate index was trained"):
+        small.save(tmp_path / "idx")
 
 
 def test_a_mismatched_model_config_is_refused(tmp_path):

@@ -484,16 +484,19 @@ class VideoIndex:
             log.info("%d videos: building the candidate index for two-stage search", len(self))
             self.build_ann()
             self.save(directory)
-        elif self._ann is not None and len(self) >= GROWTH_WARNING * max(self._ann_trained_rows, 1):
+        elif self._ann is not None and self._growth() >= GROWTH_WARNING:
             warnings.warn(
-                f"{directory}: {len(self)} videos, "
-                f"{len(self) / max(self._ann_trained_rows, 1):.0f}x "
+                f"{directory}: {len(self)} videos, {self._growth():.0f}x "
                 "those the candidate index was trained on: retrain it for recall and speed "
                 "(index.build_ann(); index.save(...), or `python -m vcb_utils.index_cli "
                 "reindex`)",
                 stacklevel=2,
             )
         return directory
+
+    def _growth(self) -> float:
+        """Videos now per video the candidate index was trained on."""
+        return len(self) / max(self._ann_trained_rows, 1)
 
     def _check_save(self, directory: Path, current: Current | None, base: Manifest | None) -> bool:
         """Whether this save appends to ``base`` (else it replaces); ValueError if it would lose
