@@ -192,7 +192,7 @@ def index_videos(
     ``on_error="skip"`` leaves unreadable files out, listed in a warning; ``"raise"`` stops.
     """
     from vcb_utils.encode import default_accelerator
-    from vcb_utils.index import VideoIndex
+    from vcb_utils.index import VideoIndex, _encode_files
 
     accelerator = accelerator or default_accelerator()
     index_dir = Path(index_dir)
@@ -216,8 +216,6 @@ def index_videos(
     videos = _check_plan(work, plan)
     shards = range(0, len(videos), shard_size)
     rank, world = accelerator.process_index, accelerator.num_processes
-    from vcb_utils.index import _encode_files
-
     encode = partial(
         _encode_files,
         model,
