@@ -331,25 +331,42 @@ PAPER_DATASETS: dict[str, dict[str, dict[str, Any]]] = {
     "msrvtt": {"data": {"datatype": "msrvtt"}, "model": {"max_words": 32, "max_frames": 12}},
     "msvd": {"data": {"datatype": "msvd"}, "model": {"max_words": 32, "max_frames": 12}},
     "vatex": {"data": {"datatype": "vatex"}, "model": {"max_words": 32, "max_frames": 12}},
-    # paragraph-to-video: longer queries and videos; batch 64 as in CLIP4Clip's commands
+    # paragraph-to-video: longer queries and videos; the global batch stays 128 and the
+    # evaluation batch is 16, as in CLIP4Clip's README commands for both (8 GPUs)
     "didemo": {
         "data": {"datatype": "didemo"},
         "model": {"max_words": 64, "max_frames": 64},
-        "train": {"batch_size": 64, "batch_size_val": 16},
+        "train": {"batch_size_val": 16},
     },
     "activitynet": {
         "data": {"datatype": "activitynet"},
         "model": {"max_words": 64, "max_frames": 64},
-        "train": {"batch_size": 64, "batch_size_val": 16},
+        "train": {"batch_size_val": 16},
     },
 }
 """Each benchmark's protocol (docs/datasets.md): annotation layout, query and video length."""
+CLIP_FROZEN = (
+    "token_embedding",
+    "positional_embedding",
+    "patch_embedding",
+    "visual.positional_embedding",
+    "visual.class_embedding",
+)
+"""What the seed's code freezes in CLIP: the text token and position embeddings, the patch
+convolution, and the image tower's position and class embeddings (docs/method.md)."""
+SIGLIP_FROZEN = (
+    "token_embedding",
+    "positional_embedding",
+    "patch_embedding",
+    "visual.trunk.pos_embed",
+)
+"""The same parts of SigLIP's towers; its timm image tower has no class token."""
 PAPER_BACKBONES: dict[str, dict[str, Any]] = {
-    "clip-b32": {"backbone": "ViT-B-32", "pretrained": "openai"},
-    "clip-b16": {"backbone": "ViT-B-16", "pretrained": "openai"},
-    "siglip-b16": {"backbone": "ViT-B-16-SigLIP", "pretrained": "webli"},
+    "clip-b32": {"backbone": "ViT-B-32", "pretrained": "openai", "frozen": CLIP_FROZEN},
+    "clip-b16": {"backbone": "ViT-B-16", "pretrained": "openai", "frozen": CLIP_FROZEN},
+    "siglip-b16": {"backbone": "ViT-B-16-SigLIP", "pretrained": "webli", "frozen": SIGLIP_FROZEN},
 }
-"""The paper's backbones as open_clip names and weight tags (the tags download)."""
+"""The paper's backbones as open_clip names, weight tags (the tags download) and frozen parts."""
 PAPER_COMMON: dict[str, dict[str, Any]] = {
     "data": {"video_framerate": 1.0, "workers": 8},
     "train": {"batch_size": 128},
