@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 import os
 import pickle
+import pickletools
 import typing
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -35,7 +35,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from vcb_utils import synthetic
+from vcb_utils import safe_json, synthetic
 from vcb_utils.config import Datatype
 from vcb_utils.video import VideoReadError, VideoRef, probe
 
@@ -70,6 +70,9 @@ ACTIVITYNET_SPLITS = {
 ``val_1`` as in CLIP4Clip, and ``val_2.json`` is never read."""
 MAX_PROBLEMS = 10
 """How many problems of one annotation file an error lists."""
+MAX_CAPTION_CHARS = 1 << 28
+"""Cap on the characters of an MSVD pickle's captions once joined (the real file has about 5
+million): a small pickle that references one list many times would expand far past memory."""
 NOT_VIDEOS = frozenset(
     {".csv", ".json", ".jsonl", ".md", ".part", ".pickle", ".pkl", ".tmp", ".txt", ".ytdl"}
 )
@@ -154,6 +157,7 @@ def _read_msrvtt(anno_dir: Path, split: str, video_path: str | os.PathLike | Non
     split_file = anno_dir / MSRVTT_SPLITS[split]
     if split in ("test", "val"):
         rows = _csv_rows(split_file, ("video_id", "sentence"))
+        _check_ids([r["video_id"] for _, r in rows], split_file)
         return [
             Record(
                 r["video_id"],
@@ -163,19 +167,21 @@ def _read_msrvtt(anno_dir: Path, split: str, video_path: str | os.PathLike | Non
             for line, r in rows
         ]
     ids = [r["video_id"] for _, r in _csv_rows(split_file, ("video_id",))]
+    _check_ids(ids, split_file)
     return _msrvtt_train(ids, _msrvtt_captions(anno_dir / MSRVTT_DATA), video_dir, split_file)
 
 
 def _msrvtt_captions(path: Path) -> dict[str, list[str]]:
     """Captions per video id from ``MSRVTT_data.json``, in file order."""
+    data = _load_json(path)
     try:
-        data = json.loads(_read_text(path))
-        sentences = data["sentences"]
-        pairs = [(s["video_id"], s["caption"]) for s in sentences]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        pairs = [(s["video_id"], s["caption"]) for s in data["sentences"]]
+    except (KeyError, TypeError) as err:
         raise ValueError(f"{path}: not an MSR-VTT data file ({type(err).__name__}: {err})") from err
     captions: dict[str, list[str]] = defaultdict(list)
     for i, (video_id, text) in enumerate(pairs):
+        if not isinstance(video_id, str):
+            raise ValueError(f"{path}:sentence {i}: video_id {video_id!r} is not a string")
         captions[video_id].append(_caption(text, path, f"sentence {i}"))
     return captions
 
@@ -217,8 +223,13 @@ def _read_own(path: Path, kind: str, split: str, root: Path) -> list[Record]:
 def _own_record(root: Path, line: int, row: dict, problems: _Problems) -> Record | None:
     where = f"{problems.path.name}:{line}"
     found = len(problems.found)
-    if not row.get("video"):
+    video = row.get("video")
+    if video is None or video == "":
         problems.add(where, "missing 'video'")
+    elif not isinstance(video, str):
+        problems.add(where, f"'video' must be a file path, not a {type(video).__name__}")
+    elif _outside(video):
+        problems.add(where, f"video {video!r} is not inside the video folder {root}")
     caption = row.get("caption")
     if not isinstance(caption, str) or not caption.strip():
         problems.add(where, "empty or missing caption")
@@ -228,28 +239,83 @@ def _own_record(root: Path, line: int, row: dict, problems: _Problems) -> Record
         problems.add(where, f"end {end} is not after start {start}")
     if len(problems.found) > found:
         return None
-    video = str(row["video"])
     return Record(video, root / video, caption.strip(), start, end)
 
 
+def _outside(name: str) -> bool:
+    """Whether the relative path ``name`` leads out of its folder (absolute, or up past it)."""
+    normal = os.path.normpath(name)
+    return os.path.isabs(normal) or normal == os.pardir or normal.startswith(os.pardir + os.sep)
+
+
+def _check_ids(ids: Sequence[str], source: Path) -> None:
+    """A benchmark's video id names one file of the video folder: no folder, no way out."""
+    bad = [i for i in ids if not i or i in (".", "..") or "/" in i or "\\" in i]
+    if bad:
+        raise ValueError(
+            f"{source}: {len(bad)} video id(s) are not plain file names, so they would name "
+            f"files outside the video folder: {_first([repr(i) for i in bad], ', ')}"
+        )
+
+
 def _csv_rows(path: Path, columns: Sequence[str]) -> list[tuple[int, dict]]:
-    """(line number, row) pairs of a CSV with a header; the columns must be present."""
-    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
-    absent = [c for c in columns if c not in (reader.fieldnames or [])]
+    """(line number, row) pairs of a CSV with a header; the columns must be present, once each.
+
+    Each row must have the header's number of fields and fit on its line: a quoted field that
+    runs over lines (or past the csv module's size limit) is nearly always a stray quote that
+    swallowed the rows after it.
+    """
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""))
+    header = next(reader, [])
+    absent = [c for c in columns if c not in header]
     if absent:
-        raise ValueError(f"{path}: missing column(s) {absent} (header: {reader.fieldnames})")
-    return [(reader.line_num, row) for row in reader]
+        raise ValueError(f"{path}: missing column(s) {absent} (header: {header})")
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise ValueError(f"{path}:1: column(s) {repeated} appear more than once in the header")
+    rows, line = [], reader.line_num
+    try:
+        for fields in reader:
+            start, line = line + 1, reader.line_num
+            if fields:
+                _check_row(path, start, line, len(fields), len(header))
+                rows.append((start, dict(zip(header, fields, strict=True))))
+    except csv.Error as err:
+        raise ValueError(
+            f"{path}:{line + 1}: unreadable row ({err}); a quote left open there swallows "
+            "every row after it: close it, or quote the whole field and double inner quotes"
+        ) from err
+    return rows
+
+
+def _check_row(path: Path, start: int, end: int, fields: int, columns: int) -> None:
+    if end > start:
+        raise ValueError(
+            f"{path}:{start}: a quoted field runs on to line {end}: a quote left open there "
+            "swallows the rows after it (a field must fit on its line)"
+        )
+    if fields != columns:
+        raise ValueError(
+            f"{path}:{start}: {fields} fields, the header has {columns} "
+            "(a comma inside an unquoted field, or a field missing?)"
+        )
+
+
+def _lines(text: str) -> list[str]:
+    """``text`` cut at line feeds only (``str.splitlines`` also cuts at U+2028 and others,
+    which may appear inside a JSON string)."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
 
 
 def _jsonl_rows(path: Path, problems: _Problems) -> list[tuple[int, dict]]:
     rows = []
-    for line, text in enumerate(_read_text(path).splitlines(), start=1):
+    for line, text in enumerate(_lines(_read_text(path)), start=1):
         if not text.strip():
             continue
         try:
-            row = json.loads(text)
-        except json.JSONDecodeError as err:
-            problems.add(f"{path.name}:{line}", f"invalid JSON ({err.msg})")
+            row = safe_json.parse(text)
+        except safe_json.InvalidJSON as err:
+            problems.add(f"{path.name}:{line}", f"invalid JSON ({err.reason})")
             continue
         if not isinstance(row, dict):
             problems.add(f"{path.name}:{line}", "expected a JSON object")
@@ -268,9 +334,11 @@ def _seconds(value: object, where: str, problems: _Problems) -> float | None:
     if value is None or value == "":
         return None
     try:
+        if isinstance(value, bool):
+            raise TypeError
         seconds = float(value)
-    except (TypeError, ValueError):
-        problems.add(where, f"{value!r} is not a time in seconds")
+    except (TypeError, ValueError, OverflowError):
+        problems.add(where, f"{str(value)[:40]!r} is not a time in seconds")
         return None
     if not math.isfinite(seconds) or seconds < 0:
         problems.add(where, f"{value!r} is not a time in seconds (finite, >= 0)")
@@ -419,17 +487,12 @@ def _read_text(path: Path) -> str:
 
 
 def _load_json(path: Path) -> object:
-    try:
-        return json.loads(_read_text(path))
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{path}:{err.lineno}: invalid JSON ({err.msg} at column {err.colno})"
-        ) from err
+    return safe_json.loads(_read_text(path), path)
 
 
 def _read_list(path: Path) -> list[str]:
     """A split list: one id a line, in order; blank lines and repeats dropped."""
-    ids = [line.strip() for line in _read_text(path).splitlines() if line.strip()]
+    ids = [line.strip() for line in _lines(_read_text(path)) if line.strip()]
     if not ids:
         raise ValueError(f"{path}: the split list is empty")
     return _unique(ids, path)
@@ -455,8 +518,10 @@ def _split_ids(
 ) -> list[str]:
     """The ids of ``list_file`` if it exists (each must be in ``known``), else all of ``known``."""
     if not list_file.is_file():
+        _check_ids(list(known), data_file)
         return list(known)
     ids = read(list_file)
+    _check_ids(ids, list_file)
     missing = [video for video in ids if video not in known]
     if missing:
         raise ValueError(
@@ -509,18 +574,42 @@ def _msvd_pickle_captions(path: Path) -> dict[str, list[str]]:
             f"not {type(data).__name__}"
         )
     problems = _Problems(path)
-    captions = {}
+    sizes: dict[tuple[int, int], int | None] = {}
+    captions, total = {}, 0
     for video_id, value in data.items():
+        size = _joined_size(value, sizes)
         if not isinstance(video_id, str):
             problems.add(repr(video_id), "the video id is not a string")
-        elif not isinstance(value, list) or not all(
-            isinstance(tokens, list) and all(isinstance(t, str) for t in tokens) for tokens in value
-        ):
+            continue
+        if size is None:
             problems.add(repr(video_id), "expected a list of token lists [[token, ...], ...]")
-        else:
-            captions[video_id] = _clean_captions([" ".join(t) for t in value], problems, video_id)
+            continue
+        total += size
+        if total > MAX_CAPTION_CHARS:
+            raise ValueError(
+                f"{path}: its captions would take over {MAX_CAPTION_CHARS} characters once "
+                "joined (it references the same lists over and over): not MSVD's captions"
+            )
+        captions[video_id] = _clean_captions([" ".join(t) for t in value], problems, video_id)
     problems.raise_any()
     return captions
+
+
+def _joined_size(value: object, sizes: dict[tuple[int, int], int | None], depth: int = 2):
+    """The characters of ``value``'s captions once their tokens are joined (``depth`` 2: a list
+    of token lists, 1: a token list), or None if it is not one. Each list is measured once, by
+    identity, however many times the pickle references it."""
+    key = (id(value), depth)
+    if key not in sizes:
+        if not isinstance(value, list):
+            sizes[key] = None
+        elif depth == 1:
+            ok = all(isinstance(token, str) for token in value)
+            sizes[key] = sum(len(token) + 1 for token in value) if ok else None
+        else:
+            parts = [_joined_size(item, sizes, 1) for item in value]
+            sizes[key] = None if None in parts else sum(parts)
+    return sizes[key]
 
 
 def _clean_captions(texts: list[str], problems: _Problems, video_id: str) -> list[str]:
@@ -545,9 +634,14 @@ class _PlainDataUnpickler(pickle.Unpickler):
 
 
 def _load_plain_pickle(path: Path) -> object:
+    """The plain data in the pickle ``path``. Its opcodes are read first: every length the pickle
+    declares must be present in the file, since the unpickler allocates a declared length before
+    reading it (a 20 MB file declaring 8 GB would get them)."""
+    data = path.read_bytes()
     try:
-        with open(path, "rb") as handle:
-            return _PlainDataUnpickler(handle).load()
+        for _ in pickletools.genops(data):
+            pass
+        return _PlainDataUnpickler(io.BytesIO(data)).load()
     except _RefusedGlobal as err:
         raise ValueError(
             f"{path}: refuses to load: it references {err}; MSVD captions are plain dicts of "
