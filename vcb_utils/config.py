@@ -51,6 +51,7 @@ BOUNDS: dict[str, tuple[float, float | None]] = {
     "warmup_ratio": (0, 1),
     "grad_clip": (0, None),
     "grad_accum": (1, None),
+    "chunk_size": (0, None),
     "save_every_steps": (0, None),
     "world_size": (1, None),
     "max_steps": (0, None),
@@ -217,6 +218,11 @@ class TrainConfig(_Validated):
     """Max gradient norm (0 = off)."""
     grad_accum: int = 1
     """Batches per optimiser step."""
+    chunk_size: int = 0
+    """GradCache: embed each process's batch this many pairs at a time (both losses still see
+    the whole batch, gradients are exact); bounds activation memory. 0 = the whole batch at once."""
+    grad_checkpointing: bool = False
+    """Recompute the text and image towers' activations in the backward pass (less memory)."""
     seed: int = 42
     """Seed of the model init, shuffling and frame jitter."""
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"

@@ -37,6 +37,7 @@ from vcb_utils.config import Config, RunOptions
 from vcb_utils.datasets import Preprocessing, build_dataset, collate
 from vcb_utils.distributed import check_world_size, gather_with_grad, set_cpu_threads
 from vcb_utils.evaluate import METRICS_FILE, evaluate, load_eval_set, zero_shot
+from vcb_utils.gradcache import cached_backward
 from vcb_utils.jupyter import free_port
 from vcb_utils.model import VideoColBERT, load_checkpoint
 from vcb_utils.optim import build_optimizer, warmup_cosine
@@ -169,6 +170,7 @@ def train(
     cfg = config.train
     loader = train_loader(accelerator, model.preprocessing, config)
     optimizer = build_optimizer(model, cfg)
+    model.clip.set_grad_checkpointing(cfg.grad_checkpointing)  # text and image towers
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum)
     # a prepared scheduler advances once per process at every optimiser step
@@ -180,9 +182,13 @@ def train(
         model.train()
         for batch in session.batches(loader, epoch):
             with accelerator.accumulate(model):
-                losses = model(*batch, gather=gather_with_grad)  # B x B over the global batch
-                session.check_finite("loss", losses["loss"])
-                accelerator.backward(losses["loss"])
+                if cfg.chunk_size:  # GradCache: the same gradients, one chunk's activations
+                    losses = cached_backward(accelerator, model, batch, cfg.chunk_size)
+                    session.check_finite("loss", losses["loss"])
+                else:
+                    losses = model(*batch, gather=gather_with_grad)  # B x B, global batch
+                    session.check_finite("loss", losses["loss"])
+                    accelerator.backward(losses["loss"])
                 if accelerator.sync_gradients:
                     norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
                     if cfg.mixed_precision != "fp16":  # fp16's loss scaler skips such steps
