@@ -38,6 +38,9 @@ class Server:
         self.shift = 0  # a 206 reply starts this many bytes after the requested start
         self.refuse_range = False  # answer a Range request with 416 and the total length
         self.send_length = True
+        self.length_header: str | None = None  # a Content-Length to send instead of the true one
+        self.range_end: int | None = None  # where a 206 body stops (None: at the file's end)
+        self.range_total: str | None = None  # the total a 206 states (None: the true length)
         self.chunked = False
         self.ranges: list[str | None] = []
         owner = self
@@ -46,7 +49,7 @@ class Server:
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 asked = self.headers.get("Range")
                 owner.ranges.append(asked)
-                body = owner.files.get(self.path.lstrip("/"))
+                body = owner.files.get(self.path.split("?")[0].lstrip("/"))
                 if body is None:
                     self.send_error(404)
                     return
@@ -59,14 +62,18 @@ class Server:
                 start = 0
                 if owner.honour_range and asked:
                     start = int(asked.removeprefix("bytes=").rstrip("-")) + owner.shift
+                    end = owner.range_end or len(body)
+                    total = owner.range_total or len(body)
+                    body = body[:end]
                     self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                    self.send_header("Content-Range", f"bytes {start}-{end - 1}/{total}")
                 else:
                     self.send_response(200)
                 if owner.chunked:
                     self.send_header("Transfer-Encoding", "chunked")
                 elif owner.send_length:
-                    self.send_header("Content-Length", str(len(body) - start))
+                    length = owner.length_header or str(len(body) - start)
+                    self.send_header("Content-Length", length)
                 self.end_headers()
                 part, complete = body[start:], True
                 if owner.cut:
@@ -477,3 +484,128 @@ def test_dataset_table_and_unknown_names():
         assert len({s.filename for s in spec.sources}) == len(spec.sources)
     with pytest.raises(ValueError, match="LSMDC needs a permission from MPII"):
         download_dataset("lsmdc", "unused")
+
+
+# --- crafted tars: every member checked by its names, whatever Python's own filter lets by ------
+
+
+def tar_member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
+    return info
+
+
+def deep_alias_chain(levels: int = 16, width: int = 247) -> tuple[list[tarfile.TarInfo], str]:
+    """Folders of long names nested ``levels`` deep, each reachable through a one-letter link:
+    the short path ``a/b/c/...`` leads to a real path longer than PATH_MAX, past which
+    ``os.path.realpath`` stops resolving links (the CVE-2025-4517 chain)."""
+    members, deep = [], ""
+    for letter in "abcdefghijklmnop"[:levels]:
+        folder = f"{deep}{'d' * width}"
+        members += [tar_member(folder, tarfile.DIRTYPE), tar_member(f"{deep}{letter}",
+                                                                     tarfile.SYMTYPE, "d" * width)]
+        deep = f"{folder}/"
+    return members, "/".join("abcdefghijklmnop"[:levels])
+
+
+def cve_2025_4517_members() -> list[tuple[tarfile.TarInfo, bytes]]:
+    chain, short = deep_alias_chain()
+    top = f"{short}/{'l' * 254}"  # a link back up to the destination, through the aliases
+    members = [*chain, tar_member(top, tarfile.SYMTYPE, "../" * 16)]
+    members.append(tar_member("escape", tarfile.SYMTYPE, f"{top}/../.."))  # lands beside dest
+    members.append(tar_member("stolen", tarfile.LNKTYPE, "escape/outside/secret"))
+    return [(m, b"") for m in members] + [(tar_member("escape/outside/planted"), b"planted")]
+
+
+@pytest.mark.parametrize(
+    ("members", "refused"),
+    [
+        (cve_2025_4517_members(), "goes through the symbolic link 'a'"),
+        (  # links that escape only together: the first checked before the second exists
+            [(tar_member("sub", tarfile.DIRTYPE), b""),
+             (tar_member("escape", tarfile.SYMTYPE, "sub/up/../.."), b""),
+             (tar_member("sub/up", tarfile.SYMTYPE, ".."), b"")],
+            "'escape'.*link to 'sub/up/../..' leads outside",
+        ),
+        ([(tar_member("loop", tarfile.SYMTYPE, "loop/x"), b"")], "leads outside"),
+        ([(tar_member("hard", tarfile.LNKTYPE, "../outside/secret"), b"")], "leads outside"),
+        ([(tar_member("soft", tarfile.SYMTYPE, "/etc/passwd"), b"")], "leads outside"),
+        ([(tar_member("a/../../outside/planted"), b"x")], "goes up with '..'"),
+        ([(tar_member("link", tarfile.SYMTYPE, "ok"), b""), (tar_member("link"), b"x")],
+         "a symbolic link and another member"),
+    ],
+    ids=["cve-2025-4517", "two-links", "loop", "hard-link-out", "absolute-link", "dot-dot",
+         "link-replaced"],
+)
+def test_crafted_tars_are_refused_and_write_nothing_outside(tmp_path, members, refused):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("secret")
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as tar:
+        for info, data in members:
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data else None)
+    dest = tmp_path / "dest" / "inner"
+    with pytest.raises(DownloadError, match=rf"evil\.tar: member .*{refused}"):
+        extract(archive, dest)
+    assert sorted(p.name for p in outside.iterdir()) == ["secret"]
+    assert (outside / "secret").read_text() == "secret"
+    assert not dest.exists() and list((tmp_path / "dest").iterdir()) == []
+
+
+def test_links_that_stay_inside_still_unpack(tmp_path):
+    members = [
+        (tar_member("videos", tarfile.DIRTYPE), b""),
+        (tar_member("videos/v1.mp4"), b"video"),
+        (tar_member("videos/latest.mp4", tarfile.SYMTYPE, "v1.mp4"), b""),
+        (tar_member("docs/up", tarfile.SYMTYPE, "../videos/./v1.mp4"), b""),
+        (tar_member("copy.mp4", tarfile.LNKTYPE, "videos/v1.mp4"), b""),
+    ]
+    archive = tmp_path / "fine.tar"
+    with tarfile.open(archive, "w") as tar:
+        for info, data in members:
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data else None)
+    out = extract(archive, tmp_path / "out")
+    for name in ("videos/latest.mp4", "docs/up", "copy.mp4"):
+        assert (out / name).read_bytes() == b"video"
+
+
+# --- replies that would give a short file a finished name -------------------------------------
+
+
+@pytest.mark.parametrize("stated_total", ["short", "*"])
+def test_a_range_reply_for_a_shorter_or_unknown_length_restarts(
+    server, archives, tmp_path, stated_total
+):
+    body, url = archives["MSRVTT.zip"], f"{server.url}/MSRVTT.zip"
+    have = int(len(body) * 0.4)
+    server.cut, server.range_end = 1, have + 100  # the resumed reply stops 100 bytes later
+    server.range_total = str(have + 100) if stated_total == "short" else "*"
+    dest = download(url, tmp_path / "v.zip", retries=2)
+    assert dest.read_bytes() == body  # not the first have + 100 bytes
+    assert server.ranges == [None, f"bytes={have}-", None]  # discarded, then from the start
+
+
+def test_a_malformed_content_length_is_a_clear_failure(server, tmp_path):
+    server.length_header = "12abc"
+    with pytest.raises(DownloadError, match=r"MSRVTT\.zip failed after 2 attempt.*invalid "
+                       r"Content-Length '12abc'"):
+        download(f"{server.url}/MSRVTT.zip", tmp_path / "v.zip", retries=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_urls_with_a_query_are_named_and_unpacked_by_their_path(server, tmp_path):
+    anno, videos = download_msrvtt(
+        tmp_path / "msrvtt",
+        annotations_url=f"{server.url}/msrvtt_data.zip?dl=1&token=x/y",
+        videos_url=f"{server.url}/MSRVTT.zip?raw=true",
+    )
+    assert anno == tmp_path / "msrvtt" / "msrvtt_data"
+    assert videos == tmp_path / "msrvtt" / "MSRVTT" / "videos" / "all"
+    archives = sorted(p.name for p in (tmp_path / "msrvtt" / "archives").iterdir())
+    assert archives == ["MSRVTT.zip", "msrvtt_data.zip"]
+    with pytest.raises(DownloadError, match="names no file"):
+        download_msrvtt(tmp_path / "x", annotations_url=f"{server.url}/..?a=b")

@@ -23,8 +23,10 @@ import shutil
 import tarfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,6 +44,8 @@ MSRVTT_VIDEOS_URL = "https://www.robots.ox.ac.uk/~maxbain/frozen-in-time/data/MS
 """The 10,000 raw clips (about 6.3 GB; ``MSRVTT/videos/all/video*.mp4``)."""
 MAX_UNPACKED_SIZE = 64 << 30
 """Default cap on the bytes one archive may unpack to (64 GiB)."""
+MAX_LINK_HOPS = 40
+"""Symbolic links one path may go through inside an archive (Linux's limit)."""
 
 _CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)")
 
@@ -71,9 +75,10 @@ def download(
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    length = _Length()
     for attempt in range(retries + 1):
         try:
-            _fetch(url, part, timeout, chunk_size)
+            _fetch(url, part, timeout, chunk_size, length)
             break
         except (OSError, http.client.HTTPException) as err:
             reason = _reason(err)
@@ -101,12 +106,21 @@ def _present(dest: Path, sha256: str | None) -> bool:
     return False
 
 
-def _fetch(url: str, part: Path, timeout: float, chunk_size: int) -> None:
+@dataclass
+class _Length:
+    """The file's total length as the server first stated it, kept across the attempts of one
+    download: a resumed reply must state the same."""
+
+    total: int | None = None
+
+
+def _fetch(url: str, part: Path, timeout: float, chunk_size: int, length: _Length) -> None:
     """Complete ``part`` from ``url``: returns once it holds every byte the server announced
     (or, with no length announced, when the body ended with a clean close).
 
     Raises ``ConnectionError`` (after discarding ``part`` when its bytes cannot be trusted) for
-    anything to retry: a short body, a range that does not start where ``part`` ends.
+    anything to retry: a short body, a range that does not start where ``part`` ends or that
+    states another total length (or none), a malformed length.
     """
     have = part.stat().st_size if part.is_file() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
@@ -118,7 +132,7 @@ def _fetch(url: str, part: Path, timeout: float, chunk_size: int) -> None:
             return
         raise
     with response:
-        start, total = _extent(url, response, have, part)
+        start, total = _extent(url, response, have, part, length)
         with (
             open(part, "ab" if start else "wb") as out,
             tqdm(
@@ -152,26 +166,42 @@ def _check_complete(url: str, part: Path, have: int, content_range: str | None) 
 
 
 def _extent(
-    url: str, response: http.client.HTTPResponse, have: int, part: Path
+    url: str, response: http.client.HTTPResponse, have: int, part: Path, length: _Length
 ) -> tuple[int, int | None]:
-    """``(first byte of the body, total length or None)``; a wrong range discards ``part``."""
-    length = response.headers.get("Content-Length")
+    """``(first byte of the body, total length or None)``; a range that starts elsewhere than
+    asked, states no total or another total than before discards ``part``."""
     if response.status != 206:
         if have:
             logger.info("%s ignores Range requests; downloading from the start", url)
-        return 0, int(length) if length else None
+        length.total = _content_length(url, response.headers.get("Content-Length"))
+        return 0, length.total
     content_range = response.headers.get("Content-Range")
     match = _CONTENT_RANGE.fullmatch((content_range or "").strip())
-    if match is None or match[1] is None or int(match[1]) not in (0, have):
+    total = int(match[3]) if match and match[3] != "*" else None
+    if (
+        match is None
+        or match[1] is None
+        or int(match[1]) not in (0, have)
+        or total is None
+        or length.total not in (None, total)
+    ):
         part.unlink(missing_ok=True)
         raise ConnectionError(
-            f"asked for bytes from {have}, got Content-Range {content_range!r}; "
-            "the partial file was discarded"
+            f"asked for bytes from {have} of {length.total or 'unknown'}, got Content-Range "
+            f"{content_range!r}; the partial file was discarded"
         )
-    start, end = int(match[1]), int(match[2])
-    if start == 0 and have:
+    if int(match[1]) == 0 and have:
         logger.info("%s sent the whole file again; downloading from the start", url)
-    return start, int(match[3]) if match[3] != "*" else end + 1
+    length.total = total
+    return int(match[1]), total
+
+
+def _content_length(url: str, value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not re.fullmatch(r"[0-9]+", value.strip()):
+        raise ConnectionError(f"{url} sent an invalid Content-Length {value!r}")
+    return int(value)
 
 
 def _kept(part: Path) -> str:
@@ -263,6 +293,8 @@ def _extract_zip(archive: Path, staging: Path, max_size: int) -> None:
 
 
 def _extract_tar(archive: Path, staging: Path, max_size: int) -> None:
+    """Unpack after checking every member ourselves (``_tar_problem``), then through Python's
+    ``data_filter`` too, which alone lets a chain of links write outside (CVE-2025-4517)."""
     total = 0
 
     def safe(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
@@ -278,7 +310,70 @@ def _extract_tar(archive: Path, staging: Path, max_size: int) -> None:
         return checked
 
     with tarfile.open(archive) as tar:
-        tar.extractall(staging, filter=safe)
+        members = tar.getmembers()
+        links = {_key(m.name): m.linkname for m in members if m.issym()}
+        names = Counter(_key(m.name) for m in members)
+        for member in members:
+            problem = _tar_problem(member, links, names)
+            if problem:
+                raise DownloadError(f"{archive}: member {member.name!r} is refused ({problem})")
+        tar.extractall(staging, members=members, filter=safe)
+
+
+def _parts(name: str) -> list[str]:
+    """The components of a path inside an archive, without empty ones and ``.``."""
+    return [part for part in name.split("/") if part not in ("", ".")]
+
+
+def _key(name: str) -> str:
+    return "/".join(_parts(name))
+
+
+def _tar_problem(member: tarfile.TarInfo, links: dict[str, str], names: Counter) -> str | None:
+    """Why ``member`` could land or point outside the destination, or None.
+
+    Decided on the names alone, following the archive's own symbolic links (``links``: name ->
+    target) as the kernel would, so the answer does not depend on what the disk resolves.
+    """
+    parts, name = _parts(member.name), _key(member.name)
+    if member.name.startswith("/") or ".." in parts or not parts:
+        return "its path is absolute, empty or goes up with '..'"
+    for i in range(1, len(parts)):
+        if "/".join(parts[:i]) in links:
+            return f"its path goes through the symbolic link {'/'.join(parts[:i])!r}"
+    if name in links and names[name] > 1:
+        return "the archive holds a symbolic link and another member of this name"
+    if member.issym() or member.islnk():
+        start = parts[:-1] if member.issym() else []  # a hard link's target is from the root
+        target = start + _parts(member.linkname)
+        if member.linkname.startswith("/") or _follow(target, links) is None:
+            return f"its link to {member.linkname!r} leads outside the destination"
+    elif not (member.isfile() or member.isdir()):
+        return "not a file, folder or link"
+    return None
+
+
+def _follow(parts: list[str], links: dict[str, str]) -> list[str] | None:
+    """Where ``parts`` (from the destination) lead through the archive's symbolic links: the
+    components of the real path, or None if it leaves the destination or takes more than
+    ``MAX_LINK_HOPS`` links."""
+    pending, current, hops = list(reversed(parts)), [], 0
+    while pending:
+        part = pending.pop()
+        if part == "..":
+            if not current:
+                return None
+            current.pop()
+            continue
+        target = links.get("/".join([*current, part]))
+        if target is None:
+            current.append(part)
+            continue
+        hops += 1
+        if hops > MAX_LINK_HOPS or target.startswith("/"):
+            return None
+        pending.extend(reversed(_parts(target)))
+    return current
 
 
 def _check_size(archive: Path, member: str, total: int, max_size: int) -> None:
@@ -486,7 +581,11 @@ def download_msrvtt(
 
 
 def _basename(url: str) -> str:
-    return url.rstrip("/").split("/")[-1]
+    """The file name that ``url``'s path ends in (its query and fragment left out)."""
+    name = urllib.parse.urlsplit(url).path.rstrip("/").split("/")[-1]
+    if name in ("", ".", ".."):
+        raise DownloadError(f"{url} names no file: give a URL whose path ends in the file name")
+    return name
 
 
 def _fetch_all(spec: Benchmark, root: Path, *, videos: bool, keep_archives: bool) -> None:
