@@ -117,7 +117,7 @@ def test_help_answers_without_loading_torch():
     [
         (["--epochs", "0"], "TrainConfig.epochs: must be >= 1"),
         (["--lr", "nan"], "TrainConfig.lr: must be a finite number"),
-        (["--max_frames", "-2"], "ModelConfig.max_frames: must be >= 1"),
+        (["--max_frames", "-2"], "ModelConfig.max_frames: must be between 1 and 4096"),
         (["--mode", "sideways"], "invalid choice"),
         (["--max_steps", "-1"], "RunOptions.max_steps: must be >= 0"),
     ],
@@ -133,3 +133,31 @@ def test_a_named_backbone_brings_its_own_weights():
     assert parse_args(["--backbone", "ViT-B-16-SigLIP"])[0].model.pretrained == "webli"
     siglip = parse_args(["--backbone", "ViT-B-16-SigLIP", "--pretrained", "none"])[0]
     assert siglip.model.pretrained is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--lr", "-1"], "TrainConfig.lr: must be > 0, got -1.0"),
+        (["--resume", "--overwrite"], "--resume and --overwrite"),
+        (["--zero_shot", "--init_model", "ckpt"], "--zero_shot evaluates the plain backbone"),
+        (["--do_train", "0", "--do_eval", "0"], "--do_train 0 and --do_eval 0"),
+        (["--init_model", "ckpt", "--do_eval", "0"], "--do_train 0 and --do_eval 0"),
+    ],
+)
+def test_contradictions_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_broken_config_file_is_a_usage_error_naming_file_and_line(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  epochs: 3\n   lr: 0.1\n")
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--config", str(path)])
+    assert exit_info.value.code == 2
+    assert f"{path}:3: invalid YAML" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(tmp_path / "missing.yaml")])
+    assert "config file not found" in capsys.readouterr().err

@@ -26,7 +26,7 @@ from vcb_utils.config import (
         (TrainConfig, {"lr": 0.0}, "TrainConfig.lr: must be > 0"),
         (TrainConfig, {"warmup_ratio": 1.5}, "must be between 0 and 1"),
         (TrainConfig, {"mixed_precision": "fp8"}, "is not one of ['no', 'fp16', 'bf16']"),
-        (ModelConfig, {"max_frames": -1}, "ModelConfig.max_frames: must be >= 1"),
+        (ModelConfig, {"max_frames": -1}, "ModelConfig.max_frames: must be between 1 and"),
         (ModelConfig, {"max_words": "32"}, "ModelConfig.max_words: expected int, got '32'"),
         (ModelConfig, {"query_expansion": "yes"}, "expected bool"),
         (ModelConfig, {"mode": "frames"}, "ModelConfig.mode: 'frames' is not one of"),
@@ -65,4 +65,54 @@ def test_updates_and_files_are_checked_too(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("train:\n  epochs: -1\n")
     with pytest.raises(ValueError, match=r"run.yaml: TrainConfig.epochs: must be >= 1"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("kind", "values", "message"),
+    [
+        (TrainConfig, {"lr": -1.0}, "TrainConfig.lr: must be > 0, got -1.0"),
+        (TrainConfig, {"lr": 0.0}, "TrainConfig.lr: must be > 0, got 0.0"),
+        (DataConfig, {"video_framerate": -2.0}, "DataConfig.video_framerate: must be > 0"),
+        (ModelConfig, {"max_frames": 10**9}, "ModelConfig.max_frames: must be between 1 and"),
+        (ModelConfig, {"temporal_width": 10**6}, "ModelConfig.temporal_width: must be between"),
+        (ModelConfig, {"temporal_layers": 10**4}, "ModelConfig.temporal_layers: must be between"),
+        (ModelConfig, {"n_visual_expansion": 10**7}, "n_visual_expansion: must be between"),
+    ],
+)
+def test_the_message_states_the_range_that_is_checked(kind, values, message):
+    with pytest.raises(ValueError) as info:
+        kind(**values)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"resume": "auto", "overwrite": True}, "--resume and --overwrite"),
+        ({"zero_shot": True, "init_model": "ckpt"}, "--zero_shot evaluates the plain backbone"),
+        ({"do_train": False, "do_eval": False}, "--do_train 0 and --do_eval 0"),
+    ],
+)
+def test_options_that_contradict_each_other_are_refused(values, message):
+    with pytest.raises(ValueError, match=message):
+        RunOptions(**values)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("bad.yaml", "train:\n  epochs: 3\n  lr: [1e-4\n", r"bad\.yaml:4: invalid YAML"),
+        ("tab.yaml", "model:\n\tmax_frames: 8\n", r"tab\.yaml:2: invalid YAML"),
+        ("deep.yaml", "a: " + "[" * 5000 + "]" * 5000 + "\n", r"deep\.yaml: invalid YAML"),
+        ("bad.json", '{"train": {"lr": 1e-4,}}', r"bad\.json:1: invalid JSON"),
+        ("twice.json", '{"train": {}, "train": {}}', r"twice\.json: .*'train' appears"),
+        ("twice.yaml", "train:\n  lr: 0.1\n  lr: 0.2\n", r"twice\.yaml:3: .*'lr' appears twice"),
+    ],
+    ids=["unclosed", "tab", "deep", "json", "json-twice", "yaml-twice"],
+)
+def test_config_file_errors_name_the_file_and_line(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
         load_config(path)

@@ -71,7 +71,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         "on CPU, in a few minutes. Defaults shown are those of the chosen preset or config file.",
         argument_default=argparse.SUPPRESS,
     )
-    base = _base_config(vars(_selector().parse_known_args(argv)[0]))
+    try:
+        base = _base_config(vars(_selector().parse_known_args(argv)[0]))
+    except (OSError, ValueError) as err:  # a config file that is missing or broken
+        parser.error(str(err))
     defaults = {**base.to_dict(), "run": dataclasses.asdict(RunOptions())}
     for name, kind in GROUPS.items():
         group = parser.add_argument_group(TITLES[name])

@@ -12,13 +12,16 @@ says so.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+import yaml
+
+from vcb_utils import safe_json
 
 Mode = Literal["both", "F", "V", "meanP"]
 LossKind = Literal["sigmoid", "infonce"]
@@ -29,13 +32,13 @@ VALUE_ALIASES: dict[str, dict[str, str]] = {"mode": {"spatial": "F", "temporal":
 is V."""
 
 BOUNDS: dict[str, tuple[float, float | None]] = {
-    "max_words": (2, None),
-    "max_frames": (1, None),
-    "n_visual_expansion": (0, None),
-    "temporal_layers": (1, None),
-    "temporal_heads": (1, None),
-    "temporal_width": (1, None),
-    "temporal_mlp_ratio": (0, None),
+    "max_words": (2, 1024),
+    "max_frames": (1, 4096),
+    "n_visual_expansion": (0, 1024),
+    "temporal_layers": (1, 64),
+    "temporal_heads": (1, 256),
+    "temporal_width": (1, 16384),
+    "temporal_mlp_ratio": (0, 64),
     "temporal_dropout": (0, 1),
     "lambda_f": (0, None),
     "lambda_v": (0, None),
@@ -56,7 +59,9 @@ BOUNDS: dict[str, tuple[float, float | None]] = {
     "world_size": (1, None),
     "max_steps": (0, None),
 }
-"""Inclusive ranges of the numeric fields (None = no upper bound); floats must be finite."""
+"""Inclusive ranges of the numeric fields (None = no upper bound); floats must be finite. The
+model's upper bounds are far past any sensible value: they stop a hand-edited or forged config
+(``max_frames=1e9``) from asking for hundreds of gigabytes."""
 POSITIVE = frozenset({"lr", "video_framerate", "logit_scale_init", "temporal_mlp_ratio"})
 """Fields that must be strictly greater than zero."""
 
@@ -116,11 +121,11 @@ def _check_scalar(where: str, value: Any, kind: type) -> Any:
 
 def _check_range(where: str, name: str, value: float) -> None:
     low, high = BOUNDS.get(name, (None, None))
+    if name in POSITIVE and value <= 0:
+        raise ValueError(f"{where}: must be > 0, got {value!r}")
     if low is not None and value < low or high is not None and value > high:
         span = f">= {low}" if high is None else f"between {low} and {high}"
         raise ValueError(f"{where}: must be {span}, got {value!r}")
-    if name in POSITIVE and value <= 0:
-        raise ValueError(f"{where}: must be > 0, got {value!r}")
 
 
 @dataclass
@@ -262,6 +267,21 @@ class RunOptions(_Validated):
     to plain ones (labelled in the table and metrics.json)."""
     verbose: bool = False
     """Also show the libraries' INFO lines and every file saved."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.resume and self.overwrite:
+            raise ValueError(
+                "--resume and --overwrite contradict each other: --resume continues the saved "
+                "run, --overwrite deletes it to start afresh; give one of them"
+            )
+        if self.zero_shot and self.init_model:
+            raise ValueError(
+                "--zero_shot evaluates the plain backbone, so --init_model would be ignored; "
+                "to evaluate a checkpoint, use --init_model with --do_train 0"
+            )
+        if not (self.do_train or self.do_eval):
+            raise ValueError("--do_train 0 and --do_eval 0 leave nothing to do")
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
@@ -418,11 +438,9 @@ def load_config(path: str | Path) -> Config:
         raise FileNotFoundError(f"config file not found: {path}")
     text = path.read_text()
     if path.suffix in {".yaml", ".yml"}:
-        import yaml
-
-        raw = yaml.safe_load(text) or {}
+        raw = _load_yaml(text, path) or {}
     elif path.suffix == ".json":
-        raw = json.loads(text)
+        raw = safe_json.loads(text, path)
     else:
         raise ValueError(f"{path}: config files must be .json, .yaml or .yml")
     if not isinstance(raw, dict):
@@ -431,3 +449,32 @@ def load_config(path: str | Path) -> Config:
         return Config.from_dict(raw)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: {err}") from err
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping (PyYAML would keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} appears twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str, path: Path) -> Any:
+    """The YAML document in ``text``; a ValueError naming ``path`` and the line otherwise."""
+    try:
+        return yaml.load(text, Loader=_YamlLoader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ValueError(f"{where}: invalid YAML ({err.problem or err.context})") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: invalid YAML ({err})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: invalid YAML (nested too deeply)") from None
