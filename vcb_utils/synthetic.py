@@ -179,6 +179,17 @@ def caption(spec: ClipSpec, variant: int = 0) -> str:
     return f"{head}, then {tail}" if variant == 0 else f"first {head} and then {tail}"
 
 
+def twin_spec(spec: ClipSpec) -> ClipSpec:
+    """The same clip description with its two events in the other order (the caption twin's)."""
+    return dataclasses.replace(spec, events=spec.events[::-1])
+
+
+def twin_caption(spec: ClipSpec, variant: int = 0) -> str:
+    """The caption with the two events swapped: "A, then B" -> "B, then A"; a one-subject
+    caption keeps its subject first ("a red square changes to yellow, then it moves down")."""
+    return caption(twin_spec(spec), variant)
+
+
 def _noun(spec: ClipSpec, event: Event, k: int) -> str:
     before = spec.event_time(k) - 1e-6 if event.kind != "moves" else PHASES[k][0]
     colour = spec.state(event.subject, before).colour
@@ -451,6 +462,15 @@ def _run(jobs: list[tuple[ClipSpec, str]], workers: int) -> None:
 
 def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def read_specs(folder: str | os.PathLike) -> dict[Path, ClipSpec]:
+    """Each clip's description from a generated folder's ``clips.jsonl``, by video path."""
+    path = Path(folder) / "clips.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {folder} is not a generated synthetic folder")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {Path(folder) / row["video"]: ClipSpec.from_dict(row["spec"]) for row in rows}
 
 
 def default_root() -> Path:

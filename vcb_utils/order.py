@@ -1,0 +1,195 @@
+"""Does a model see the order of events? Two pair tests on the synthetic clips, per branch.
+
+- **Caption twins**: every clip against its own caption and the same caption with the two
+  events swapped (``synthetic.twin_caption``); a pair is won when the true caption scores
+  higher.
+- **Reversed clips**: every caption against its clip and the same real frames played
+  backwards; a pair is won when the forward clip scores higher. F (a set of frames) ties.
+
+Pair accuracy is the share of pairs won (ties are counted apart and are not wins), printed with
+its 95% Wilson interval::
+
+    python -m vcb_utils.order outputs/tiny/best            # the synthetic test split
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from vcb_utils import synthetic
+from vcb_utils.config import Config
+from vcb_utils.encode import default_accelerator, encode_captions, encode_videos
+from vcb_utils.evaluate import load_eval_set
+from vcb_utils.model import Scores, VideoColBERT, load_checkpoint
+
+Z_95 = 1.959963984540054
+"""The two-sided 95% quantile of the standard normal."""
+TIE_TOLERANCE = 1e-6
+"""Score gaps within this are ties (F's forward and backward scores differ by rounding only)."""
+BRANCHES = ("F", "V", "F+V")
+
+
+def wilson(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``successes / n`` (95% by default)."""
+    if not 0 <= successes <= n or n == 0:
+        raise ValueError(f"need 0 <= successes <= n and n > 0, got {successes} of {n}")
+    p, z2 = successes / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True)
+class PairCounts:
+    """Outcomes of n pairs: wins (the right side scores higher), ties, and losses."""
+
+    wins: int
+    ties: int
+    n: int
+
+    @classmethod
+    def from_gaps(cls, gaps: torch.Tensor, tolerance: float = TIE_TOLERANCE) -> PairCounts:
+        """Counts of ``gaps`` = right score - wrong score, one per pair."""
+        ties = int((gaps.abs() <= tolerance).sum())
+        return cls(int((gaps > tolerance).sum()), ties, len(gaps))
+
+    @property
+    def accuracy(self) -> float:
+        return self.wins / self.n
+
+    @property
+    def tie_share(self) -> float:
+        return self.ties / self.n
+
+
+OrderReport = dict[str, dict[str, PairCounts]]
+"""``{test: {branch: counts}}``; tests ``twins``, ``one-subject twins``, ``reversed``."""
+
+
+def branch_scores(scores: Scores) -> dict[str, torch.Tensor]:
+    """The F, V and F+V matrices of a ``model.score`` result (the branches it has)."""
+    named = {"F": scores.F, "V": scores.V, "F+V": scores.total}
+    if scores.F is None or scores.V is None:
+        named.pop("F+V")
+    return {name: s.float().cpu() for name, s in named.items() if s is not None}
+
+
+def order_gaps(
+    true_scores: dict[str, torch.Tensor], other_scores: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Per branch, the right minus the wrong score of each pair."""
+    return {name: true_scores[name] - other_scores[name] for name in true_scores}
+
+
+def reverse_frames(video: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A clip's real frames in reverse order (``[T, ...]``, the padding stays at the end)."""
+    return torch.cat([video[mask].flip(0), video[~mask]])
+
+
+class ReversedClips(Dataset):
+    """The ``(video, mask)`` items of ``clips`` with their real frames played backwards."""
+
+    def __init__(self, clips: Dataset) -> None:
+        self.clips = clips
+
+    def __len__(self) -> int:
+        return len(self.clips)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        video, mask = self.clips[index]
+        return reverse_frames(video, mask.bool()), mask
+
+
+def order_report(model: VideoColBERT, config: Config, split: str = "test") -> OrderReport:
+    """Caption-twin and reversed-clip pair counts of every branch on a synthetic split."""
+    if config.data.datatype != "synthetic":
+        raise ValueError(f"the order tests need the synthetic clips, not {config.data.datatype!r}")
+    accelerator = default_accelerator()
+    model.to(accelerator.device).eval()
+    eval_set = load_eval_set(model, config, split, accelerator)
+    specs = _specs_of(eval_set.videos, config)
+    batch, workers = config.train.batch_size_val, config.data.workers
+    forwards = encode_videos(model, eval_set.video_dataset, batch, accelerator, workers)
+    backwards = encode_videos(
+        model, ReversedClips(eval_set.video_dataset), batch, accelerator, workers
+    )
+    captions = [synthetic.caption(s) for s in specs] + [synthetic.twin_caption(s) for s in specs]
+    texts = encode_captions(model, captions, batch, accelerator)
+    n = len(specs)
+    own = torch.arange(n)
+    with torch.no_grad():
+        ahead = branch_scores(model.score(texts, forwards))
+        behind = branch_scores(model.score(texts, backwards))
+    true = {name: s[own, own] for name, s in ahead.items()}
+    twin = {name: s[own + n, own] for name, s in ahead.items()}
+    reversed_ = {name: s[own, own] for name, s in behind.items()}
+    twin_gaps, reversed_gaps = order_gaps(true, twin), order_gaps(true, reversed_)
+    one_subject = torch.tensor([s.events[0].subject == s.events[1].subject for s in specs])
+    groups = {
+        "twins": twin_gaps,
+        "one-subject twins": {name: gap[one_subject] for name, gap in twin_gaps.items()},
+        "reversed": reversed_gaps,
+    }
+    return {
+        test: {name: PairCounts.from_gaps(gap) for name, gap in gaps.items()}
+        for test, gaps in groups.items()
+    }
+
+
+def _specs_of(videos: Sequence, config: Config) -> list[synthetic.ClipSpec]:
+    """The ClipSpec of every evaluation video, from its generated folder's ``clips.jsonl``."""
+    folder = Path(videos[0].path).parent.parent
+    specs = synthetic.read_specs(folder)
+    missing = [str(v.path) for v in videos if Path(v.path) not in specs]
+    if missing:
+        raise ValueError(f"{folder / 'clips.jsonl'} describes no clip {missing[0]}")
+    return [specs[Path(v.path)] for v in videos]
+
+
+def format_report(report: OrderReport) -> str:
+    """One row per test and branch: pairs, wins, ties, accuracy and tie share with intervals."""
+    lines = [
+        f"{'test':<19}{'branch':<7}{'pairs':>6}{'wins':>6}{'ties':>6}"
+        f"{'accuracy':>10}  {'95% interval':<14}{'tie share':>10}  95% interval"
+    ]
+    for test, branches in report.items():
+        for name, c in branches.items():
+            win_low, win_high = wilson(c.wins, c.n)
+            tie_low, tie_high = wilson(c.ties, c.n)
+            lines.append(
+                f"{test:<19}{name:<7}{c.n:>6}{c.wins:>6}{c.ties:>6}{c.accuracy:>10.2f}  "
+                f"[{win_low:.2f}, {win_high:.2f}]  {c.tie_share:>10.2f}  "
+                f"[{tie_low:.2f}, {tie_high:.2f}]"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m vcb_utils.order", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("checkpoint", help="a Video-ColBERT checkpoint folder (e.g. best/)")
+    parser.add_argument("--split", default="test", help="synthetic split (default: test)")
+    parser.add_argument(
+        "--anno_path", help="a generated synthetic folder (default: the checkpoint's data)"
+    )
+    args = parser.parse_args(argv)
+    model, config = load_checkpoint(args.checkpoint)
+    if args.anno_path:
+        config = config.updated(data={"anno_path": args.anno_path})
+    report = order_report(model, config, args.split)
+    print(f"order tests: {args.checkpoint}, synthetic {args.split} split")
+    print(format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
