@@ -34,6 +34,8 @@ from vcb_utils.model import save_checkpoint
 K = 10
 WINDOW = (1280, 1000)
 """The issue's window: the ranking at k = 10 and the heatmap fit in 1000 px without scrolling."""
+SIDE_BY_SIDE_PX = 1100
+"""From this notebook width on, the heatmap stands beside the ranking of 10 (tiny model)."""
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def prepared(tmp_path_factory) -> tuple[Path, str]:
     model = make_model()
     (root / "clips").mkdir()
     clips = write_clips(root / "clips", 12)
-    index = VideoIndex.build(model, clips, framerate=2.0)
+    index = VideoIndex.build(model, clips, framerate=4.0)  # all 8 frames: the widest heatmap
     index.save(root / "index")
     save_checkpoint(model, root / "checkpoint")
     probe = "a red circle moves left, then a blue square appears at the top"
@@ -94,6 +96,22 @@ def test_explorer_in_jupyterlab_searches_selects_and_explains(prepared, tmp_path
             assert bottom <= WINDOW[1], f"the widget ends at {bottom:.0f} px"
             explorer.screenshot(path=tmp_path / "widget.png")
 
+            # the whole caption of the ground truth shows, wrapped, "then ..." half included
+            caption = page.locator(".vcb-hit-2 .vcb-caption")
+            assert query in caption.inner_text()
+            assert caption.evaluate("node => node.scrollWidth <= node.clientWidth")
+
+            # a notebook 1100 px wide: the heatmap beside the ranking
+            widen_notebook(page, SIDE_BY_SIDE_PX)
+            ranking, heatmap = (
+                page.locator(f".vcb-explorer {part}").bounding_box()
+                for part in (".vcb-ranking", ".vcb-heatmap")
+            )
+            assert heatmap["x"] >= ranking["x"] + ranking["width"], (ranking, heatmap)
+            assert heatmap["y"] < ranking["y"] + ranking["height"], (ranking, heatmap)
+            explorer.screenshot(path=tmp_path / "widget_wide.png")
+            page.set_viewport_size(dict(zip(("width", "height"), WINDOW, strict=True)))
+
             # a click on a result's frames selects it for the heatmap
             watch_busy(page)
             click_result(page, 3)
@@ -111,3 +129,14 @@ def test_explorer_in_jupyterlab_searches_selects_and_explains(prepared, tmp_path
         finally:
             page.screenshot(path=tmp_path / "jupyterlab.png")  # also to debug a failure
     assert (tmp_path / "widget.png").stat().st_size > 10_000
+
+
+def widen_notebook(page, width: int) -> None:
+    """Resize the window until JupyterLab's notebook panel is ``width`` pixels wide."""
+    panel = page.locator(".jp-NotebookPanel")
+    chrome = WINDOW[0] - panel.bounding_box()["width"]
+    page.set_viewport_size({"width": int(width + chrome), "height": WINDOW[1]})
+    page.wait_for_function(
+        "(w) => document.querySelector('.jp-NotebookPanel').getBoundingClientRect().width >= w",
+        arg=width,
+    )

@@ -8,6 +8,7 @@ real browser in ``test_browser.py``; the latency is measured by ``benchmarks/ben
 
 from __future__ import annotations
 
+import io
 import re
 import time
 
@@ -21,6 +22,7 @@ from vcb_utils.widgets import (
     TRUTH_MARK,
     QueryExplorer,
     caption_vocabulary,
+    evenly_spaced,
     hit_row,
     normalise_caption,
     query_problem,
@@ -243,3 +245,19 @@ def test_a_spatial_only_index_ranks_by_f_alone(tmp_path):
     assert explorer.result.branch == "F" and len(shown_rows(explorer)) == 2
     assert all(row.count("–") == 1 for row in shown_rows(explorer))  # no MMS_V
     assert "MMS_V" not in explorer.heatmap.value.split("</div>", 1)[1]  # one panel, F
+
+
+def test_evenly_spaced_keeps_the_first_and_last_frame():
+    assert evenly_spaced(4, 6) == [0, 1, 2, 3]
+    assert evenly_spaced(8, 6) == [0, 1, 3, 4, 6, 7]  # round(7 * i / 5): 0 1.4 2.8 4.2 5.6 7
+    assert evenly_spaced(12, 3) == [0, 6, 11]  # 5.5 rounds to the even 6
+
+
+def test_thumbnail_strips_show_at_most_strip_frames(model, tmp_path):
+    from PIL import Image
+
+    index = VideoIndex.build(model, write_clips(tmp_path, 2), framerate=4.0)  # 8 frames each
+    explorer = QueryExplorer(index, model, k=2, strip_frames=5, strip_height=10)
+    explorer.query.value = QUERY
+    strip = explorer._strips[explorer.result.hits[0].id]
+    assert Image.open(io.BytesIO(strip)).size == (5 * 12 - 2, 10)

@@ -285,14 +285,14 @@ HEATMAP_CSS = """
 .vcb-hm-table td { width: var(--vcb-cell); min-width: var(--vcb-cell); }
 .vcb-hm-table th.vcb-hm-col { width: var(--vcb-cell); text-align: center; color: #555; }
 .vcb-hm-table th.vcb-hm-col img { display: block; }
-.vcb-hm-table th.vcb-hm-panel { text-align: left; padding: 0 4px; white-space: nowrap; }
+.vcb-hm-table th.vcb-hm-panel { text-align: left; padding: 0 4px; vertical-align: bottom; }
 .vcb-hm-table th.vcb-hm-token { text-align: right; padding-right: 6px; white-space: nowrap;
-  max-width: 110px; overflow: hidden; text-overflow: ellipsis; }
+  max-width: 84px; overflow: hidden; text-overflow: ellipsis; }
 .vcb-hm-table tr.vcb-hm-pad th.vcb-hm-token { color: #777; font-style: italic; }
 .vcb-hm-table tr.vcb-hm-first-pad td, .vcb-hm-table tr.vcb-hm-first-pad th {
   border-top: 2px dashed #999; }
 .vcb-hm-table td.vcb-hm-max { outline: 2px solid #ff3b30; outline-offset: -2px; }
-.vcb-hm-table .vcb-hm-share { width: 44px; min-width: 44px; padding: 0 8px 0 3px; }
+.vcb-hm-table .vcb-hm-share { width: 24px; min-width: 24px; padding: 0 6px 0 3px; }
 .vcb-hm-table td.vcb-hm-share div { height: 70%; background: #1f77b4; }
 .vcb-hm-table tr.vcb-hm-pad td.vcb-hm-share div { background: #999; }
 .vcb-hm-legend { margin-top: 4px; color: #444; display: flex; gap: 4px; align-items: center; }

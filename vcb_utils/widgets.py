@@ -55,20 +55,19 @@ EXPLORER_CSS = (
   margin-bottom: 0; }
 .vcb-explorer .vcb-ranking .widget-html-content { line-height: 1.2; }
 .vcb-explorer .vcb-body { gap: 16px; align-items: flex-start; }
-.vcb-explorer .vcb-ranking { min-width: 460px; }
 .vcb-explorer .vcb-controls { align-items: center; gap: 12px; }
 .vcb-explorer .vcb-row, .vcb-explorer .vcb-header {
-  display: grid; grid-template-columns: 32px var(--vcb-strip, 200px) minmax(130px, 190px)
-  repeat(3, 56px); align-items: center; column-gap: 6px; padding: 1px 4px; }
-.vcb-explorer .vcb-header { font-weight: bold; border-bottom: 1px solid #bbb; }
+  display: grid; grid-template-columns: 28px var(--vcb-strip, 130px) minmax(110px, 1fr)
+  repeat(3, 50px); align-items: center; column-gap: 6px; padding: 1px 4px; }
+.vcb-explorer .vcb-header { font-weight: bold; border-bottom: 1px solid #bbb; font-size: 11px;
+  white-space: nowrap; }
 .vcb-explorer .vcb-row { border-bottom: 1px solid #eee; }
 .vcb-explorer .vcb-row img { display: block; }
 .vcb-explorer .vcb-nostrip { color: #888; font-style: italic; font-size: 11px; }
 .vcb-explorer .vcb-score { text-align: right; font-variant-numeric: tabular-nums; }
 .vcb-explorer .vcb-ranked { font-weight: bold; background: #fff3cd; }
 .vcb-explorer .vcb-hit-text { overflow: hidden; font-size: 12px; line-height: 1.2; }
-.vcb-explorer .vcb-caption { color: #555; white-space: nowrap; overflow: hidden;
-  text-overflow: ellipsis; }
+.vcb-explorer .vcb-caption { color: #555; overflow-wrap: anywhere; }
 .vcb-explorer .vcb-truth { color: #0a7d2c; font-weight: bold; white-space: nowrap; }
 .vcb-explorer .vcb-hit { cursor: pointer; }
 .vcb-explorer .vcb-hit .vcb-hit-button { z-index: 1; opacity: 0.0001; cursor: pointer; }
@@ -82,6 +81,16 @@ EXPLORER_CSS = (
 """
 )
 """The explorer's style, added to the page by an HTML widget inside it."""
+RANKING_COLUMNS_PX = 28 + 110 + 3 * 50 + 5 * 6 + 2 * 4
+"""The ranking's width besides the thumbnail strip (``.vcb-row``: columns, gaps, padding), at
+its narrowest caption column."""
+
+
+def evenly_spaced(count: int, at_most: int) -> list[int]:
+    """At most ``at_most`` of ``range(count)``, evenly spaced, the first and last included."""
+    if count <= at_most:
+        return list(range(count))
+    return np.linspace(0, count - 1, at_most).round().astype(int).tolist()
 
 
 def caption_vocabulary(captions: Iterable[str]) -> set[str]:
@@ -114,7 +123,7 @@ def query_problem(query: str, model: VideoColBERT, index: VideoIndex) -> str | N
 
 def ranking_header(branch: str, strip_width: int) -> str:
     """The header of the ranking; the column that orders it (``branch``) is marked."""
-    cells = ["rank", "frames", "video · caption"]
+    cells = ["#", "frames", "video · caption"]
     for name, title, _ in SCORE_COLUMNS:
         cells.append(
             f'<span class="vcb-score vcb-ranked" title="ranked by this column">{title} ▼</span>'
@@ -175,6 +184,12 @@ class QueryExplorer:
     if any). ``vocabulary``: words the model was trained on (``caption_vocabulary``), to flag
     unseen ones. ``threads``: torch threads during a search (None keeps torch's setting); one
     query is small work, and on a busy 2-core machine two threads made it 100x slower.
+
+    Sizes: the ranking's thumbnail strips show at most ``strip_frames`` frames (evenly spaced)
+    of ``strip_height`` pixels, the heatmap cells are ``heatmap_cell`` pixels wide; with the
+    tiny model the heatmap stands beside a ranking of 10 whenever the notebook is 1100 px wide
+    (narrower, it goes under it). Captions wrap, so the "then ..." half that tells order twins
+    apart stays visible.
     """
 
     def __init__(
@@ -186,7 +201,9 @@ class QueryExplorer:
         max_k: int = 20,
         captions: Mapping[str, str | Sequence[str]] | None = None,
         vocabulary: Iterable[str] | None = None,
-        strip_height: int = 24,
+        strip_height: int = 20,
+        strip_frames: int = 6,
+        heatmap_cell: int = 14,
         threads: int | None = 1,
     ) -> None:
         self.index, self.model, self.threads = index, model, threads
@@ -199,9 +216,9 @@ class QueryExplorer:
         for vid, texts in self.captions.items():
             for text in texts:
                 self._caption_owner.setdefault(normalise_caption(text), set()).add(vid)
-        self.strip_height = strip_height
-        frames = int(index.config["max_frames"])
-        self._strip_width = frames * (strip_height + 2) - 2
+        self.strip_height, self.heatmap_cell = strip_height, heatmap_cell
+        self._strip_frames = min(strip_frames, int(index.config["max_frames"]))
+        self._strip_width = self._strip_frames * (strip_height + 2) - 2
         self.result: QueryResult | None = None
         self.selected: int | None = None
         self.truth: set[str] = set()
@@ -287,9 +304,14 @@ class QueryExplorer:
 
     def _layout(self) -> widgets.VBox:
         ranking = widgets.VBox(
-            [self.header, *self.rows], layout=widgets.Layout(width="fit-content", flex="0 0 auto")
+            [self.header, *self.rows],
+            layout=widgets.Layout(
+                flex="1 1 0", min_width=f"{self._strip_width + RANKING_COLUMNS_PX}px",
+                max_width="760px",
+            ),
         )
         ranking.add_class("vcb-ranking")
+        self.heatmap.layout.flex = "0 0 auto"
         body = widgets.HBox([ranking, self.heatmap], layout=widgets.Layout(flex_flow="row wrap"))
         body.add_class("vcb-body")
         rank_by = widgets.HTML("rank by")
@@ -440,7 +462,11 @@ class QueryExplorer:
         hit = self.result.hit(self.selected)
         frames = self._frames.get(hit.id)
         self.heatmap.value = heatmap_html(
-            self.result, self.selected, frames, show_expansion=self.show_expansion.value
+            self.result,
+            self.selected,
+            frames,
+            show_expansion=self.show_expansion.value,
+            cell=self.heatmap_cell,
         )
         self.heatmap.layout.display = None
         self.timings["heatmap"] = time.perf_counter() - start
@@ -454,7 +480,9 @@ class QueryExplorer:
             frames = None
             self.notes.append(str(err))
         self._frames[hit.id] = frames
-        self._strips[hit.id] = None if frames is None else strip_png(frames, self.strip_height)
+        self._strips[hit.id] = None if frames is None else strip_png(
+            frames[evenly_spaced(len(frames), self._strip_frames)], self.strip_height
+        )
 
     def _captions_of(self, hit: Hit) -> list[str]:
         if hit.id in self.captions:
