@@ -18,6 +18,7 @@ import zlib
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import vcb_utils.index
 import vcb_utils.index_store
@@ -43,7 +44,7 @@ def vectors(ids: list[str]) -> VideoEmbedding:
     for i in ids:
         g = torch.Generator().manual_seed(zlib.crc32(i.encode()))
         rows.append((torch.randn(frames, DIM, generator=g), torch.randn(video, DIM, generator=g)))
-    f, v = (torch.stack(parts) for parts in zip(*rows, strict=True))
+    f, v = (F.normalize(torch.stack(parts), dim=-1) for parts in zip(*rows, strict=True))
     return VideoEmbedding(
         f, torch.ones(f.shape[:2], dtype=torch.bool), v, torch.ones(v.shape[:2], dtype=torch.bool)
     )

@@ -50,6 +50,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from vcb_utils import index_cleanup as cleanup
+from vcb_utils import index_guard as guard
 from vcb_utils import index_store as store
 from vcb_utils.ann import (
     TRAIN_POINTS_PER_LIST,
@@ -71,7 +73,7 @@ from vcb_utils.encode import encode_videos, failed_videos
 from vcb_utils.index_store import REBUILD, Current, Manifest
 from vcb_utils.model import TextEmbedding, VideoColBERT, VideoEmbedding, real_token_mask
 from vcb_utils.scoring import maxsim, token_shares, token_similarities
-from vcb_utils.storage import folder_lock
+from vcb_utils.storage import LOCK_FILE, folder_lock
 from vcb_utils.video import VideoRef
 
 log = logging.getLogger(__name__)
@@ -288,7 +290,11 @@ class VideoIndex:
         *,
         captions: Sequence[str] | None = None,
     ) -> None:
-        """Append precomputed vectors (any device and dtype; stored fp16 on the CPU)."""
+        """Append precomputed vectors (float, any device; bool masks; stored fp16 on the CPU).
+
+        Checked against the index first (ValueError, nothing added): vector size, vectors per
+        video, dtypes and finite values; vectors that are not unit vectors give a warning.
+        """
         ids = _names(ids, "ids")
         paths = [""] * len(ids) if paths is None else _names(paths, "paths")
         captions = [""] * len(ids) if captions is None else _names(captions, "captions")
@@ -304,7 +310,10 @@ class VideoIndex:
             raise ValueError(f"duplicate video ids: {sorted(repeated)[:5]}")
         if (embedding.V is None) != (self.config["mode"] == "F"):
             raise ValueError(f"mode {self.config['mode']!r} and the embedding's V set disagree")
+        v_width = self._frames + int(self.config["n_visual_expansion"])
+        guard.check_embedding(embedding, (self._frames, v_width), self._dim())
         vectors, mask = self._stored(embedding)
+        guard.check_values(vectors, mask)
         start = len(self)
         part = _Part(vectors, mask)
         if self._ann is not None and count:  # encoded now: the new videos are found at once
@@ -461,11 +470,13 @@ class VideoIndex:
         unless ``auto_ann=False`` (a bulk build that trains it once at the end).
         """
         directory = Path(directory)
+        self._check_folder(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        store.check_not_forked(directory)
         with folder_lock(directory):
             current = store.current_version(directory)
             base = store.read_manifest(directory, current.name) if _is_v4(current) else None
-            store.remove_unreferenced(directory, current, base)
+            cleanup.finish_interrupted(directory, current, base)
             append = self._check_save(directory, current, base)
             # whether the new version's rows are this index's, at the same row numbers
             same_rows = not append or self._origin == (
@@ -474,12 +485,16 @@ class VideoIndex:
                 base.count,
             )
             name = store.next_version_name(current)
-            manifest = self._write(directory, base if append else None)
-            kept_ann = self._write_ann(directory, base if append else None, manifest, same_rows)
-            store.write_manifest(directory, name, manifest)
-            store.write_pointer(directory, name)
-            store.remove_unreferenced(directory, Current(name, store.VERSION), manifest)
-            self._reopen(directory, name, manifest, kept_ann, same_rows)
+            journal = self._journal(directory, name, current, base if append else None)
+            try:
+                manifest, parts, kept_ann = self._write_version(
+                    directory, journal, base, append, same_rows
+                )
+            except Exception:
+                cleanup.finish_interrupted(directory, current, base)  # what it wrote goes
+                raise
+            cleanup.remove_replaced(directory, journal, manifest)
+            self._reopen(directory, name, manifest, parts, kept_ann, same_rows)
         if auto_ann and self._ann is None and len(self) >= ANN_MIN_VIDEOS:
             log.info("%d videos: building the candidate index for two-stage search", len(self))
             self.build_ann()
@@ -497,6 +512,55 @@ class VideoIndex:
     def _growth(self) -> float:
         """Videos now per video the candidate index was trained on."""
         return len(self) / max(self._ann_trained_rows, 1)
+
+    def _check_folder(self, directory: Path) -> None:
+        """Refuse a folder that holds other files than an index, or the videos' folder."""
+        ours = self._origin is not None and self._origin[0] == directory.resolve()
+        paths = self._pending["path"] if ours else self.paths
+        guard.check_apart_from_videos(directory, guard.video_folders(paths))
+        unfinished = (directory / cleanup.JOURNAL_FILE).is_file()
+        if not unfinished and store.current_version(directory) is None:
+            guard.check_empty_or_index(directory, {LOCK_FILE})
+
+    def _journal(
+        self, directory: Path, name: str, current: Current | None, base: Manifest | None
+    ) -> cleanup.Journal:
+        """Record what the save of version ``name`` will write (appending to ``base``)."""
+        groups = _groups([p for p in self._parts if p.segment is None] if base else self._parts)
+        names = store.next_segment_names(directory, [s for s, _ in base.segments] if base else [])
+        self._planned = [(next(names), group) for group in groups]
+        journal = cleanup.Journal(
+            version=name,
+            replaces=current.name if current else None,
+            replaces_layout=current.layout if current else None,
+            segments=[segment for segment, _ in self._planned],
+            generation=self._ann.generation if self._ann is not None else None,
+            new_catalogue=not store.catalogue_exists(directory),
+        )
+        cleanup.write_journal(directory, journal)
+        return journal
+
+    def _write_version(
+        self,
+        directory: Path,
+        journal: cleanup.Journal,
+        base: Manifest | None,
+        append: bool,
+        same_rows: bool,
+    ) -> tuple[Manifest, list[_Part], bool]:
+        """Write the version ``journal`` names, check that it opens, and make it current;
+        return its manifest, its parts and whether this index's candidate index is its."""
+        written = [p for _, group in self._planned for p in group]
+        needed = sum(p.vectors.numel() * 2 + p.mask.numel() for p in written)
+        if self._ann is not None:
+            needed += sum(self._vector_count(p) for p in self._parts) * self._ann.code_size
+        with store.disk_space(directory, needed):
+            manifest = self._write(directory, base if append else None, base)
+            kept_ann = self._write_ann(directory, base if append else None, manifest, same_rows)
+            parts = self._open_parts(directory.resolve(), manifest, journal.version, self._dim())
+            store.write_manifest(directory, journal.version, manifest)
+            store.write_pointer(directory, journal.version)
+        return manifest, parts, kept_ann
 
     def _check_save(self, directory: Path, current: Current | None, base: Manifest | None) -> bool:
         """Whether this save appends to ``base`` (else it replaces); ValueError if it would lose
@@ -527,17 +591,16 @@ class VideoIndex:
             raise ValueError(f"duplicate video ids: {sorted(repeated)[:5]}")
         return True
 
-    def _write(self, directory: Path, base: Manifest | None) -> Manifest:
-        """Write the segments and catalogue rows of the new version; return its manifest
-        (``_write_ann`` adds the candidate index)."""
+    def _write(self, directory: Path, base: Manifest | None, replaced: Manifest | None) -> Manifest:
+        """Write the segments and catalogue rows of the new version (appending to ``base``, or
+        replacing ``replaced``); return its manifest (``_write_ann`` adds the candidate index)."""
         segments = list(base.segments) if base else []
+        checksums = dict(base.checksums) if base else {}
         first_row = base.count if base else 0
-        new_parts = [p for p in self._parts if p.segment is None] if base else list(self._parts)
         self._written: dict[str, list[_Part]] = {}  # new segment -> the parts it holds
         # saved parts of another folder are copied one segment each, added rows as one
-        for group in _groups(new_parts):
-            name = store.next_segment_name(directory, [s for s, _ in segments])
-            store.write_segment(
+        for name, group in self._planned:
+            checksums[name] = store.write_segment(
                 directory,
                 name,
                 [_numpy(p.vectors) for p in group],
@@ -557,8 +620,9 @@ class VideoIndex:
             new["path"],
             new["caption"],
             base.catalogue if base else None,
+            keep=replaced.catalogue if replaced else None,
         )
-        return Manifest(self.config, self.framerate, segments, catalogue)
+        return Manifest(self.config, self.framerate, segments, catalogue, checksums=checksums)
 
     def _write_ann(
         self, directory: Path, base: Manifest | None, manifest: Manifest, same_rows: bool
@@ -633,13 +697,19 @@ class VideoIndex:
         return np.concatenate([c for branch in zip(*runs, strict=True) for c in branch])
 
     def _reopen(
-        self, directory: Path, name: str, manifest: Manifest, kept_ann: bool, same_rows: bool
+        self,
+        directory: Path,
+        name: str,
+        manifest: Manifest,
+        parts: list[_Part],
+        kept_ann: bool,
+        same_rows: bool,
     ) -> None:
-        """Become the saved version ``name`` (its segments memory-mapped)."""
+        """Become the saved version ``name`` (its segments memory-mapped as ``parts``)."""
         here = directory.resolve()
         known = self._known_ids if same_rows else None
         ann, trained_rows = (self._ann, self._ann_trained_rows) if kept_ann else (None, 0)
-        self._open_manifest(here, manifest, name)
+        self._use_manifest(here, manifest, parts)
         self._known_ids = known
         if ann is not None:
             self._ann, self._ann_trained_rows = ann, trained_rows
@@ -700,16 +770,18 @@ class VideoIndex:
         except (ValueError, TypeError, KeyError) as err:
             path = store.manifest_path(directory, current.name)
             raise ValueError(f"{path} is not a consistent index ({err}); {REBUILD}") from err
-        index._open_manifest(here, manifest, current.name)
+        index._use_manifest(here, manifest, index._open_parts(here, manifest, current.name))
         if manifest.ann is not None and ann:
             index._load_ann(here, manifest)
         index._origin = (here, current.name, manifest.count)
         return index
 
-    def _open_manifest(self, folder: Path, manifest: Manifest, version: str) -> None:
-        """Memory-map the segments of ``manifest`` and point at its catalogue (no ANN)."""
+    def _open_parts(
+        self, folder: Path, manifest: Manifest, version: str, dim: int | None = None
+    ) -> list[_Part]:
+        """The segments of ``manifest`` memory-mapped; ValueError naming a file that is not
+        the shape the manifest (and ``dim``, when given) says."""
         parts = []
-        dim = None
         source = str(store.manifest_path(folder, version))
         for name, rows in manifest.segments:
             vectors, mask = store.open_segment(folder, name, rows, self._width, dim, source)
@@ -723,6 +795,11 @@ class VideoIndex:
                     arrays=(vectors, mask),
                 )
             )
+        return parts
+
+    def _use_manifest(self, folder: Path, manifest: Manifest, parts: list[_Part]) -> None:
+        """Become the saved version ``manifest`` of ``folder``: ``parts`` (its segments) and
+        its catalogue (no ANN)."""
         self._parts = parts
         self._saved_rows = manifest.count
         self._pending = {"id": [], "path": [], "caption": []}

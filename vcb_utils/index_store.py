@@ -27,11 +27,17 @@ load, into RAM, and saving converts them.
 
 from __future__ import annotations
 
+import errno
 import io
+import math
 import os
 import re
-from collections.abc import Sequence
+import shutil
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +48,6 @@ from vcb_utils.storage import (
     fsync_tree,
     read_json,
     remove,
-    remove_temps,
     temp_path,
     write_atomic,
     write_json_atomic,
@@ -93,7 +98,9 @@ class Manifest:
     """The LanceDB version of the catalogue (None for an empty index never given rows)."""
     ann: dict | None = None
     """``{"generation": ..., "settings": {...}, "trained_rows": ...}`` or None."""
-    extra: dict = field(default_factory=dict)
+    checksums: dict[str, dict[str, int]] = field(default_factory=dict)
+    """The CRC-32 of each segment's files (``{"vectors.npy": ..., "mask.npy": ...}``), for
+    ``verify_segment``; segments written before checksums were recorded have none."""
 
     @property
     def count(self) -> int:
@@ -106,11 +113,15 @@ class Manifest:
             "model": self.model,
             "framerate": self.framerate,
             "count": self.count,
-            "segments": [{"name": name, "rows": rows} for name, rows in self.segments],
+            "segments": [
+                {"name": name, "rows": rows, **self._checksum(name)} for name, rows in self.segments
+            ],
             "catalogue": self.catalogue,
             "ann": self.ann,
-            **self.extra,
         }
+
+    def _checksum(self, name: str) -> dict:
+        return {"crc32": self.checksums[name]} if name in self.checksums else {}
 
 
 # ---- the pointer and the manifests ---------------------------------------------------------------
@@ -171,6 +182,12 @@ def read_manifest(directory: Path, name: str) -> Manifest:
         segments = [(str(s["name"]), int(s["rows"])) for s in data["segments"]]
         if not all(SEGMENT_NAME.fullmatch(n) and rows > 0 for n, rows in segments):
             raise ValueError("bad segment name or row count")
+        checksums = {
+            str(s["name"]): _checksums(s["crc32"]) for s in data["segments"] if "crc32" in s
+        }
+        framerate = float(data["framerate"])
+        if not (math.isfinite(framerate) and framerate > 0):
+            raise ValueError(f"framerate {data['framerate']!r}: a positive number is needed")
         if data.get("count") != sum(rows for _, rows in segments):
             raise ValueError(f"count {data.get('count')!r} is not the segments' rows")
         catalogue = data["catalogue"]
@@ -185,9 +202,16 @@ def read_manifest(directory: Path, name: str) -> Manifest:
             and all(isinstance(v, int) and v > 0 for v in ann["settings"].values())
         ):
             raise ValueError(f"ann {ann!r}")
-        return Manifest(dict(data["model"]), float(data["framerate"]), segments, catalogue, ann)
+        return Manifest(dict(data["model"]), framerate, segments, catalogue, ann, checksums)
     except (TypeError, KeyError, ValueError, AttributeError) as err:
         raise ValueError(f"{path} is not a consistent index manifest ({err}); {REBUILD}") from err
+
+
+def _checksums(value: dict) -> dict[str, int]:
+    files_ok = set(value) == {VECTORS_FILE, MASK_FILE}
+    if not files_ok or not all(isinstance(v, int) for v in value.values()):
+        raise ValueError(f"segment checksums {value!r}")
+    return dict(value)
 
 
 def write_manifest(directory: Path, name: str, manifest: Manifest) -> None:
@@ -195,39 +219,113 @@ def write_manifest(directory: Path, name: str, manifest: Manifest) -> None:
 
 
 # ---- segments ------------------------------------------------------------------------------------
-def write_array(path: Path, parts: Sequence[np.ndarray]) -> None:
-    """Write the concatenation of ``parts`` (same dtype and trailing shape) as one .npy file."""
+def write_array(path: Path, parts: Sequence[np.ndarray]) -> int:
+    """Write the concatenation of ``parts`` (same dtype and trailing shape) as one .npy file;
+    return the file's CRC-32. Ordinary writes: a full disk is an OSError, never a signal (as a
+    write through a memory map would be)."""
     rows = sum(len(p) for p in parts)
-    out = np.lib.format.open_memmap(
-        path, mode="w+", dtype=parts[0].dtype, shape=(rows, *parts[0].shape[1:])
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header,
+        {
+            "descr": np.lib.format.dtype_to_descr(parts[0].dtype),
+            "fortran_order": False,
+            "shape": (rows, *parts[0].shape[1:]),
+        },
     )
-    start = 0
+    checksum = 0
+    with open(path, "wb") as file:
+        for block in _blocks(header.getvalue(), parts):
+            checksum = zlib.crc32(block, checksum)
+            file.write(block)
+    return checksum
+
+
+def _blocks(header: bytes, parts: Sequence[np.ndarray]) -> Iterator[bytes | memoryview]:
+    """The header, then the rows of ``parts`` a bounded block at a time (also from memory maps)."""
+    yield header
     for part in parts:
-        for offset in range(0, len(part), 4096):  # bounded copies, also from memory maps
-            block = np.asarray(part[offset : offset + 4096])
-            out[start + offset : start + offset + len(block)] = block
-        start += len(part)
-    out.flush()
-    del out
+        for offset in range(0, len(part), 4096):
+            yield memoryview(np.ascontiguousarray(part[offset : offset + 4096])).cast("B")
+
+
+def file_checksum(path: Path, chunk: int = 1 << 24) -> int:
+    """The CRC-32 of a file, read a chunk at a time."""
+    checksum = 0
+    with open(path, "rb") as file:
+        while block := file.read(chunk):
+            checksum = zlib.crc32(block, checksum)
+    return checksum
+
+
+def verify_segment(directory: Path, name: str, expected: dict[str, int] | None) -> bool:
+    """Whether segment ``name`` holds what was written (False: no checksum recorded, so not
+    checked); ValueError naming a file whose bytes changed."""
+    if expected is None:
+        return False
+    for file, checksum in expected.items():
+        path = directory / SEGMENTS / name / file
+        if file_checksum(path) != checksum:
+            raise ValueError(
+                f"{path} is corrupt (its CRC-32 is not the one recorded when it was written: "
+                f"bytes changed on disk); {REBUILD}"
+            )
+    return True
+
+
+@contextmanager
+def disk_space(directory: Path, needed: int) -> Iterator[None]:
+    """Refuse a save that cannot fit, and name the space needed on a full disk or file limit.
+
+    ``needed``: bytes the save writes (about). The OSError keeps the errno, says that the
+    previous version is still current and that the index in memory is intact."""
+    free = shutil.disk_usage(directory).free
+    remedy = (
+        "the previous version is still current and the index in memory is intact: free some "
+        "space (or save to another disk) and save again"
+    )
+    if needed > free:
+        raise OSError(
+            errno.ENOSPC,
+            f"{directory}: the save needs about {_mb(needed)}, {_mb(free)} are free; {remedy}",
+        )
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise
+        raise OSError(
+            err.errno,
+            f"{directory}: {os.strerror(err.errno)} while saving ({err.filename or ''}); the "
+            f"save needs about {_mb(needed)} ({_mb(free)} were free); {remedy}",
+        ) from err
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
 
 
 def write_segment(
     directory: Path, name: str, vectors: Sequence[np.ndarray], masks: Sequence[np.ndarray]
-) -> None:
-    """Write the segment ``name`` whole, or not at all (a temporary folder renamed)."""
+) -> dict[str, int]:
+    """Write the segment ``name`` whole, or not at all (a temporary folder renamed); return the
+    CRC-32 of its files."""
     folder = directory / SEGMENTS / name
     folder.parent.mkdir(exist_ok=True)
     temp = temp_path(folder)
     temp.mkdir()
     try:
-        write_array(temp / VECTORS_FILE, vectors)
-        write_array(temp / MASK_FILE, masks)
+        checksums = {
+            VECTORS_FILE: write_array(temp / VECTORS_FILE, vectors),
+            MASK_FILE: write_array(temp / MASK_FILE, masks),
+        }
         fsync_tree(temp)
         os.replace(temp, folder)
     except BaseException:
         remove(temp)
         raise
     fsync_path(folder.parent)
+    return checksums
 
 
 def open_segment(
@@ -263,12 +361,15 @@ def open_segment(
     return arrays[0], arrays[1]
 
 
-def next_segment_name(directory: Path, names: Sequence[str]) -> str:
-    """A segment name after ``names`` and after every segment folder in ``directory``."""
+def next_segment_names(directory: Path, names: Sequence[str]) -> Iterator[str]:
+    """New segment names, after ``names`` and after every segment folder in ``directory``."""
     folder = directory / SEGMENTS
     present = [e.name for e in folder.iterdir()] if folder.is_dir() else []
     numbers = [int(n[1:]) for n in [*names, *present] if SEGMENT_NAME.fullmatch(n)]
-    return f"s{max(numbers, default=0) + 1:06d}"
+    last = max(numbers, default=0)
+    while True:
+        last += 1
+        yield f"s{last:06d}"
 
 
 # ---- the candidate index (ANN) files -------------------------------------------------------------
@@ -320,6 +421,37 @@ def read_ann_part(
 
 
 # ---- the catalogue (LanceDB) ---------------------------------------------------------------------
+CATALOGUE_GRACE = timedelta(minutes=1)
+"""A save prunes the catalogue versions older than the version it replaces, less this margin
+(for the time LanceDB's compaction takes): readers that loaded the replaced version still read
+it; older versions, and what killed saves committed, go at a later save."""
+
+
+class _LanceFork:
+    """Whether this process was forked after it used LanceDB (unsafe in the child: LanceDB's
+    runtime threads do not survive a fork, and it can hang or crash there)."""
+
+    used = False
+    forked = False
+
+    @classmethod
+    def after_fork_in_child(cls) -> None:
+        cls.forked = cls.forked or cls.used
+
+
+os.register_at_fork(after_in_child=_LanceFork.after_fork_in_child)
+
+
+def check_not_forked(directory: Path) -> None:
+    """RuntimeError if LanceDB was used before this process was forked (see ``_LanceFork``)."""
+    if _LanceFork.forked:
+        raise RuntimeError(
+            f"{directory}: this process was forked from one that had used the index catalogue "
+            "(LanceDB), which can hang or crash after a fork. Start worker processes with "
+            "multiprocessing.get_context('spawn') or 'forkserver', or fork before using an index"
+        )
+
+
 def _schema():
     import pyarrow as pa
 
@@ -331,11 +463,32 @@ def _schema():
 def _connect(directory: Path):
     import lancedb
 
+    check_not_forked(directory)
+    _LanceFork.used = True
     return lancedb.connect(str(directory))
 
 
-def _table_exists(directory: Path) -> bool:
+def catalogue_exists(directory: Path) -> bool:
     return (directory / f"{CATALOGUE}.lance").is_dir()
+
+
+class _CatalogueError(ValueError):
+    """A damaged or missing catalogue (named), not to be wrapped again."""
+
+
+@contextmanager
+def _lance_errors(directory: Path, version: int | None) -> Iterator[None]:
+    """LanceDB's errors on a damaged or missing catalogue as a ValueError naming it."""
+    try:
+        yield
+    except (RuntimeError, OSError, ValueError) as err:
+        if isinstance(err, _CatalogueError):
+            raise
+        path = directory / f"{CATALOGUE}.lance"
+        raise _CatalogueError(
+            f"{path}: the catalogue cannot be read at version {version} ({err}); if the index "
+            f"was saved since it was loaded, load it again, else {REBUILD}"
+        ) from err
 
 
 def commit_catalogue(
@@ -345,9 +498,11 @@ def commit_catalogue(
     paths: Sequence[str],
     captions: Sequence[str],
     base: int | None,
+    keep: int | None = None,
 ) -> int:
     """Append rows to the catalogue at version ``base`` (None: start a new catalogue); return the
-    new version. Rows that a killed writer appended after ``base`` are rolled back first."""
+    new version. Rows that a killed writer appended after ``base`` are rolled back first, and
+    versions older than ``keep`` (the replaced version's; None: all but the new one) pruned."""
     import pyarrow as pa
 
     data = pa.table(
@@ -359,16 +514,28 @@ def commit_catalogue(
         },
         schema=_schema(),
     )
-    db = _connect(directory)
-    if base is None or not _table_exists(directory):
-        mode = "overwrite" if _table_exists(directory) else "create"
-        return db.create_table(CATALOGUE, data, schema=_schema(), mode=mode).version
-    table = db.open_table(CATALOGUE)
-    if table.version != base:
-        table.restore(base)
-    if len(data):
-        table.add(data)
-    return table.version
+    check_not_forked(directory)
+    with _lance_errors(directory, base):
+        db = _connect(directory)
+        if base is None or not catalogue_exists(directory):
+            mode = "overwrite" if catalogue_exists(directory) else "create"
+            table = db.create_table(CATALOGUE, data, schema=_schema(), mode=mode)
+        else:
+            table = db.open_table(CATALOGUE)
+            if table.version != base:
+                table.restore(base)
+            if len(data):
+                table.add(data)
+        _prune(table, keep)
+        return table.version
+
+
+def _prune(table, keep: int | None) -> None:
+    """Compact the catalogue and delete the versions older than ``keep`` (less the grace),
+    and files no version uses (what a killed commit wrote)."""
+    versions = {v["version"]: v["timestamp"] for v in table.list_versions()}
+    age = datetime.now() - versions.get(keep, datetime.now()) if keep else timedelta(0)
+    table.optimize(cleanup_older_than=age + CATALOGUE_GRACE, delete_unverified=True)
 
 
 class Catalogue:
@@ -389,13 +556,15 @@ class Catalogue:
         """One column for every row, in row order; ValueError if the catalogue disagrees."""
         if self.rows == 0:
             return []
-        table = self._open().search().select(["row", name]).limit(None).to_arrow()
+        check_not_forked(self.directory)
+        with _lance_errors(self.directory, self.version):
+            table = self._open().search().select(["row", name]).limit(None).to_arrow()
         rows = table.column("row").to_numpy()
         order = np.argsort(rows, kind="stable")
         if len(rows) != self.rows or not np.array_equal(rows[order], np.arange(self.rows)):
             raise ValueError(
                 f"{self.directory / CATALOGUE}.lance holds {len(rows)} rows at version "
-                f"{self.version}, the manifest {self.rows}; {REBUILD}"
+                f"{self.version}, not the rows 0..{self.rows - 1} the manifest says; {REBUILD}"
             )
         values = table.column(name).to_pylist()
         return (
@@ -407,8 +576,10 @@ class Catalogue:
         if not len(rows):
             return []
         wanted = sorted(set(int(r) for r in rows))
-        table = self._open().take_offsets(wanted).select(["row", "id", "path", "caption"])
-        found = {r["row"]: r for r in table.to_arrow().to_pylist()}
+        check_not_forked(self.directory)
+        with _lance_errors(self.directory, self.version):
+            table = self._open().take_offsets(wanted).select(["row", "id", "path", "caption"])
+            found = {r["row"]: r for r in table.to_arrow().to_pylist()}
         missing = [r for r in wanted if r not in found]
         if missing:
             raise ValueError(
@@ -416,53 +587,6 @@ class Catalogue:
                 f"{self.version}; {REBUILD}"
             )
         return [found[int(r)] for r in rows]
-
-
-# ---- deleting what the current version does not use ----------------------------------------------
-def remove_unreferenced(
-    directory: Path, current: Current | None, manifest: Manifest | None
-) -> None:
-    """Delete every version, segment and ANN file that ``manifest`` (the current version's)
-    does not use, and temporary files. Call it holding the lock."""
-    remove_temps(directory)
-    keep_file = f"{current.name}.json" if current is not None and current.layout == 4 else None
-    for entry in directory.iterdir():
-        if VERSION_FILE.fullmatch(entry.name) and entry.name != keep_file:
-            remove(entry)
-        elif (
-            VERSION_DIR.fullmatch(entry.name)
-            and entry.is_dir()
-            and (current is None or current.layout == 4 or entry.name != current.name)
-        ):
-            remove(entry)  # format 3 versions (folders), converted
-    legacy = directory / LEGACY_TENSORS
-    if current is not None and current.layout == 4 and legacy.exists():
-        remove(legacy)  # the vectors of a format 2 index, converted
-    used = {name for name, _ in manifest.segments} if manifest else set()
-    segments = directory / SEGMENTS
-    if segments.is_dir():
-        remove_temps(segments)
-        for entry in segments.iterdir():
-            if entry.name not in used:
-                remove(entry)
-    generation = manifest.ann["generation"] if manifest and manifest.ann else None
-    ann = directory / ANN
-    if ann.is_dir():
-        remove_temps(ann)
-        for entry in ann.iterdir():
-            if entry.name != generation:
-                remove(entry)
-        if generation and (ann / generation).is_dir():
-            folder = ann / generation
-            remove_temps(folder)
-            for entry in folder.iterdir():
-                if entry.name != TRAINED_FILE and entry.name.split(".")[0] not in used:
-                    remove(entry)
-        if not any(ann.iterdir()):
-            ann.rmdir()
-    catalogue = directory / f"{CATALOGUE}.lance"
-    if manifest is None and current is None and catalogue.exists():
-        remove(catalogue)  # a first save killed after its catalogue
 
 
 # ---- formats 2 and 3 -----------------------------------------------------------------------------
