@@ -17,6 +17,7 @@ import torch
 from vcb_utils import annotations
 from vcb_utils.config import DataConfig
 from vcb_utils.datasets import (
+    GroupedShuffle,
     Preprocessing,
     Record,
     VideoTextDataset,
@@ -426,3 +427,23 @@ def test_own_files_accept_a_bom_and_report_every_problem(tmp_path):
     latin.write_bytes("video,caption\na.mp4,caf\xe9\n".encode("latin-1"))
     with pytest.raises(ValueError, match="latin.csv"):
         read_annotations("csv", latin, "test")
+
+
+def test_grouped_shuffle_keeps_each_group_in_one_batch():
+    groups = [[0, 1], [2, 3], [4, 5], [8, 9]]
+    sampler = GroupedShuffle(11, groups, batch_size=3, seed=5)
+    orders = []
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        assert sorted(order) == list(range(11)) and len(sampler) == 11
+        batch = {item: position // 3 for position, item in enumerate(order)}
+        assert all(batch[a] == batch[b] for a, b in groups)  # none waits past the end here
+        orders.append(order)
+    assert len({tuple(o) for o in orders}) == 4  # a new shuffle every epoch
+    sampler.set_epoch(2)
+    assert list(sampler) == orders[2]  # and the same one for the same seed and epoch
+    with pytest.raises(ValueError, match="disjoint"):
+        GroupedShuffle(4, [[0, 1], [1, 2]], batch_size=3)
+    with pytest.raises(ValueError, match="larger than the batch size"):
+        GroupedShuffle(4, [[0, 1, 2]], batch_size=2)

@@ -15,7 +15,14 @@ from vcb_utils.datasets import read_annotations
 from vcb_utils.synthetic import COLOURS, SyntheticConfig
 from vcb_utils.video import read_frames
 
-TINY = SyntheticConfig(n_train=6, n_test=10, order_pair_fraction=0.4, seed=3)
+TINY = SyntheticConfig(
+    n_train=6,
+    n_test=10,
+    order_pair_fraction=0.4,
+    train_order_pair_fraction=1.0,
+    train_one_subject_rate=0.5,
+    seed=3,
+)
 
 COLOUR = "|".join(COLOURS)
 NOUN = rf"a (?P<{{0}}c>{COLOUR}) (?P<{{0}}s>circle|square|triangle)"
@@ -200,3 +207,18 @@ def test_default_root_follows_the_environment(monkeypatch, tmp_path):
     assert synthetic.default_root() == Path(synthetic.__file__).resolve().parents[1] / "data" / (
         "synthetic"
     )
+
+
+def test_training_twins_include_one_subject_clips_and_are_grouped(tiny):
+    records = read_annotations("synthetic", tiny, "train")
+    groups = synthetic.twin_groups([r.path for r in records], [r.caption for r in records])
+    assert len(groups) == 3 * 2  # 3 twin clip pairs, each in both wordings
+    one_subject = 0
+    for i, j in groups:
+        a, b = parse(records[i].caption), parse(records[j].caption)
+        assert [(c["shape"], c["kind"], c["arg"]) for c in a] == [
+            (c["shape"], c["kind"], c["arg"]) for c in b[::-1]
+        ]
+        assert records[i].caption.startswith("first") == records[j].caption.startswith("first")
+        one_subject += a[0]["shape"] == a[1]["shape"] and ", then it " in records[j].caption
+    assert 0 < one_subject < len(groups)  # the pixel test above covers both kinds of twins

@@ -199,6 +199,9 @@ class DataConfig(_Validated):
     """What a video that cannot be decoded does: stop the run, or be reported and left out."""
     cache_dir: str | None = None
     """Decoded-frame cache folder; none reads the videos directly."""
+    twin_batches: bool = True
+    """Synthetic data only: each caption shares its training batch with its order twin (the
+    clip with the two events swapped, and that clip's caption) as a hard negative."""
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from vcb_utils.annotations import Record, check_videos, read_annotations
 from vcb_utils.cache import FrameCache
@@ -202,6 +202,47 @@ def collate(items: Sequence[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ..
     collate), which saves a copy of every video batch.
     """
     return tuple(default_collate(list(items)))
+
+
+class GroupedShuffle(Sampler[int]):
+    """A shuffle that keeps each group's items inside one batch of ``batch_size``.
+
+    Every epoch (``set_epoch``, which accelerate calls) the groups are shuffled and laid out in
+    batches; a group that does not fit in what is left of a batch waits for the next one. Items
+    in no group are groups of one, so without groups this is a plain seeded shuffle.
+    """
+
+    def __init__(
+        self, n: int, groups: Sequence[Sequence[int]], batch_size: int, seed: int = 0
+    ) -> None:
+        grouped = [i for group in groups for i in group]
+        if len(set(grouped)) < len(grouped) or not all(0 <= i < n for i in grouped):
+            raise ValueError(f"groups must be disjoint indices below {n}")
+        if any(len(group) > batch_size for group in groups):
+            raise ValueError(f"a group is larger than the batch size {batch_size}")
+        alone = sorted(set(range(n)) - set(grouped))
+        self.groups = [list(g) for g in groups if g] + [[i] for i in alone]
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        shuffled = [self.groups[i] for i in torch.randperm(len(self.groups), generator=generator)]
+        order: list[int] = []
+        waiting: list[list[int]] = []
+        for group in shuffled:
+            waiting.append(group)
+            for held in list(waiting):
+                if len(held) <= self.batch_size - len(order) % self.batch_size:
+                    order.extend(held)
+                    waiting.remove(held)
+        order.extend(i for held in waiting for i in held)
+        return iter(order)
 
 
 def make_loader(

@@ -19,7 +19,6 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
@@ -115,7 +114,7 @@ def order_report(model: VideoColBERT, config: Config, split: str = "test") -> Or
     accelerator = default_accelerator()
     model.to(accelerator.device).eval()
     eval_set = load_eval_set(model, config, split, accelerator)
-    specs = _specs_of(eval_set.videos, config)
+    specs = synthetic.specs_for([video.path for video in eval_set.videos])
     batch, workers = config.train.batch_size_val, config.data.workers
     forwards = encode_videos(model, eval_set.video_dataset, batch, accelerator, workers)
     backwards = encode_videos(
@@ -142,16 +141,6 @@ def order_report(model: VideoColBERT, config: Config, split: str = "test") -> Or
         test: {name: PairCounts.from_gaps(gap) for name, gap in gaps.items()}
         for test, gaps in groups.items()
     }
-
-
-def _specs_of(videos: Sequence, config: Config) -> list[synthetic.ClipSpec]:
-    """The ClipSpec of every evaluation video, from its generated folder's ``clips.jsonl``."""
-    folder = Path(videos[0].path).parent.parent
-    specs = synthetic.read_specs(folder)
-    missing = [str(v.path) for v in videos if Path(v.path) not in specs]
-    if missing:
-        raise ValueError(f"{folder / 'clips.jsonl'} describes no clip {missing[0]}")
-    return [specs[Path(v.path)] for v in videos]
 
 
 def format_report(report: OrderReport) -> str:

@@ -53,6 +53,10 @@ POSITIONS: dict[str, tuple[float, float]] = {
     "at the bottom": (0.5, 0.8),
 }
 KINDS = ("moves", "appears", "disappears", "changes")
+ONE_SUBJECT_RATE = 0.25
+"""Chance that both events of a test clip concern one object (not when the first disappears)."""
+REORDERABLE = frozenset({"moves", "changes"})
+"""Kinds whose two events on one object stay visible in either order: such clips get twins."""
 PHASES = ((0.0, 0.5), (0.5, 1.0))
 """Event k happens in ``PHASES[k]`` (fractions of the clip): a move spans the phase, the other
 kinds happen at ``EVENT_OFFSET`` into it."""
@@ -154,7 +158,12 @@ class SyntheticConfig:
     train_captions: int = 2
     """Caption variants per training clip (1 or 2); test clips get one caption."""
     order_pair_fraction: float = 0.2
-    """Share of clips that come as pairs with the two events in swapped order."""
+    """Share of test clips that come as pairs with the two events in swapped order."""
+    train_order_pair_fraction: float = 0.2
+    """The same share among training clips, where one-subject clips whose events are moves or
+    colour changes pair too ("it moves down, then it changes to yellow" and the other order)."""
+    train_one_subject_rate: float = ONE_SUBJECT_RATE
+    """Chance that both events of a training clip concern one object (test clips: 0.25)."""
     seed: int = 0
 
     def tag(self) -> str:
@@ -209,10 +218,12 @@ def _verb(event: Event, variant: int) -> str:
 # ---------------------------------------------------------------- sampling
 
 
-def sample_spec(rng: np.random.Generator, cfg: SyntheticConfig) -> ClipSpec:
+def sample_spec(
+    rng: np.random.Generator, cfg: SyntheticConfig, one_subject_rate: float = ONE_SUBJECT_RATE
+) -> ClipSpec:
     """A random valid clip: shapes inside the frame and never overlapping."""
     while True:
-        events, colours, shapes = _draw_events(rng)
+        events, colours, shapes = _draw_events(rng, one_subject_rate)
         num_frames = _draw_length(rng, cfg)
         for _ in range(20):
             spec = _place(rng, cfg, events, colours, shapes, num_frames)
@@ -220,13 +231,19 @@ def sample_spec(rng: np.random.Generator, cfg: SyntheticConfig) -> ClipSpec:
                 return spec
 
 
-def swapped(rng: np.random.Generator, cfg: SyntheticConfig, spec: ClipSpec) -> ClipSpec | None:
-    """The same two events in the other order (None when both concern one object)."""
+def swapped(
+    rng: np.random.Generator, cfg: SyntheticConfig, spec: ClipSpec, one_subject: bool = False
+) -> ClipSpec | None:
+    """The same two events in the other order, or None: when both concern one object, unless
+    ``one_subject`` and both are ``REORDERABLE``."""
     first, second = spec.events
     if first.subject == second.subject:
-        return None
-    events = (dataclasses.replace(second, subject=0), dataclasses.replace(first, subject=1))
-    colours, shapes = spec.colours[::-1], spec.shapes[::-1]
+        if not one_subject or {first.kind, second.kind} - REORDERABLE:
+            return None
+        events, colours, shapes = (second, first), spec.colours, spec.shapes
+    else:
+        events = (dataclasses.replace(second, subject=0), dataclasses.replace(first, subject=1))
+        colours, shapes = spec.colours[::-1], spec.shapes[::-1]
     for _ in range(20):
         placed = _place(rng, cfg, events, colours, shapes, spec.num_frames)
         if placed is not None:
@@ -238,10 +255,12 @@ def _draw_length(rng: np.random.Generator, cfg: SyntheticConfig) -> int:
     return int(round(rng.uniform(cfg.min_seconds, cfg.max_seconds) * cfg.fps))
 
 
-def _draw_events(rng: np.random.Generator) -> tuple[tuple[Event, Event], tuple, tuple]:
+def _draw_events(
+    rng: np.random.Generator, one_subject_rate: float
+) -> tuple[tuple[Event, Event], tuple, tuple]:
     palette = [str(c) for c in rng.permutation(list(COLOURS))]
     first_kind = str(rng.choice(KINDS))
-    same = first_kind != "disappears" and rng.random() < 0.25
+    same = first_kind != "disappears" and rng.random() < one_subject_rate
     second_kinds = [k for k in KINDS if k != "appears"] if same else list(KINDS)
     second_kind = str(rng.choice(second_kinds))
     count = 1 if same else 2
@@ -332,28 +351,41 @@ def _states(spec: ClipSpec, u: float) -> list[ObjectState]:
 
 def make_specs(cfg: SyntheticConfig) -> dict[str, list[ClipSpec]]:
     """The clips of both splits (train and test use separate random streams)."""
+    train = SplitMix(cfg.train_order_pair_fraction, cfg.train_one_subject_rate, True, False)
+    test = SplitMix(cfg.order_pair_fraction, ONE_SUBJECT_RATE, False, True)
     return {
-        "train": _split_specs(np.random.default_rng([cfg.seed, 0]), cfg, cfg.n_train, False),
-        "test": _split_specs(np.random.default_rng([cfg.seed, 1]), cfg, cfg.n_test, True),
+        "train": _split_specs(np.random.default_rng([cfg.seed, 0]), cfg, cfg.n_train, train),
+        "test": _split_specs(np.random.default_rng([cfg.seed, 1]), cfg, cfg.n_test, test),
     }
 
 
+@dataclass(frozen=True)
+class SplitMix:
+    """What a split is made of: order pairs (one-subject ones too?), one-subject clips, and
+    whether captions must be unique."""
+
+    pair_fraction: float
+    one_subject_rate: float
+    one_subject_pairs: bool
+    unique: bool
+
+
 def _split_specs(
-    rng: np.random.Generator, cfg: SyntheticConfig, count: int, unique: bool
+    rng: np.random.Generator, cfg: SyntheticConfig, count: int, mix: SplitMix
 ) -> list[ClipSpec]:
     """``count`` clips, a share of them as order-swapped pairs; unique captions when asked."""
     specs: list[ClipSpec] = []
     seen: set[str] = set()
-    pairs_left = int(count * cfg.order_pair_fraction) // 2
+    pairs_left = int(count * mix.pair_fraction) // 2
     while len(specs) < count:
-        batch = [sample_spec(rng, cfg)]
+        batch = [sample_spec(rng, cfg, mix.one_subject_rate)]
         if pairs_left and len(specs) + 2 <= count:
-            partner = swapped(rng, cfg, batch[0])
+            partner = swapped(rng, cfg, batch[0], mix.one_subject_pairs)
             if partner is None:
                 continue
             batch.append(partner)
         texts = [caption(s) for s in batch]
-        if unique and (seen.intersection(texts) or len(set(texts)) < len(texts)):
+        if mix.unique and (seen.intersection(texts) or len(set(texts)) < len(texts)):
             continue
         pairs_left -= len(batch) == 2
         seen.update(texts)
@@ -471,6 +503,38 @@ def read_specs(folder: str | os.PathLike) -> dict[Path, ClipSpec]:
         raise FileNotFoundError(f"{path} is missing: {folder} is not a generated synthetic folder")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return {Path(folder) / row["video"]: ClipSpec.from_dict(row["spec"]) for row in rows}
+
+
+def specs_for(videos: Sequence[str | os.PathLike]) -> list[ClipSpec]:
+    """The ClipSpec of each generated video, from the ``clips.jsonl`` above its ``videos/``."""
+    specs: dict[Path, ClipSpec] = {}
+    for folder in dict.fromkeys(Path(v).parent.parent for v in videos):
+        specs.update(read_specs(folder))
+    missing = [Path(v) for v in videos if Path(v) not in specs]
+    if missing:
+        where = missing[0].parent.parent / "clips.jsonl"
+        raise ValueError(f"{where} describes no clip {missing[0].name}")
+    return [specs[Path(v)] for v in videos]
+
+
+def twin_groups(videos: Sequence[str | os.PathLike], captions: Sequence[str]) -> list[list[int]]:
+    """Pairs of items ``(videos[i], captions[i])`` that are order twins: the other item's caption
+    is this one's with the two events swapped, in the same wording (``twin_caption``)."""
+    by_caption: dict[str, list[int]] = {}
+    for i, text in enumerate(captions):
+        by_caption.setdefault(text, []).append(i)
+    paired: set[int] = set()
+    groups = []
+    for i, (spec, text) in enumerate(zip(specs_for(videos), captions, strict=True)):
+        variant = next((v for v in (0, 1) if caption(spec, v) == text), None)
+        if i in paired or variant is None:
+            continue
+        twins = by_caption.get(twin_caption(spec, variant), [])
+        partner = next((j for j in twins if j != i and j not in paired), None)
+        if partner is not None:
+            groups.append([i, partner])
+            paired.update((i, partner))
+    return groups
 
 
 def default_root() -> Path:

@@ -34,13 +34,14 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from vcb_utils.annotations import check_videos, read_annotations
 from vcb_utils.checkpoints import TrainingSession
 from vcb_utils.config import Config, RunOptions
-from vcb_utils.datasets import Preprocessing, build_dataset, collate
+from vcb_utils.datasets import GroupedShuffle, Preprocessing, build_dataset, collate
 from vcb_utils.distributed import check_world_size, gather_with_grad, set_cpu_threads
 from vcb_utils.evaluate import METRICS_FILE, evaluate, load_eval_set, zero_shot
 from vcb_utils.gradcache import cached_backward
 from vcb_utils.jupyter import free_port
 from vcb_utils.model import VideoColBERT, load_checkpoint
 from vcb_utils.optim import build_optimizer, warmup_cosine
+from vcb_utils.synthetic import twin_groups
 
 log = logging.getLogger("vcb_utils.train")
 
@@ -217,10 +218,16 @@ def train_loader(
     batch_size = config.train.batch_size
     if len(dataset) < batch_size:
         raise ValueError(f"{len(dataset)} training pairs are fewer than one batch of {batch_size}")
+    local_batch, sampler = batch_size // accelerator.num_processes, None
+    if config.data.datatype == "synthetic" and config.data.twin_batches:
+        records = dataset.records
+        groups = twin_groups([r.path for r in records], [r.caption for r in records])
+        sampler = GroupedShuffle(len(dataset), groups, local_batch, seed=config.train.seed)
     return torch.utils.data.DataLoader(
         dataset,
-        batch_size=batch_size // accelerator.num_processes,
-        shuffle=True,
+        batch_size=local_batch,
+        shuffle=sampler is None,
+        sampler=sampler,
         drop_last=True,  # every process must gather the same number of pairs
         num_workers=config.data.workers,
         collate_fn=collate,
