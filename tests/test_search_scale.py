@@ -338,7 +338,12 @@ def test_a_build_killed_after_some_shards_resumes_without_encoding_them_again(
     with pytest.raises(Killed):
         cli(*args)
     work = index_build.build_folder(tmp_path / "idx")
-    assert [p.name for p in work.glob("shard-*")] == ["shard-000000.safetensors"]
+    (run,) = work.iterdir()  # the run's own folder
+    assert [p.name for p in run.glob("shard-*")] == ["shard-000000.safetensors"]
+    plan = (run / "plan.json").read_text()
+    (run / "plan.json").write_text(json.dumps({"requested": "another list"}))
+    assert cli(*args) == 2  # shards of another build are not mixed in
+    (run / "plan.json").write_text(plan)
     first = encoded[0]
     encoded.clear()
     with caplog.at_level(logging.INFO):
@@ -346,12 +351,6 @@ def test_a_build_killed_after_some_shards_resumes_without_encoding_them_again(
     assert first not in encoded and len(encoded) == 2  # shards 1 and 2 only
     assert "resuming, 1 shard(s)" in caplog.text
     assert len(VideoIndex.load(tmp_path / "idx")) == 4 and not work.exists()
-    other = build_args(tmp_path / "idx2", library, "--shard-size", "3")
-    work2 = index_build.build_folder(tmp_path / "idx2")
-    work2.mkdir()
-    (work2 / "plan.json").write_text(json.dumps({"requested": "another list"}))
-    (work2 / "videos.json").write_text(json.dumps({"ids": [], "paths": [], "captions": []}))
-    assert cli(*other) == 2  # shards of another build are not mixed in
 
 
 @pytest.mark.slow

@@ -144,6 +144,7 @@ class CandidateIndex:
         self.nlist = self._encoder.nlist
         self.m = self._encoder.pq.M
         self.code_size = self._encoder.sa_code_size()
+        self.list_bytes = self._encoder.coarse_code_size()
         self._fast = None
         self.rebuild(parts)
 
@@ -213,6 +214,16 @@ class CandidateIndex:
         for start in range(0, len(vectors), batch):
             codes[start : start + batch] = self._encoder.sa_encode(vectors[start : start + batch])
         return codes
+
+    def valid_lists(self, codes: np.ndarray, batch: int = 1 << 20) -> bool:
+        """Whether every code names one of the ``nlist`` lists (its first ``list_bytes``
+        bytes, little-endian): faiss aborts the whole load on one that does not."""
+        weights = 256 ** np.arange(self.list_bytes, dtype=np.int64)
+        for start in range(0, len(codes), batch):
+            lists = np.asarray(codes[start : start + batch, : self.list_bytes], np.int64) @ weights
+            if len(lists) and int(lists.max()) >= self.nlist:
+                return False
+        return True
 
     def add_vectors(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         """Append vectors with their ids (see ``vector_ids``); faiss encodes them as ``encode``

@@ -215,6 +215,7 @@ class VideoIndex:
             self._frames + int(self.config["n_visual_expansion"]) if self._has_v else 0
         )
         self._parts: list[_Part] = []
+        self._checksums: dict[str, dict[str, int]] = {}
         self._saved_rows = 0
         self._pending: dict[str, list[str]] = {"id": [], "path": [], "caption": []}
         self._columns: dict[str, list[str]] = {}
@@ -801,6 +802,7 @@ class VideoIndex:
         """Become the saved version ``manifest`` of ``folder``: ``parts`` (its segments) and
         its catalogue (no ANN)."""
         self._parts = parts
+        self._checksums = manifest.checksums
         self._saved_rows = manifest.count
         self._pending = {"id": [], "path": [], "caption": []}
         self._columns = {}
@@ -811,7 +813,11 @@ class VideoIndex:
     def _load_ann(self, folder: Path, manifest: Manifest) -> None:
         info = manifest.ann
         ann = _open_ann(folder, info["generation"])
-        ann.rebuild(self._saved_codes(folder, ann))
+        try:
+            ann.rebuild(self._saved_codes(folder, ann))
+        except RuntimeError as err:  # faiss refused the codes
+            where = store.ann_folder(folder, ann.generation)
+            raise ValueError(f"{where}: the saved codes are corrupt ({err}); {REBUILD}") from err
         self._ann, self._ann_trained_rows = ann, info["trained_rows"]
         self.settings = SearchSettings(**info["settings"])
 
@@ -822,8 +828,29 @@ class VideoIndex:
         for part in self._parts:
             count = self._vector_count(part)
             codes = store.read_ann_part(folder, ann.generation, part.segment, ann.code_size, count)
+            if not ann.valid_lists(codes):
+                path = store.ann_folder(folder, ann.generation) / f"{part.segment}.codes.npy"
+                raise ValueError(
+                    f"{path} is corrupt (codes name lists the candidate index lacks); {REBUILD}"
+                )
             yield codes, self._part_ids(part, start)
             start += len(part)
+
+    def verify(self) -> tuple[int, int]:
+        """Read every saved segment and compare it with the CRC-32 recorded when it was
+        written (a full read of the vectors: ``index_cli info --verify``); return the number of
+        segments verified and of those written without a checksum. ValueError naming a file
+        whose bytes changed."""
+        verified = unverifiable = 0
+        for part in self._parts:
+            if part.segment is None:
+                continue
+            expected = self._checksums.get(part.segment)
+            if store.verify_segment(part.folder, part.segment, expected):
+                verified += 1
+            else:
+                unverifiable += 1
+        return verified, unverifiable
 
     def check_model(self, model: VideoColBERT, source: str = "the index") -> None:
         """ValueError naming every vector-changing config field where ``model`` differs."""

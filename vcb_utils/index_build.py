@@ -8,18 +8,22 @@
 The videos are cut, in list order, into shards of ``shard_size``. Process ``p`` of ``P``
 (accelerate's process index and count; one process without ``accelerate launch``) encodes the
 shards ``p, p + P, p + 2P, ...`` with ``vcb_utils.encode.encode_videos`` on its own device and
-writes each one, whole (a temporary file renamed), to ``<index>.build/shard-000012.safetensors``.
-A shard already written is never encoded again, so a build killed at any point goes on where it
-stopped when the same command is run again (with any number of processes).
+writes each one, whole (a temporary file renamed), to
+``<index>.build/<run>/shard-000012.safetensors``, where ``<run>`` is named after the run's plan
+(its videos, shard size, model and framerate): runs that add other videos at the same time each
+have their own folder. A shard already written is never encoded again, so a build killed at any
+point goes on where it stopped when the same command is run again (with any number of
+processes).
 
 When every shard is written, the main process merges them in order into the index
 (``VideoIndex.add_embeddings``, then ``save`` every ``merge_videos`` videos: each save is one
 crash-safe version; ids already in the index are skipped, so a merge killed half-way resumes
 too), builds the candidate index of two-stage search once at the end (``build_ann``, from
-``ANN_MIN_VIDEOS`` videos on, unless the index has one), and deletes the ``.build`` folder.
-Adding videos to an existing index (``add``) is the same procedure.
+``ANN_MIN_VIDEOS`` videos on, unless the index has one), and deletes its run folder (and
+``.build`` once no other run uses it). Adding videos to an existing index (``add``) is the same
+procedure; runs of it at once append in turn (``VideoIndex.save`` holds the folder's lock).
 
-``<index>.build/plan.json`` records what the shards hold (the requested video list's
+``<run>/plan.json`` records what the shards hold (the requested video list's
 fingerprint, the shard size, the model config and framerate) and ``videos.json`` the videos
 being added: a resumed build with other videos or another model is refused instead of mixing
 them.
@@ -32,15 +36,21 @@ import hashlib
 import io
 import json
 import logging
+import os
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-from vcb_utils.storage import read_json, remove, write_atomic, write_json_atomic
+from vcb_utils.storage import LOCK_FILE, read_json, remove, write_atomic, write_json_atomic
+
+if TYPE_CHECKING:
+    from vcb_utils.index import VideoIndex
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +175,24 @@ class _ThisProcess:
 
 
 def build_folder(index_dir: str | Path) -> Path:
-    """Where the shards of a build of ``index_dir`` are written."""
-    index_dir = Path(index_dir)
+    """Where the runs of builds and additions of ``index_dir`` write their shards."""
+    index_dir = Path(os.path.abspath(index_dir))  # "." has a name too
     return index_dir.with_name(index_dir.name + ".build")
+
+
+def run_folder(index_dir: str | Path, plan: dict) -> Path:
+    """The shards of one run: named after its plan, so that a run resumes in its own folder
+    and other runs at the same time have theirs."""
+    digest = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
+    return build_folder(index_dir) / f"run-{digest[:16]}"
+
+
+@dataclass
+class Indexed:
+    """What ``index_videos`` did: the index, and how many of the run's videos it added."""
+
+    index: VideoIndex
+    added: int
 
 
 def index_videos(
@@ -186,17 +211,25 @@ def index_videos(
     nlist: int | None = None,
 ):
     """Encode ``videos`` on every process into shards, then merge them into ``index_dir`` (made
-    if missing, appended to otherwise); returns the index on the main process, None on others.
+    if missing, appended to otherwise); returns the index and the number of videos added on
+    the main process, None on others.
 
     Videos whose id the index already holds are left out (so ``add`` can be run again).
     ``on_error="skip"`` leaves unreadable files out, listed in a warning; ``"raise"`` stops.
+    The index folder must be apart from the videos, and empty or an index (ValueError first).
     """
     from vcb_utils.encode import default_accelerator
     from vcb_utils.index import VideoIndex, _encode_files
+    from vcb_utils.index_cleanup import JOURNAL_FILE
+    from vcb_utils.index_guard import check_apart_from_videos, check_empty_or_index, video_folders
 
     accelerator = accelerator or default_accelerator()
     index_dir = Path(index_dir)
-    work = build_folder(index_dir)
+    check_apart_from_videos(index_dir, video_folders(videos.paths))
+    if not is_index(index_dir):
+        check_empty_or_index(index_dir, {LOCK_FILE, JOURNAL_FILE})
+    plan = _plan(videos, shard_size, model, framerate)
+    work = run_folder(index_dir, plan)
     existing = None
     if is_index(index_dir):  # the candidate index is needed where the merge happens only
         existing = VideoIndex.load(index_dir, model, ann=accelerator.is_main_process)
@@ -204,7 +237,6 @@ def index_videos(
         raise ValueError(
             f"{index_dir} was built at framerate {existing.framerate}, not {framerate}"
         )
-    plan = _plan(videos, shard_size, model, framerate)
     if accelerator.is_main_process and not (work / PLAN_FILE).is_file():
         if existing is not None:  # a new addition: leave out the videos already indexed
             present = set(existing.ids)
@@ -232,9 +264,13 @@ def index_videos(
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return None
-    index = _merge(index_dir, work, len(shards), model, framerate, existing, merge_videos, nlist)
+    index, added = _merge(
+        index_dir, work, len(shards), model, framerate, existing, merge_videos, nlist
+    )
     remove(work)
-    return index
+    with suppress(OSError):  # another run's shards may be there
+        work.parent.rmdir()
+    return Indexed(index, added)
 
 
 def is_index(index_dir: Path) -> bool:
@@ -328,13 +364,14 @@ def read_shard(path: Path) -> tuple[dict, dict]:
 
 
 def _merge(index_dir, work, n_shards, model, framerate, existing, merge_videos, nlist):
-    """Add the shards, in order, to the index; save every ``merge_videos`` videos."""
+    """Add the shards, in order, to the index; save every ``merge_videos`` videos. Returns the
+    index and the number of videos added."""
     from vcb_utils.index import ANN_MIN_VIDEOS, FIELDS, VideoIndex
     from vcb_utils.model import VideoEmbedding
 
     index = existing
     present = set(index.ids) if index is not None else set()
-    pending, skipped = 0, []
+    pending, added, skipped = 0, 0, []
     for n in tqdm(range(n_shards), desc="merging shards", unit="shard"):
         tensors, meta = read_shard(shard_path(work, n))
         skipped += meta["skipped"]
@@ -355,6 +392,7 @@ def _merge(index_dir, work, n_shards, model, framerate, existing, merge_videos, 
             index.add_embeddings(embedding, values[0], values[1], captions=values[2])
         present.update(values[0])
         pending += len(rows)
+        added += len(rows)
         if pending >= merge_videos:
             index.save(index_dir, auto_ann=False)
             pending = 0
@@ -366,4 +404,4 @@ def _merge(index_dir, work, n_shards, model, framerate, existing, merge_videos, 
         index.save(index_dir, auto_ann=False)
     if skipped:
         log.warning("%d unreadable video(s) left out:\n%s", len(skipped), "\n".join(skipped))
-    return index
+    return index, added

@@ -21,10 +21,48 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an int >= 1."""
+    value = _parse(text, int, "an integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
+
+
+def count(text: str) -> int:
+    """An argparse type: an int >= 0."""
+    value = _parse(text, int, "an integer")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 or more")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    value = _parse(text, float, "a number")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number above 0")
+    return value
+
+
+def folder(text: str) -> Path:
+    """An argparse type: a path, made absolute (``.`` then has a name, for ``<name>.build``)."""
+    return Path(os.path.abspath(text))
+
+
+def _parse(text: str, kind: type, what: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def index_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--index", required=True, type=Path, help="the index folder")
+        p.add_argument("--index", required=True, type=folder, help="the index folder")
 
     def encode_args(p: argparse.ArgumentParser) -> None:
         index_arg(p)
@@ -53,13 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument(
             "--framerate",
-            type=float,
+            type=positive_float,
             help="frames per second sampled (default: the "
             "checkpoint's video_framerate; an existing index keeps its own)",
         )
-        p.add_argument("--batch-size", type=int, default=16, help="videos per encoder batch")
-        p.add_argument("--workers", type=int, default=0, help="video decoding processes")
-        p.add_argument("--shard-size", type=int, default=512, help="videos per resumable shard")
+        p.add_argument(
+            "--batch-size", type=positive_int, default=16, help="videos per encoder batch"
+        )
+        p.add_argument("--workers", type=count, default=0, help="video decoding processes")
+        p.add_argument(
+            "--shard-size", type=positive_int, default=512, help="videos per resumable shard"
+        )
         p.add_argument("--cache-dir", type=Path, help="a frame cache to read and fill")
         p.add_argument(
             "--on-error",
@@ -67,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
             default="skip",
             help="an unreadable video: leave it out (listed at the end) or stop",
         )
-        p.add_argument("--nlist", type=int, help="coarse lists of the candidate index")
+        p.add_argument("--nlist", type=positive_int, help="coarse lists of the candidate index")
 
     build = commands.add_parser("build", help="index a folder or CSV of videos (resumable)")
     encode_args(build)
@@ -78,20 +120,27 @@ def build_parser() -> argparse.ArgumentParser:
     index_arg(search)
     search.add_argument("--checkpoint", required=True, type=Path, help="the index's checkpoint")
     search.add_argument("queries", nargs="+", help="one or more text queries")
-    search.add_argument("-k", type=int, default=10, help="videos per query")
+    search.add_argument("-k", type=positive_int, default=10, help="videos per query")
     search.add_argument("--branch", choices=["both", "F", "V"], default="both")
     search.add_argument("--exact", action="store_true", help="score every video (slow, exact)")
-    search.add_argument("--nprobe", type=int, help="coarse lists probed per query vector")
-    search.add_argument("--candidates", type=int, help="videos reranked exactly")
+    search.add_argument("--nprobe", type=positive_int, help="coarse lists probed per query vector")
+    search.add_argument("--candidates", type=positive_int, help="videos reranked exactly")
     search.add_argument("--json", action="store_true", help="print JSON lines")
 
     info = commands.add_parser("info", help="the index's size and settings")
     index_arg(info)
     info.add_argument("--json", action="store_true", help="print JSON")
+    info.add_argument(
+        "--verify",
+        action="store_true",
+        help="read every vector segment and check it against its recorded CRC-32",
+    )
 
     reindex = commands.add_parser("reindex", help="retrain the candidate index on every vector")
     index_arg(reindex)
-    reindex.add_argument("--nlist", type=int, help="coarse lists (default: sqrt of the vectors)")
+    reindex.add_argument(
+        "--nlist", type=positive_int, help="coarse lists (default: sqrt of the vectors)"
+    )
     return parser
 
 
@@ -127,21 +176,24 @@ def _index_videos(args: argparse.Namespace) -> int:
     from vcb_utils.encode import default_accelerator
     from vcb_utils.index import VideoIndex
     from vcb_utils.index_build import index_videos, is_index, videos_in_csv, videos_in_folder
+    from vcb_utils.index_guard import check_apart_from_videos
     from vcb_utils.model import load_checkpoint
 
+    if args.videos is not None:
+        check_apart_from_videos(args.index, [args.videos])
+        videos = videos_in_folder(args.videos)
+    else:
+        videos = videos_in_csv(args.csv, args.video_root)
     accelerator = default_accelerator()
     model, config = load_checkpoint(args.checkpoint)
     model.to(accelerator.device).eval()
     framerate = args.framerate
-    if is_index(args.index):
+    if framerate is None and is_index(args.index):  # an index keeps its framerate
         framerate = VideoIndex.load(args.index, model, ann=False).framerate
-    framerate = framerate or config.data.video_framerate
-    if args.videos is not None:
-        videos = videos_in_folder(args.videos)
-    else:
-        videos = videos_in_csv(args.csv, args.video_root)
+    if framerate is None:
+        framerate = config.data.video_framerate
     start = time.perf_counter()
-    index = index_videos(
+    done = index_videos(
         args.index,
         model,
         videos,
@@ -154,10 +206,11 @@ def _index_videos(args: argparse.Namespace) -> int:
         accelerator=accelerator,
         nlist=args.nlist,
     )
-    if index is not None:
+    if done is not None:
         print(
-            f"{args.index}: {len(index)} videos ({time.perf_counter() - start:.0f} s); "
-            f"{_size_line(index.stats())}"
+            f"{args.index}: added {done.added} of the {len(videos)} videos, "
+            f"{len(done.index)} videos in all ({time.perf_counter() - start:.0f} s); "
+            f"{_size_line(done.index.stats())}"
         )
     return 0
 
@@ -194,7 +247,7 @@ def _search(args: argparse.Namespace) -> int:
             for h in result.hits
         ]
         if args.json:
-            print(json.dumps({"query": query, "seconds": seconds, "hits": hits}))
+            print(_json({"query": query, "seconds": seconds, "hits": hits}))
             continue
         how = "two-stage" if index.is_two_stage(args.exact, args.candidates) else "exact"
         print(f"{query!r}: top {len(hits)} of {len(index)} videos, {how}, {seconds * 1e3:.0f} ms")
@@ -209,9 +262,12 @@ def _search(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     from vcb_utils.index import VideoIndex
 
-    stats = VideoIndex.load(args.index).stats()
+    index = VideoIndex.load(args.index)
+    stats = index.stats()
+    if args.verify:
+        stats["verified_segments"], stats["unverifiable_segments"] = index.verify()
     if args.json:
-        print(json.dumps(stats, indent=1))
+        print(_json(stats, indent=1))
         return 0
     print(f"{args.index}: {stats['videos']} videos, {stats['vectors']} vectors")
     print(_size_line(stats))
@@ -225,6 +281,15 @@ def _info(args: argparse.Namespace) -> int:
             f"search: two-stage, {ann['nlist']} lists x {ann['m']} 4-bit PQ codes, trained on "
             f"{ann['trained_on_videos']} videos; nprobe {ann['nprobe']}, "
             f"{ann['hits_per_vector']} hits per query vector, {ann['candidates']} candidates"
+        )
+    if args.verify:
+        print(
+            f"verified: {stats['verified_segments']} segment(s) hold what was written"
+            + (
+                f"; {stats['unverifiable_segments']} written before checksums were recorded"
+                if stats["unverifiable_segments"]
+                else ""
+            )
         )
     return 0
 
@@ -247,6 +312,21 @@ def _size_line(stats: dict) -> str:
         f"{per_disk / 1e3:.1f} kB per video on disk, {stats['ram_bytes_per_video']:.0f} B per "
         f"video in RAM ({_mb(stats['ram_bytes'])} of codes and ids)"
     )
+
+
+def _json(data, **options) -> str:
+    """``data`` as JSON, a non-finite number as null (JSON has no NaN)."""
+    return json.dumps(_finite(data), allow_nan=False, **options)
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _mb(n: float) -> str:

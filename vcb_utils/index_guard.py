@@ -12,10 +12,12 @@ import os
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from vcb_utils.model import VideoEmbedding
+if TYPE_CHECKING:
+    from vcb_utils.model import VideoEmbedding
 
 UNIT_TOLERANCE = 0.05
 """A stored vector whose norm is further than this from 1 is reported as unnormalised: MaxSim
