@@ -213,3 +213,74 @@ def test_msvd_pickle_declaring_more_bytes_than_it_holds_allocates_nothing(tmp_pa
     finally:
         tracemalloc.stop()
     assert peak < 64 << 20
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A saved tiny-preset checkpoint (8 frames)."""
+    import torch
+
+    from vcb_utils.config import preset
+    from vcb_utils.model import VideoColBERT, save_checkpoint
+
+    torch.manual_seed(0)
+    return save_checkpoint(VideoColBERT(preset("tiny").model), tmp_path_factory.mktemp("c") / "ck")
+
+
+def edited_config(checkpoint: Path, tmp_path: Path, edit) -> Path:
+    copy = Path(shutil.copytree(checkpoint, tmp_path / "ck"))
+    text = (copy / "config.json").read_text()
+    (copy / "config.json").write_text(edit(text))
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda t: t.replace('"max_frames": 8', '"max_frames": 12'),
+            r"model\.safetensors: 1 tensor\(s\) do not have the shapes that its config\.json "
+            r"builds: temporal\.frame_position \[8, 64\] instead of \[12, 64\]",
+        ),
+        (
+            lambda t: t.replace('"max_frames": 8', '"max_frames": 1000000000'),
+            r"config\.json: ModelConfig\.max_frames: must be between 1 and 4096",
+        ),
+        (
+            lambda t: t.replace("{", '{"model": {}, ', 1),
+            r"config\.json is corrupt \(the key 'model' appears twice",
+        ),
+        (
+            lambda t: t.replace("{", '{"deep": ' + "[" * 100000 + "]" * 100000 + ", ", 1),
+            r"config\.json is corrupt \(nested too deeply\)",
+        ),
+    ],
+    ids=["shape-changed", "implausible", "repeated-key", "deep"],
+)
+def test_a_checkpoint_whose_config_was_edited_is_refused_naming_it(
+    checkpoint, tmp_path, edit, message
+):
+    from vcb_utils.model import load_checkpoint
+
+    with pytest.raises(ValueError, match=message):
+        load_checkpoint(edited_config(checkpoint, tmp_path, edit))
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_naming_the_tensor(checkpoint, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from vcb_utils.model import load_checkpoint
+
+    copy = Path(shutil.copytree(checkpoint, tmp_path / "ck"))
+    tensors = load_file(copy / "model.safetensors")
+    tensors["temporal.frame_position"][3, 5] = float("nan")
+    save_file(tensors, copy / "model.safetensors")
+    with pytest.raises(
+        ValueError,
+        match=r"model\.safetensors: 1 tensor\(s\) hold NaN or "
+        r"infinity \(temporal\.frame_position\)",
+    ):
+        load_checkpoint(copy)

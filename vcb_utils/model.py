@@ -29,11 +29,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from vcb_utils import safe_json
 from vcb_utils.config import Config, ModelConfig
 from vcb_utils.datasets import Preprocessing
 from vcb_utils.losses import make_loss
+from vcb_utils.safe_weights import check_finite, check_shapes, tensor_shapes
 from vcb_utils.scoring import maxsim
-from vcb_utils.storage import read_json, saved_folder, writing_folder
+from vcb_utils.storage import saved_folder, writing_folder
 from vcb_utils.video import normalize
 
 log = logging.getLogger(__name__)
@@ -808,27 +810,41 @@ def load_checkpoint(
     """Rebuild the model saved by ``save_checkpoint`` (no download, no unpickling).
 
     A checkpoint whose save was killed mid-swap is read from ``<path>.old``, with a warning.
+    Its config must be plausible and its weights of the shapes that config builds, and finite.
     """
     path = saved_folder(Path(path))
     resave = "save the checkpoint again (save_checkpoint) or use another one"
     for name in (WEIGHTS_FILE, CONFIG_FILE):
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path}: not a Video-ColBERT checkpoint ({name} is missing)")
-    raw = read_json(path / CONFIG_FILE, resave)
+    config_file = path / CONFIG_FILE
+    try:
+        raw = safe_json.parse(config_file.read_bytes())
+        if not isinstance(raw, dict):
+            raise safe_json.InvalidJSON("not a JSON object")
+    except safe_json.InvalidJSON as err:
+        line = f"line {err.line}: " if err.line else ""
+        raise ValueError(f"{config_file} is corrupt ({line}{err.reason}); {resave}") from None
     try:
         config = Config.from_dict(raw)
     except (ValueError, TypeError) as err:
-        raise ValueError(f"{path / CONFIG_FILE}: {err}; {resave}") from err
+        raise ValueError(f"{config_file}: {err}; {resave}") from err
     model = VideoColBERT(config.model, load_backbone_weights=False)
+    weights = path / WEIGHTS_FILE
     try:
-        missing, unexpected = load_model(
-            model, str(path / WEIGHTS_FILE), strict=False, device=str(device)
-        )
+        found = tensor_shapes(weights)
+    except ValueError as err:
+        raise ValueError(f"{err}; {resave}") from err
+    expected = {name: value.shape for name, value in model.state_dict().items()}
+    check_shapes(weights, found, expected, f"its {CONFIG_FILE}")
+    try:
+        missing, unexpected = load_model(model, str(weights), strict=False, device=str(device))
     except SafetensorError as err:
-        raise ValueError(f"{path / WEIGHTS_FILE} is corrupt ({err}); {resave}") from err
+        raise ValueError(f"{weights} is corrupt ({err}); {resave}") from err
     if missing or unexpected:
         raise ValueError(
-            f"{path / WEIGHTS_FILE} does not match its config: "
+            f"{weights} does not match its config: "
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
+    check_finite(weights, model.state_dict().items())
     return model.to(device).eval(), config
