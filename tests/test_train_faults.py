@@ -207,6 +207,105 @@ def test_a_crafted_state_file_runs_no_code_on_resume(small_synthetic, tmp_path):
     record = json.loads(record_path.read_text())
     record["files"]["random_states_0.pkl"] = crafted.stat().st_size  # a consistent forgery
     record_path.write_text(json.dumps(record))
-    with pytest.raises(ValueError, match="random_states_0.pkl is not a random state"):
+    with pytest.raises(ValueError, match="random_states_0.pkl cannot be loaded as plain data"):
         run(*parse_args([*args, "--resume"]))
     assert not marker.exists()
+
+
+# ---- a resumed run meets a state saved with other settings, or forged files (issue 19) -------
+
+
+@pytest.fixture(scope="module")
+def saved_run(small_synthetic, tmp_path_factory) -> tuple[Path, list[str]]:
+    """A run stopped after one step (its state saved), and the arguments that made it."""
+    out = tmp_path_factory.mktemp("saved") / "out"
+    args = small_args(small_synthetic, out, "--epochs", "2", "--max_steps", "1", "--do_eval", "0")
+    run(*parse_args(args))
+    return out, args
+
+
+def copy_run(saved_run, tmp_path: Path) -> list[str]:
+    """The saved run copied under ``tmp_path``; its arguments pointed there."""
+    out, args = saved_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    return [str(copy) if arg == str(out) else arg for arg in args]
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        (
+            ["--max_frames", "6", "--temporal_layers", "2", "--loss", "infonce", "--mode", "F"],
+            r"max_frames 8 -> 6, .*temporal_layers 1 -> 2, .*mode 'both' -> 'F', "
+            r"loss 'sigmoid' -> 'infonce'",
+        ),
+        (["--video_framerate", "1"], r"video_framerate 2\.0 -> 1\.0"),
+        (["--anno_path", "OTHER"], r"anno_path '.*synthetic.*' -> '.*/other'"),
+    ],
+    ids=["model", "framerate", "anno_path"],
+)
+def test_resume_with_another_model_or_data_refuses_naming_the_change(
+    saved_run, small_synthetic, tmp_path, changes, named
+):
+    args = copy_run(saved_run, tmp_path)
+    if "OTHER" in changes:
+        shutil.copytree(small_synthetic, tmp_path / "other")  # the same files elsewhere
+        changes = [str(tmp_path / "other") if c == "OTHER" else c for c in changes]
+    with pytest.raises(ValueError, match=rf"--resume: .*saved with other settings \({named}"):
+        run(*parse_args([*args, "--resume", *changes]))
+
+
+def forge(state: Path, name: str, data: bytes) -> None:
+    """Replace a state file, keeping progress.json consistent with it (a careful forgery)."""
+    (state / name).write_bytes(data)
+    record = json.loads((state / "progress.json").read_text())
+    record["files"][name] = len(data)
+    (state / "progress.json").write_text(json.dumps(record))
+
+
+def nan_weights(state: Path) -> bytes:
+    from safetensors.torch import load_file, save
+
+    tensors = load_file(state / "model.safetensors")
+    name = sorted(tensors)[0]
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    return save(tensors)
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "message"),
+    [
+        (
+            "model.safetensors",
+            lambda state: b"garbage" * 100,
+            r"model\.safetensors is corrupt \(not a readable safetensors file",
+        ),
+        ("model.safetensors", nan_weights, r"model\.safetensors: 1 tensor\(s\) hold NaN"),
+        (
+            "optimizer.bin",
+            lambda state: torch_payload(state),
+            r"optimizer\.bin cannot be loaded "
+            "as plain data .*the saved state cannot be trusted",
+        ),
+        ("scheduler.bin", lambda state: torch_payload(state), r"scheduler\.bin cannot be loaded"),
+    ],
+    ids=["garbage-weights", "nan-weights", "code-optimizer", "code-scheduler"],
+)
+def test_a_forged_state_file_is_refused_naming_it(saved_run, tmp_path, name, make, message):
+    args = copy_run(saved_run, tmp_path)
+    state = tmp_path / "out" / "state"
+    forge(state, name, make(state))
+    with pytest.raises(ValueError, match=message) as refused:
+        run(*parse_args([*args, "--resume"]))
+    assert "weights_only" not in str(refused.value)
+    assert not (tmp_path / "ran").exists()
+
+
+def torch_payload(state: Path) -> bytes:
+    """A torch file that runs a command when unpickled (it would create ``../../ran``)."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"state": _Payload(state.parent.parent / "ran")}, buffer)
+    return buffer.getvalue()

@@ -5,7 +5,8 @@
 - ``state/``: the full training state (model, optimiser, scheduler, random states) and
   ``progress.json``, to continue exactly with ``--resume``. Each save fills a temporary folder
   and swaps it in whole, so a crash leaves the previous state; ``progress.json`` lists every
-  file with its size and the settings that fix the schedule, and a resume checks both;
+  file with its size and the settings that fix the model, the data and the schedule, and a
+  resume checks both (and that every file loads as plain data, the weights finite);
 - ``last/`` and ``best/``: the weights and config after the last epoch and at the best
   validation R@1 (Video-ColBERT checkpoints, for ``--init_model``);
 - ``log.jsonl``: one JSON line per optimiser step and per epoch; ``config.json``.
@@ -29,8 +30,10 @@ from accelerate import Accelerator
 from accelerate.utils import load
 from tqdm.auto import tqdm
 
+from vcb_utils import safe_json
 from vcb_utils.config import Config, RunOptions
 from vcb_utils.model import VideoColBERT, save_checkpoint
+from vcb_utils.safe_weights import check_finite, file_tensors
 from vcb_utils.storage import (
     remove,
     remove_temps,
@@ -48,6 +51,9 @@ LOG_FILE = "log.jsonl"
 
 SCHEDULE_FIELDS = ("batch_size", "grad_accum", "epochs", "lr", "coef_lr", "warmup_ratio", "seed")
 """Training settings a resumed run must share with the saved one (with the process count)."""
+DATA_FIELDS = ("datatype", "anno_path", "video_path", "video_framerate", "frame_jitter")
+"""Data settings a resumed run must share with the saved one: the same pairs, the same frames.
+Every model setting must be the same too."""
 
 
 class TrainingInterrupted(RuntimeError):
@@ -210,11 +216,17 @@ class TrainingSession:
         self.accelerator.wait_for_everyone()
 
     def _settings(self) -> dict:
-        train = asdict(self.config.train)
-        return {
+        """What a resumed run must share with the saved one, as JSON values."""
+        train, data = asdict(self.config.train), asdict(self.config.data)
+        for name in ("anno_path", "video_path"):  # the same files, however they are named
+            data[name] = data[name] and str(Path(data[name]).resolve())
+        settings = {
             "processes": self.accelerator.num_processes,
             **{name: train[name] for name in SCHEDULE_FIELDS},
+            **{name: data[name] for name in DATA_FIELDS},
+            **asdict(self.config.model),
         }
+        return json.loads(json.dumps(settings))  # tuples as lists, as the record has them
 
     def _start_afresh(self) -> None:
         """Refuse to mix a new run into the log and state of an earlier one (``--overwrite``
@@ -246,18 +258,25 @@ class TrainingSession:
     def _load_state(self, state_dir: Path) -> Progress:
         """Load a saved state after checking it is whole and was saved with these settings."""
         record = check_state(state_dir)
-        changed = [
-            f"{name} {saved!r} -> {now!r}"
+        saved = record["settings"]
+        changed = [  # a setting the record lacks was not recorded by the version that saved it
+            f"{name} {saved[name]!r} -> {now!r}"
             for name, now in self._settings().items()
-            if (saved := record["settings"].get(name)) != now
+            if name in saved and saved[name] != now
         ]
         if changed:
             raise ValueError(
-                f"--resume: {state_dir} was saved with other training settings ("
+                f"--resume: {state_dir} was saved with other settings ("
                 + ", ".join(changed)
                 + "); resume with the same settings, or start afresh with --overwrite"
             )
-        self.accelerator.load_state(str(state_dir))
+        try:
+            self.accelerator.load_state(str(state_dir))
+        except RuntimeError as err:  # a state saved before the model settings were recorded
+            raise ValueError(
+                f"--resume: {state_dir} does not fit this model ({str(err).splitlines()[0]} "
+                f"...); resume with the settings it was saved with, or --overwrite"
+            ) from err
         progress = Progress(**record["progress"])
         log.info("resumed from %s at epoch %d, step %d", state_dir, progress.epoch, progress.step)
         return progress
@@ -268,7 +287,7 @@ def check_state(state_dir: Path) -> dict:
     is there with its size (ValueError naming the first that is not)."""
     path = state_dir / PROGRESS_FILE
     try:
-        record = json.loads(path.read_text())
+        record = safe_json.parse(path.read_bytes())
         files = dict(record["files"])
         Progress(**record["progress"])
     except (ValueError, KeyError, TypeError) as err:
@@ -283,14 +302,20 @@ def check_state(state_dir: Path) -> dict:
                 f"--resume: {state_dir / name} is missing or has another size than when the "
                 "state was saved: the state is incomplete; start afresh with --overwrite"
             )
-    for path in sorted(state_dir.glob("random_states_*.pkl")):  # accelerate ignores a bad one
+    for path in sorted(state_dir.glob("*.safetensors")):
+        try:
+            check_finite(path, file_tensors(path))
+        except ValueError as err:
+            raise ValueError(f"--resume: {err}; start afresh with --overwrite") from err
+    for path in sorted([*state_dir.glob("*.bin"), *state_dir.glob("*.pkl")]):
         try:
             load(path, map_location="cpu")  # accelerate's loader: no code, numpy arrays allowed
         except Exception as err:  # an UnpicklingError, or anything a forged file raises
             raise ValueError(
-                f"--resume: {path} is not a random state that can be loaded without running "
-                f"code ({type(err).__name__}); start afresh with --overwrite"
-            ) from err
+                f"--resume: {path} cannot be loaded as plain data ({type(err).__name__}): it may "
+                "hold code to run, so the saved state cannot be trusted; start afresh with "
+                "--overwrite"
+            ) from None  # torch's own message suggests loading it anyway
     return record
 
 
