@@ -34,6 +34,8 @@ from typing import NamedTuple
 
 from tqdm.auto import tqdm
 
+from vcb_utils import safe_json
+
 logger = logging.getLogger(__name__)
 
 MSRVTT_ANNOTATIONS_URL = (
@@ -441,7 +443,7 @@ def _vatex_data(root: Path) -> None:
     for name in ("vatex_training_v1.0.json", "vatex_validation_v1.0.json"):
         path = root / name
         try:
-            for item in json.loads(path.read_text(encoding="utf-8")):
+            for item in safe_json.load(path):
                 merged[item["videoID"]] = {"enCap": item["enCap"], "chCap": item.get("chCap", [])}
         except (ValueError, KeyError, TypeError) as err:
             raise DownloadError(f"{path}: not the official VATEX format ({err!r})") from err
