@@ -40,8 +40,10 @@ def check_empty_or_index(directory: Path, owned: Iterable[str]) -> None:
 
 
 def video_folders(paths: Iterable[str]) -> set[str]:
-    """The folders that hold the videos at ``paths`` ("" paths: none)."""
-    return {os.path.dirname(p) or "." for p in paths if p}
+    """The folders named in the video ``paths`` (a bare file name or a file at the root of the
+    file system names none)."""
+    folders = {os.path.dirname(p) for p in paths}
+    return {f for f in folders if f and Path(f).parent != Path(f)}
 
 
 def check_apart_from_videos(directory: Path, folders: Iterable[str | Path]) -> None:
