@@ -14,7 +14,10 @@ extension -> file, so any extension resolves); a video that is not there keeps t
 likely has, so ``check_videos`` reports it by name. A missing annotation file raises
 ``FileNotFoundError`` naming it and the files the split needs; a malformed one raises
 ``ValueError`` naming the file, and for the benchmarks up to ``MAX_PROBLEMS`` of its problems
-at once. ``check_videos`` finds missing, empty or corrupt videos before any work starts.
+at once. No record names a file outside its video folder (an id like ``../x`` is refused), and
+nothing is read silently as something else: a CSV row must fit on its line with the header's
+fields, a JSON key must not repeat. ``check_videos`` finds missing, empty or corrupt videos
+before any work starts.
 """
 
 from __future__ import annotations
