@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import csv
 import json
-import multiprocessing
 import os
 import resource
+import shutil
 import signal
 import sys
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -226,40 +227,36 @@ def fake_encoder(model):
 
 
 # ---- 6. a full disk (a file size limit) during save -----------------------------------------
-def save_under_a_file_size_limit(directory: str, conn) -> None:
-    """In a child: save more than the limit allows; report the error, then save again."""
-    index = VideoIndex.load(directory)
-    ids = [f"big{i}" for i in range(200)]
-    index.add_embeddings(vectors(ids), ids)
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+@contextmanager
+def file_size_limit(size: int):
+    """Writes past ``size`` bytes fail with EFBIG (as on a full disk) instead of a signal."""
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, hard))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
     try:
-        index.save(directory)
-        message = "saved"
-    except OSError as err:
-        message = str(err)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-    current = store.current_version(Path(directory)).name
-    index.save(directory)  # the index in memory is intact
-    conn.send((message, current, len(index)))
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
 
 
 def test_a_full_disk_during_save_is_an_error_and_keeps_the_index(tmp_path):
     directory = tmp_path / "idx"
     saved_index(directory)
-    context = multiprocessing.get_context("forkserver")
-    receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=save_under_a_file_size_limit, args=(str(directory), send))
-    child.start()
-    assert receive.poll(120), "the child died"
-    message, current, rows = receive.recv()
-    child.join(60)
-    assert child.exitcode == 0
+    index = VideoIndex.load(directory)
+    ids = [f"big{i}" for i in range(200)]
+    index.add_embeddings(vectors(ids), ids)
+    with file_size_limit(20_000), pytest.raises(OSError) as failed:
+        index.save(directory)
+    message = str(failed.value)
     assert "File too large" in message and "the save needs about" in message
-    assert "the previous version is still current" in message and current == "v000001"
-    assert rows == len(FIRST_IDS) + 200
-    assert len(VideoIndex.load(directory)) == rows
+    assert "the previous version is still current" in message
+    assert store.current_version(directory).name == "v000001"
+    assert sorted(p.name for p in (directory / "segments").iterdir()) == ["s000001"]
+    expected = vectors([*FIRST_IDS, *ids])
+    assert torch.equal(index.F, expected.F.half())  # the index in memory is intact ...
+    index.save(directory)  # ... and saved once there is room
+    assert VideoIndex.load(directory).ids == [*FIRST_IDS, *ids]
 
 
 def test_a_save_that_cannot_fit_is_refused_before_writing(tmp_path, monkeypatch):
@@ -267,8 +264,8 @@ def test_a_save_that_cannot_fit_is_refused_before_writing(tmp_path, monkeypatch)
     saved_index(directory)
     index = VideoIndex.load(directory)
     index.add_embeddings(vectors(["new"]), ["new"])
-    usage = store.shutil.disk_usage(directory)
-    monkeypatch.setattr(store.shutil, "disk_usage", lambda _: usage._replace(free=100))
+    usage = shutil.disk_usage(directory)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=100))
     with pytest.raises(OSError, match=r"needs about 0\.\d MB, 0\.0 MB are free"):
         index.save(directory)
     assert sorted(p.name for p in (directory / "segments").iterdir()) == ["s000001"]
