@@ -8,10 +8,10 @@ mode (``outputs/notebooks/train-tiny/best``), trained here with the same config
 (``vcb_utils.tutorial.notebook_config(True)``) if it is missing. The query is the test caption
 (of the first 20) whose own video the model ranks highest, as in the tour of notebook 05. For the
 screenshot, the index of the test videos is saved next to a one-cell notebook that shows the
-explorer with the test captions (``vcb_utils.jupyter.write_explorer_notebook``, what the browser
-test drives too); JupyterLab runs it in headless Chromium, in a window wide enough for the
-ranking and the heatmap side by side, and that query is typed into the widget. Each PNG is
-reduced to a 256-colour palette if it is over 300 KB.
+explorer with the test captions (``write_explorer_notebook`` of ``tests/jupyter_browser.py``, what
+the browser test drives too); JupyterLab runs it in headless Chromium, in a window wide enough
+for the ranking and the heatmap side by side, and that query is typed into the widget. Each PNG
+is reduced to a 256-colour palette if it is over 300 KB.
 """
 
 from __future__ import annotations
@@ -30,19 +30,21 @@ from PIL import Image
 from vcb_utils.config import RunOptions
 from vcb_utils.datasets import Record, read_annotations
 from vcb_utils.index import QueryResult, VideoIndex
-from vcb_utils.jupyter import (
-    chromium_page,
-    jupyter_lab,
-    run_all_cells,
-    search_in_widget,
-    write_explorer_notebook,
-)
 from vcb_utils.model import VideoColBERT, load_checkpoint
 from vcb_utils.train import run
 from vcb_utils.tutorial import notebook_config
 from vcb_utils.viz import index_frames, maxsim_heatmap
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the browser tooling lives with the browser test
+from jupyter_browser import (  # noqa: E402
+    chromium_page,
+    jupyter_lab,
+    run_all_cells,
+    search_in_widget,
+    write_explorer_notebook,
+)
+
 CANDIDATES = 20
 MAX_BYTES = 300_000
 WINDOW = (1600, 1000)

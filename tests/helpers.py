@@ -2,7 +2,7 @@
 
 import os
 
-from vcb_utils.jupyter import free_port
+from vcb_utils.distributed import free_port
 
 
 def launch_env() -> dict[str, str]:

@@ -1,11 +1,11 @@
 """A real browser: the QueryExplorer in JupyterLab answers a query, a click and bad input.
 
 Headless Debian Chromium (``/usr/bin/chromium``) driven by Python Playwright through the
-helpers of ``vcb_utils.jupyter`` (which ``benchmarks/make_figures.py`` uses for the README's
-widget screenshot); the test is skipped only when that browser is missing. It does not run a
-training notebook: a small untrained checkpoint and an index of a dozen short clips are prepared
-here in a second, and a one-cell notebook shows the explorer. Every wait has at least three
-times the margin it needs on an idle 2-core machine (``vcb_utils.jupyter``: kernel start about
+helpers of ``tests/jupyter_browser.py`` (which ``benchmarks/make_figures.py`` uses for the
+README's widget screenshot); the test is skipped only when that browser is missing. It does not
+run a training notebook: a small untrained checkpoint and an index of a dozen short clips are
+prepared here in a second, and a one-cell notebook shows the explorer. Every wait has at least
+three times the margin it needs on an idle 2-core machine (``jupyter_browser``: kernel start about
 5 s of 90, Run All a few seconds of 240, a query or a click well under 1 s of 30).
 """
 
@@ -14,10 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_viz import make_model, write_clips
-
-from vcb_utils.index import VideoIndex
-from vcb_utils.jupyter import (
+from jupyter_browser import (
     CHROMIUM,
     broken_images,
     chromium_page,
@@ -29,6 +26,9 @@ from vcb_utils.jupyter import (
     watch_busy,
     write_explorer_notebook,
 )
+from test_viz import make_model, write_clips
+
+from vcb_utils.index import VideoIndex
 from vcb_utils.model import save_checkpoint
 
 K = 10

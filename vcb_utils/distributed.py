@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 
 import torch
 import torch.distributed as dist
@@ -97,3 +98,10 @@ def set_cpu_threads() -> int:
         per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         torch.set_num_threads(max(1, (cores or 1) // per_machine))
     return torch.get_num_threads()
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface (for a launcher's main process)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -35,10 +35,9 @@ from vcb_utils.annotations import check_videos, read_annotations
 from vcb_utils.checkpoints import TrainingSession
 from vcb_utils.config import Config, RunOptions
 from vcb_utils.datasets import GroupedShuffle, Preprocessing, build_dataset, collate
-from vcb_utils.distributed import check_world_size, gather_with_grad, set_cpu_threads
+from vcb_utils.distributed import check_world_size, free_port, gather_with_grad, set_cpu_threads
 from vcb_utils.evaluate import METRICS_FILE, evaluate, load_eval_set, zero_shot
 from vcb_utils.gradcache import cached_backward
-from vcb_utils.jupyter import free_port
 from vcb_utils.model import VideoColBERT, load_checkpoint
 from vcb_utils.optim import build_optimizer, warmup_cosine
 from vcb_utils.synthetic import twin_groups

@@ -1,8 +1,9 @@
 """JupyterLab in a real browser: start a server, open a page, run a notebook, use the explorer.
 
-The browser test (``tests/test_browser.py``) and the README's widget screenshot
-(``benchmarks/make_figures.py``) drive headless Debian Chromium (``/usr/bin/chromium``) with
-Python Playwright, a development dependency: it is imported only when a page is opened. Both
+Test and figure tooling, not library code: the browser test (``tests/test_browser.py``) and the
+README's widget screenshot (``benchmarks/make_figures.py``) drive headless Debian Chromium
+(``/usr/bin/chromium``) with Python Playwright, a development dependency: it is imported only
+when a page is opened. Both
 open a small prepared notebook (``write_explorer_notebook``: a saved checkpoint and index, then
 the explorer), not a training notebook.
 """
@@ -13,7 +14,6 @@ import contextlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +22,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from vcb_utils.distributed import free_port
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -52,13 +54,6 @@ RUN_STARTS_S = 30
 """From the Run All click to the first cell queued (instant when idle)."""
 WIDGET_UPDATE_S = 30
 """A query or a click to the updated widget in the page (well under a second when idle)."""
-
-
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
