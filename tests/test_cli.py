@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vcb_utils.cli import build_parser, field_docs, parse_args
 from vcb_utils.config import SECTIONS, RunOptions, preset
+from vcb_utils.train_cli import build_parser, field_docs, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,7 +97,7 @@ def test_help_shows_the_values_of_the_chosen_preset():
 
 def test_help_answers_without_loading_torch():
     code = (
-        "import sys; from vcb_utils.cli import build_parser; build_parser([]).format_help(); "
+        "import sys; from vcb_utils.train_cli import build_parser; build_parser([]).format_help(); "
         "print(sorted(m for m in ('torch', 'open_clip', 'accelerate') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

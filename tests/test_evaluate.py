@@ -10,13 +10,13 @@ import pytest
 import torch
 from helpers import launch_env, launch_two
 
-from vcb_utils.cli import parse_args
 from vcb_utils.config import RunOptions, preset
 from vcb_utils.datasets import read_annotations
 from vcb_utils.encode import drop_failed
 from vcb_utils.evaluate import zero_shot, zero_shot_matrices
 from vcb_utils.model import TextEmbedding, VideoColBERT, VideoEmbedding, load_checkpoint
 from vcb_utils.train import run
+from vcb_utils.train_cli import parse_args
 from vcb_utils.video import preprocess_frames, read_clip
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,11 +7,11 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from vcb_utils.cli import parse_args
 from vcb_utils.config import RunOptions
 from vcb_utils.gradcache import cached_backward
 from vcb_utils.model import TextEmbedding, VideoColBERT, VideoEmbedding
 from vcb_utils.train import run
+from vcb_utils.train_cli import parse_args
 
 CAPTIONS = [
     "a red circle moves left",

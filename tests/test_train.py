@@ -9,9 +9,9 @@ import pytest
 import torch
 from helpers import free_port, launch_env, launch_two
 
-from vcb_utils.cli import parse_args
 from vcb_utils.config import RunOptions, preset
 from vcb_utils.train import _check_batch, run
+from vcb_utils.train_cli import parse_args
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "vcb_utils" / "train.py")

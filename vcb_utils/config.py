@@ -3,7 +3,7 @@
 A config is plain data: dataclasses that round-trip through JSON/YAML and check their values
 when they are built (types from the annotations, ranges from ``BOUNDS``, choices from the
 ``Literal`` types). A checkpoint stores its config, so evaluation and the widget rebuild the
-right model from the checkpoint alone. The command line (``vcb_utils.cli``) is generated from
+right model from the checkpoint alone. The command line (``vcb_utils.train_cli``) is generated from
 these classes: a field's docstring is its ``--help`` text. Defaults follow ``docs/method.md``;
 where the paper's text could not be checked, the default is the one stated there and the field
 says so.

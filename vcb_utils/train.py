@@ -6,7 +6,8 @@
     accelerate launch --multi_gpu --num_processes 2 vcb_utils/train.py --cpu   # 2 CPU processes
     python vcb_utils/train.py --do_train 0 --do_eval 1 --init_model outputs/tiny/best
 
-The run reads top to bottom: parse flags into a Config, build the accelerator, model and
+``python -m vcb_utils.train`` and the installed ``vcb-train`` take the same flags
+(``vcb_utils.train_cli``). The run reads top to bottom: parse flags into a Config, build the accelerator, model and
 data, train (checkpoint every epoch, best by validation R@1, resumable), then evaluate.
 """
 
@@ -16,9 +17,11 @@ import sys
 from pathlib import Path
 
 if __name__ == "__main__":  # parse the flags before torch loads: --help answers at once
-    if not __package__:  # `python vcb_utils/train.py`, `accelerate launch vcb_utils/train.py`
+    if not __package__:  # `python vcb_utils/train.py`, `accelerate launch vcb_utils/train.py`:
+        # the script's folder would come first on the path, and its modules would hide the
+        # installed packages of the same name (datasets, evaluate) from the libraries
         sys.path[0] = str(Path(__file__).resolve().parent.parent)
-    from vcb_utils.cli import main
+    from vcb_utils.train_cli import main
 
     sys.exit(main())
 
