@@ -8,9 +8,8 @@ evaluation layout keeps each distinct video once and maps every caption to its v
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from vcb_utils.annotations import Record, check_videos, read_annotations
 from vcb_utils.cache import FrameCache
 from vcb_utils.config import DataConfig
+from vcb_utils.preprocessing import Preprocessing, Tokenize
 from vcb_utils.video import (
     FrameSampling,
     VideoReadError,
@@ -28,29 +28,6 @@ from vcb_utils.video import (
 )
 
 logger = logging.getLogger(__name__)
-
-Tokenize = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
-"""``tokenize(texts) -> (ids LongTensor [B, L], mask BoolTensor [B, L])``."""
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """What the data pipeline needs from a model, as one value (``model.preprocessing``)."""
-
-    tokenize: Tokenize
-    max_frames: int
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    def sampling(self, framerate: float, decode_size: int | None = None) -> FrameSampling:
-        """Frame sampling at ``framerate`` for this model's frame count and input size."""
-        return FrameSampling(self.max_frames, self.image_size, framerate, decode_size)
-
-    def source(self, framerate: float, **options: Any) -> ClipSource:
-        """A ``ClipSource`` for this model (``options``: see ``ClipSource``)."""
-        return ClipSource(self.sampling(framerate), self.mean, self.std, **options)
-
 
 # ---------------------------------------------------------------- datasets
 

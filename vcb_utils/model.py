@@ -31,7 +31,7 @@ from torch import nn
 
 from vcb_utils import safe_json
 from vcb_utils.config import Config, ModelConfig
-from vcb_utils.datasets import Preprocessing
+from vcb_utils.preprocessing import Preprocessing
 from vcb_utils.losses import make_loss
 from vcb_utils.safe_weights import check_finite, check_shapes, tensor_shapes
 from vcb_utils.scoring import maxsim
