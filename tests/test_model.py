@@ -5,14 +5,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from vcb_utils.backbone import register_model_configs, text_token_features
+from vcb_utils.checkpoints import load_checkpoint, save_checkpoint
 from vcb_utils.config import Config, preset
-from vcb_utils.model import (
-    VideoColBERT,
-    load_checkpoint,
-    real_token_mask,
-    save_checkpoint,
-    text_token_features,
-)
+from vcb_utils.model import VideoColBERT
 from vcb_utils.scoring import maxsim
 
 CAPTIONS = ["a red circle moves left", "a blue square appears, then it turns green", "hi!"]
@@ -29,6 +25,7 @@ def test_end_of_text_row_equals_open_clip_encode_text(tiny_cfg):
     per_token = text_token_features(model.clip, ids)
     end = mask.sum(dim=1) - 1
     pooled = per_token[torch.arange(len(ids)), end]
+    register_model_configs()  # open_clip's own tokenizer for the repository's backbone
     full = open_clip.get_tokenizer("vcb-tiny")(CAPTIONS)  # the backbone's whole 32-token context
     torch.testing.assert_close(pooled, model.clip.encode_text(full), atol=1e-5, rtol=1e-5)
 
@@ -169,6 +166,7 @@ def test_load_rejects_a_mismatched_checkpoint(tiny_cfg, tmp_path):
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_local_backbone_file_loads(tiny_cfg, tmp_path, suffix):
     torch.manual_seed(1)
+    register_model_configs()
     source = open_clip.create_model("vcb-tiny", pretrained=None)
     state = source.state_dict()
     path = tmp_path / f"backbone{suffix}"
@@ -251,5 +249,5 @@ def test_the_tokenizer_keeps_the_interface_other_modules_use(tiny_cfg):
     assert tokenizer(CAPTIONS).shape == (3, tiny_cfg.max_words)
     assert tokenizer.decode(tokenizer.encode("a red circle")).strip() == "a red circle"
     assert (tokenizer.start_id, tokenizer.end_id, tokenizer.pad_id) == (49406, 49407, 0)
-    assert torch.equal(model.real_token_mask(ids), real_token_mask(ids))
+    assert model.tokenizer.real_token_mask(ids).sum(dim=1).tolist() == [7, 11, 4]  # start, words, end
     assert model.text_length == tiny_cfg.max_words  # causal: no padding to the context

@@ -19,10 +19,11 @@ import open_clip
 import pytest
 import torch
 
-import vcb_utils.model  # noqa: F401 (registers the vcb-* open_clip configs)
+from vcb_utils.backbone import register_model_configs
 from vcb_utils.config import PAPER_BACKBONES, PAPER_DATASETS, PRESETS, Config, preset
 
 REPO = Path(__file__).resolve().parents[1]
+register_model_configs()  # open_clip must know the vcb-* backbones that presets name
 FIXTURES = Path(__file__).parent / "fixtures"
 PAPER_PRESETS = [f"{d}-{b}" for d in PAPER_DATASETS for b in PAPER_BACKBONES]
 PROTOCOL = {  # docs/datasets.md: (max_words, max_frames)
@@ -161,7 +162,7 @@ def dataset_folder(root: Path, datatype: str) -> tuple[Path, Path]:
 def siglip_tokenizer(tmp_path_factory) -> str:
     """A local stand-in for SigLIP's hub tokenizer: the fixture captions' words."""
     from vcb_utils.datasets import read_annotations
-    from vcb_utils.model import build_word_tokenizer
+    from vcb_utils.tokenizer import build_word_tokenizer
 
     words = set()
     for datatype in ("msvd", "vatex", "didemo", "activitynet"):

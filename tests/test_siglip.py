@@ -11,19 +11,19 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
+from test_viz import random_index
 
+from vcb_utils.backbone import pooled_positions, text_token_features
+from vcb_utils.checkpoints import load_checkpoint, save_checkpoint
 from vcb_utils.config import ModelConfig, RunOptions, preset
-from vcb_utils.model import (
+from vcb_utils.index import PAD_TOKEN
+from vcb_utils.model import VideoColBERT
+from vcb_utils.tokenizer import (
     CLIP_END_ID,
-    VideoColBERT,
+    TextTokenizer,
     build_word_tokenizer,
-    load_checkpoint,
-    pooled_positions,
-    real_token_mask,
-    save_checkpoint,
     synthetic_tokenizer_folder,
     synthetic_vocabulary,
-    text_token_features,
 )
 
 CAPTIONS = ["a red circle moves left, then it turns blue", "a square appears", "zork"]
@@ -61,22 +61,37 @@ def test_word_tokenizer_folder_is_small_and_siglip_like(word_tokenizer, siglip_c
     assert tokenizer.decode(tokenizer.encode("A Red circle")) == "a red circle"
 
 
-def test_real_token_mask_uses_the_tokenizer_ids_not_the_largest_id():
+def test_real_token_mask_uses_the_tokenizer_ids_not_the_largest_id(word_tokenizer, tmp_path):
+    clip = TextTokenizer.for_backbone("ViT-B-32", 16)
     clip_ids = open_clip.tokenize(CAPTIONS, context_length=16)
     old_rule = torch.arange(16)[None] <= clip_ids.argmax(dim=1, keepdim=True)
-    assert torch.equal(real_token_mask(clip_ids), old_rule)  # the CLIP default still holds
+    assert torch.equal(clip.real_token_mask(clip_ids), old_rule)  # CLIP's BPE: up to its end
+    assert clip.real_token_mask(torch.tensor([[49406, 320, CLIP_END_ID, 0]])).sum() == 3
     # pad = end (SigLIP): only the first end token is real
+    siglip = TextTokenizer.for_backbone("vcb-tiny-siglip", 5, word_tokenizer)
     ids = torch.tensor([[7, 9, 1, 1, 1], [5, 1, 1, 1, 1]])
     expected = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0]], dtype=torch.bool)
-    assert torch.equal(real_token_mask(ids, end_id=1, pad_id=1), expected)
-    # a word id larger than the end id changes nothing (argmax would have failed here)
+    assert torch.equal(siglip.real_token_mask(ids), expected)
+    # its own pad (0) after the end (1): a word id larger than the end id changes nothing
+    folder = build_word_tokenizer(synthetic_vocabulary(), tmp_path / "tok", pad_with_end=False)
+    padded = TextTokenizer.for_backbone("vcb-tiny-siglip", 5, str(folder))
     ids = torch.tensor([[3, 31999, 1, 0, 0]])
-    assert real_token_mask(ids, end_id=1, pad_id=0).tolist() == [[True, True, True, False, False]]
+    assert padded.real_token_mask(ids).tolist() == [[True, True, True, False, False]]
     # a row without an end token: everything but the pads
-    assert real_token_mask(torch.tensor([[4, 5, 0]]), end_id=1, pad_id=0).tolist() == [
-        [True, True, False]
-    ]
-    assert real_token_mask(torch.tensor([[49406, 320, CLIP_END_ID, 0]])).sum() == 3
+    assert padded.real_token_mask(torch.tensor([[4, 5, 0]])).tolist() == [[True, True, False]]
+
+
+def test_search_labels_and_truncation_warning_use_the_siglip_ids(siglip_cfg, recwarn):
+    model = build(siglip_cfg)
+    index = random_index(model)
+    result = index.search("a red circle", k=1, model=model)[0]
+    assert not [w for w in recwarn if "truncated" in str(w.message)]  # pads are not words
+    rows = model.text_length  # query expansion: every position of the context scores
+    assert result.tokens == ["a", "red", "circle", "</s>"] + [PAD_TOKEN] * (rows - 4)
+    assert result.expansion == [False] * 4 + [True] * (rows - 4)
+    long = " ".join(["red"] * model.cfg.max_words)
+    with pytest.warns(UserWarning, match="query truncated to max_words"):
+        index.search(long, k=1, model=model)
 
 
 def test_a_hugging_face_tokenizer_with_its_own_pad(tmp_path, siglip_cfg):

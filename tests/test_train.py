@@ -333,7 +333,7 @@ def test_non_finite_loss_stops_naming_the_step_after_saving(tmp_path, small_synt
 
 
 def test_an_interrupt_inside_an_accumulation_window_replays_the_window():
-    from vcb_utils.checkpoints import Progress, window_start
+    from vcb_utils.training_session import Progress, window_start
 
     assert window_start(Progress(batch=7, step=3), grad_accum=2) == Progress(batch=6, step=3)
     assert window_start(Progress(batch=6, step=3), grad_accum=2).batch == 6

@@ -18,10 +18,10 @@ import torch
 from helpers import launch_env
 
 from vcb_utils import evaluate as evaluate_module
-from vcb_utils.checkpoints import TrainingInterrupted, check_state
 from vcb_utils.storage import saved_folder
 from vcb_utils.train import run
 from vcb_utils.train_cli import parse_args
+from vcb_utils.training_session import TrainingInterrupted, check_state
 
 TRAIN = str(Path(__file__).resolve().parents[1] / "vcb_utils" / "train.py")
 

@@ -71,7 +71,7 @@ from vcb_utils.config import VALUE_ALIASES, ModelConfig
 from vcb_utils.datasets import VideoDataset
 from vcb_utils.encode import encode_videos, failed_videos
 from vcb_utils.index_store import REBUILD, Current, Manifest
-from vcb_utils.model import TextEmbedding, VideoColBERT, VideoEmbedding, real_token_mask
+from vcb_utils.model import TextEmbedding, VideoColBERT, VideoEmbedding
 from vcb_utils.scoring import maxsim, token_shares, token_similarities
 from vcb_utils.storage import LOCK_FILE, folder_lock
 from vcb_utils.video import VideoRef
@@ -1170,7 +1170,7 @@ def token_labels(
     model: VideoColBERT, ids: torch.Tensor, mask: torch.Tensor
 ) -> tuple[list[str], list[bool]]:
     """One label per scoring position of a tokenised query, and which are pad (expansion)."""
-    real = real_token_mask(ids[None])[0]
+    real = model.tokenizer.real_token_mask(ids[None])[0]
     labels = [
         model.tokenizer.decode([int(token)]).strip() if is_real else PAD_TOKEN
         for token, is_real in zip(ids.tolist(), real.tolist(), strict=True)
@@ -1194,7 +1194,7 @@ def _check_queries(query: str | Sequence[str]) -> list[str]:
 
 def _warn_truncated(model: VideoColBERT, queries: list[str]) -> None:
     longer = model.tokenizer(queries, context_length=model.cfg.max_words + 1)
-    lengths = real_token_mask(longer).sum(dim=1)
+    lengths = model.tokenizer.real_token_mask(longer).sum(dim=1)
     for text, length in zip(queries, lengths.tolist(), strict=True):
         if length > model.cfg.max_words:
             warnings.warn(

@@ -7,8 +7,9 @@
     python vcb_utils/train.py --do_train 0 --do_eval 1 --init_model outputs/tiny/best
 
 ``python -m vcb_utils.train`` and the installed ``vcb-train`` take the same flags
-(``vcb_utils.train_cli``). The run reads top to bottom: parse flags into a Config, build the accelerator, model and
-data, train (checkpoint every epoch, best by validation R@1, resumable), then evaluate.
+(``vcb_utils.train_cli``). The run reads top to bottom: parse flags into a Config, build the
+accelerator, model and data, train (checkpoint every epoch, best by validation R@1, resumable),
+then evaluate.
 """
 
 from __future__ import annotations
@@ -35,15 +36,16 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 
 from vcb_utils.annotations import check_videos, read_annotations
-from vcb_utils.checkpoints import TrainingSession
+from vcb_utils.checkpoints import load_checkpoint
 from vcb_utils.config import Config, RunOptions
 from vcb_utils.datasets import GroupedShuffle, Preprocessing, build_dataset, collate
 from vcb_utils.distributed import check_world_size, free_port, gather_with_grad, set_cpu_threads
 from vcb_utils.evaluate import METRICS_FILE, evaluate, load_eval_set, zero_shot
 from vcb_utils.gradcache import cached_backward
-from vcb_utils.model import VideoColBERT, load_checkpoint
+from vcb_utils.model import VideoColBERT
 from vcb_utils.optim import build_optimizer, warmup_cosine
 from vcb_utils.synthetic import twin_groups
+from vcb_utils.training_session import TrainingSession
 
 log = logging.getLogger("vcb_utils.train")
 

@@ -208,8 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # OpenMP threads that spin while they wait steal the CPU from each other, and from any
     # other program, when the cores are shared; set before torch loads (a user's value wins)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from vcb_utils.checkpoints import TrainingInterrupted
     from vcb_utils.train import run
+    from vcb_utils.training_session import TrainingInterrupted
 
     try:
         run(config, options)
