@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from vcb_utils.backbone import register_model_configs
 from vcb_utils.config import Config, preset
 
 FAST_PRESET = "tiny"
@@ -117,8 +118,10 @@ def notebook_config(
 
     Fast: the ``tiny`` preset with ``FAST_SETTINGS``; full: ``FULL_PRESET`` with
     ``FULL_SETTINGS``; then ``overrides`` (``{"train": {"epochs": 3}}``). Relative paths are
-    taken from the repository root, so every notebook finds what the others made.
+    taken from the repository root, so every notebook finds what the others made. open_clip learns
+    the repository's backbones (``register_model_configs``): a notebook may ask it about them.
     """
+    register_model_configs()
     root = repo_root()
     name = FAST_PRESET if fast else FULL_PRESET
     config = preset(name).updated(**(FAST_SETTINGS if fast else FULL_SETTINGS))
