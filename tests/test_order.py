@@ -7,6 +7,7 @@ import torch
 
 from vcb_utils import order, synthetic
 from vcb_utils.config import preset
+from vcb_utils.datasets import build_dataset
 from vcb_utils.model import VideoColBERT, save_checkpoint
 from vcb_utils.synthetic import ClipSpec, Event
 
@@ -78,3 +79,30 @@ def test_report_on_a_model_counts_every_clip_and_f_ties_reversed_clips(
     row = next(line.split() for line in table.splitlines() if line.startswith("reversed  "))
     # 11 ties of 11: Wilson [n / (n + z^2), 1] = [11 / 14.8415, 1]
     assert " ".join(row) == "reversed F 11 0 11 0.00 [0.00, 0.26] 1.00 [0.74, 1.00]"
+
+
+def test_training_set_adds_backward_clips_beside_their_sources(small_synthetic):
+    config = preset("tiny").updated(
+        data={"anno_path": small_synthetic, "cache_dir": None, "backward_share": 0.25}
+    )
+    model = VideoColBERT(config.model)
+    pairs = build_dataset(config.data, "train", model.preprocessing, uint8=True)
+    full, groups = order.order_training_set(pairs, config.data, seed=1)
+    n = len(pairs)
+    assert len(full) == n + round(0.25 * n)
+    group_of = {i: tuple(g) for g in groups for i in g}
+    for k, (source, text) in enumerate(full.backwards):
+        record = pairs.records[source]
+        spec = synthetic.specs_for([record.path])[0]
+        variant = int(record.caption.startswith("first"))
+        assert text == synthetic.caption(synthetic.played_backwards(spec), variant)
+        ids, mask, video, video_mask = full[n + k]
+        _, _, forwards, _ = pairs[source]
+        real = int(video_mask.sum())
+        assert torch.equal(video[:real], forwards[:real].flip(0))
+        assert torch.equal(ids, pairs.tokenize([text])[0][0])
+        assert n + k in group_of[source]
+    twins = synthetic.twin_groups(
+        [r.path for r in pairs.records], [r.caption for r in pairs.records]
+    )
+    assert twins and all(set(t) <= set(group_of[t[0]]) for t in twins)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -136,6 +137,10 @@ def test_captions_are_true_of_the_pixels(tiny):
             clauses = parse(synthetic.caption(spec, variant))
             for phase, clause in enumerate(clauses):
                 check_clause(frames, clause, phase)
+        backwards = synthetic.played_backwards(spec)
+        if backwards is not None:  # the caption of the clip played backwards is true of it too
+            for phase, clause in enumerate(parse(synthetic.caption(backwards))):
+                check_clause(frames[::-1], clause, phase)
 
 
 def test_annotations_in_own_data_format(tiny):
@@ -222,3 +227,24 @@ def test_training_twins_include_one_subject_clips_and_are_grouped(tiny):
         assert records[i].caption.startswith("first") == records[j].caption.startswith("first")
         one_subject += a[0]["shape"] == a[1]["shape"] and ", then it " in records[j].caption
     assert 0 < one_subject < len(groups)  # the pixel test above covers both kinds of twins
+
+
+def test_played_backwards_undoes_each_event_in_the_other_order():
+    spec = synthetic.ClipSpec(
+        colours=("red", "blue"),
+        shapes=("circle", "square"),
+        starts=((0.7, 0.2), (0.2, 0.5)),
+        events=(
+            synthetic.Event("moves", 0, direction="left"),
+            synthetic.Event("changes", 1, colour="green"),
+        ),
+        num_frames=16,
+        fps=8,
+        size=96,
+    )
+    backwards = synthetic.caption(synthetic.played_backwards(spec))
+    assert backwards == "a green square changes to blue, then a red circle moves right"
+    gone = dataclasses.replace(
+        spec, events=(synthetic.Event("disappears", 0), spec.events[1]), starts=((0.3, 0.3),) * 2
+    )
+    assert synthetic.played_backwards(gone) is None  # (0.3, 0.3) is no named position

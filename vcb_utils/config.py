@@ -45,6 +45,7 @@ BOUNDS: dict[str, tuple[float, float | None]] = {
     "logit_scale_init": (0, None),
     "video_framerate": (0, None),
     "workers": (0, None),
+    "backward_share": (0, 1),
     "batch_size": (1, None),
     "batch_size_val": (1, None),
     "epochs": (1, None),
@@ -202,6 +203,9 @@ class DataConfig(_Validated):
     twin_batches: bool = True
     """Synthetic data only: each caption shares its training batch with its order twin (the
     clip with the two events swapped, and that clip's caption) as a hard negative."""
+    backward_share: float = 0.0
+    """Synthetic data only: this share of the training captions also comes played backwards
+    (the real frames reversed, with the caption of what they show), in the same batch."""
 
 
 @dataclass

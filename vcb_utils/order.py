@@ -20,11 +20,13 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from vcb_utils import synthetic
-from vcb_utils.config import Config
+from vcb_utils.config import Config, DataConfig
+from vcb_utils.datasets import VideoTextDataset
 from vcb_utils.encode import default_accelerator, encode_captions, encode_videos
 from vcb_utils.evaluate import load_eval_set
 from vcb_utils.model import Scores, VideoColBERT, load_checkpoint
@@ -105,6 +107,51 @@ class ReversedClips(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         video, mask = self.clips[index]
         return reverse_frames(video, mask.bool()), mask
+
+
+class WithBackwards(Dataset):
+    """Training pairs, then for each ``(index, caption)`` of ``backwards`` that item's clip
+    played backwards with ``caption`` (the caption of the backward clip)."""
+
+    def __init__(self, pairs: VideoTextDataset, backwards: Sequence[tuple[int, str]]) -> None:
+        self.pairs, self.backwards = pairs, list(backwards)
+
+    def __len__(self) -> int:
+        return len(self.pairs) + len(self.backwards)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        if index < len(self.pairs):
+            return self.pairs[index]
+        source, text = self.backwards[index - len(self.pairs)]
+        _, _, video, video_mask = self.pairs[source]
+        ids, mask = self.pairs.tokenize([text])
+        return ids[0], mask[0], reverse_frames(video, video_mask.bool()), video_mask
+
+
+def order_training_set(
+    pairs: VideoTextDataset, cfg: DataConfig, seed: int = 0
+) -> tuple[Dataset, list[list[int]]]:
+    """The synthetic training set with ``cfg.backward_share`` of its captions also played
+    backwards, and the groups to batch together: order twins (``cfg.twin_batches``) and each
+    caption with its backward clip."""
+    records = pairs.records
+    videos, captions = [r.path for r in records], [r.caption for r in records]
+    groups = synthetic.twin_groups(videos, captions) if cfg.twin_batches else []
+    backwards = []
+    for i, (spec, text) in enumerate(zip(synthetic.specs_for(videos), captions, strict=True)):
+        variant = next((v for v in (0, 1) if synthetic.caption(spec, v) == text), None)
+        back = synthetic.played_backwards(spec)
+        if variant is not None and back is not None:
+            backwards.append((i, synthetic.caption(back, variant)))
+    chosen = np.random.default_rng(seed).permutation(len(backwards))
+    backwards = [backwards[k] for k in sorted(chosen[: round(cfg.backward_share * len(records))])]
+    group_of = {i: group for group in groups for i in group}
+    for k, (i, _) in enumerate(backwards):
+        if i not in group_of:
+            group_of[i] = [i]
+            groups.append(group_of[i])
+        group_of[i].append(len(records) + k)
+    return (WithBackwards(pairs, backwards) if backwards else pairs), groups
 
 
 def order_report(model: VideoColBERT, config: Config, split: str = "test") -> OrderReport:

@@ -46,6 +46,7 @@ DIRECTIONS: dict[str, tuple[float, float]] = {
     "up": (0.0, -1.0),
     "down": (0.0, 1.0),
 }
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 POSITIONS: dict[str, tuple[float, float]] = {
     "on the left": (0.2, 0.5),
     "on the right": (0.8, 0.5),
@@ -197,6 +198,34 @@ def twin_caption(spec: ClipSpec, variant: int = 0) -> str:
     """The caption with the two events swapped: "A, then B" -> "B, then A"; a one-subject
     caption keeps its subject first ("a red square changes to yellow, then it moves down")."""
     return caption(twin_spec(spec), variant)
+
+
+def played_backwards(spec: ClipSpec) -> ClipSpec | None:
+    """The description of a clip played backwards: the events in the other order, each undone
+    (a move the other way, appears and disappears exchanged, a colour change back), the objects
+    as they end. None when an object disappears away from a named position (``POSITIONS``):
+    backwards it appears there, which no caption can say."""
+    events = []
+    for k in (1, 0):
+        event = spec.events[k]
+        before = spec.state(event.subject, spec.event_time(k) - 1e-6)
+        if event.kind == "moves":
+            events.append(dataclasses.replace(event, direction=OPPOSITE[event.direction]))
+        elif event.kind == "changes":
+            events.append(dataclasses.replace(event, colour=before.colour))
+        elif event.kind == "appears":
+            events.append(Event("disappears", event.subject))
+        elif region(before.centre) is None:
+            return None
+        else:
+            events.append(Event("appears", event.subject, position=region(before.centre)))
+    end = [spec.state(obj, 1.0) for obj in range(len(spec.colours))]
+    return dataclasses.replace(
+        spec,
+        colours=tuple(s.colour for s in end),
+        starts=tuple(s.centre for s in end),
+        events=tuple(events),
+    )
 
 
 def _noun(spec: ClipSpec, event: Event, k: int) -> str:

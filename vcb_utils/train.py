@@ -44,7 +44,7 @@ from vcb_utils.evaluate import METRICS_FILE, evaluate, load_eval_set, zero_shot
 from vcb_utils.gradcache import cached_backward
 from vcb_utils.model import VideoColBERT
 from vcb_utils.optim import build_optimizer, warmup_cosine
-from vcb_utils.synthetic import twin_groups
+from vcb_utils.order import order_training_set
 from vcb_utils.training_session import TrainingSession
 
 log = logging.getLogger("vcb_utils.train")
@@ -223,9 +223,8 @@ def train_loader(
     if len(dataset) < batch_size:
         raise ValueError(f"{len(dataset)} training pairs are fewer than one batch of {batch_size}")
     local_batch, sampler = batch_size // accelerator.num_processes, None
-    if config.data.datatype == "synthetic" and config.data.twin_batches:
-        records = dataset.records
-        groups = twin_groups([r.path for r in records], [r.caption for r in records])
+    if config.data.datatype == "synthetic":  # order twins and backward clips, batched together
+        dataset, groups = order_training_set(dataset, config.data, config.train.seed)
         sampler = GroupedShuffle(len(dataset), groups, local_batch, seed=config.train.seed)
     return torch.utils.data.DataLoader(
         dataset,
