@@ -13,21 +13,13 @@ from collections import OrderedDict
 from pathlib import Path
 
 import pytest
+from fixtures.make_benchmark_fixtures import MSVD_CAPTIONS, MSVD_SPLITS
 
 from vcb_utils import annotations
-from vcb_utils.annotations import check_videos, read_annotations
+from vcb_utils.annotations import activitynet, check_videos, read_annotations
 
 FIXTURES = Path(__file__).parent / "fixtures"
-MSVD_TRAIN = {
-    "-4wsuPCjDBc_5_15": [
-        "a man is playing a guitar",
-        "a man plays the guitar on stage",
-        "a man is playing a guitar",
-        "someone strums a guitar",
-    ],
-    "04Gt01vatkk_248_265": ["a cat jumps onto a table", "a kitten is jumping"],
-    "-7KMZQEsJW4_205_208": ["a woman slices an onion", "a lady is cutting onions", "onion"],
-}
+MSVD_TRAIN = {video: MSVD_CAPTIONS[video] for video in MSVD_SPLITS["train"]}
 VATEX_TEST = ["G9zN5TTuGO4_000179_000189", "_zxAbwv9_iU_000012_000022"]
 DIDEMO_A = "10015567@N08_3655084291_d8b15b4b59.mov"
 DIDEMO_B = "10034397@N00_2514327938_9a7b0d1b56.mp4"
@@ -267,8 +259,8 @@ def test_activitynet_paragraphs_of_the_id_list_sentences_stripped():
 
 def test_activitynet_val_and_test_are_val_1_and_val_2_is_never_read(monkeypatch):
     read = []
-    load = annotations._load_json
-    monkeypatch.setattr(annotations, "_load_json", lambda p: read.append(p.name) or load(p))
+    load = activitynet.load_json
+    monkeypatch.setattr(activitynet, "load_json", lambda p: read.append(p.name) or load(p))
     val = read_annotations("activitynet", FIXTURES / "activitynet", "val")
     assert read_annotations("activitynet", FIXTURES / "activitynet", "test") == val
     assert [(r.video_id, r.caption) for r in val] == [

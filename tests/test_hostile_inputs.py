@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vcb_utils import annotations
+from vcb_utils.annotations import msvd as msvd_reader
 from vcb_utils.annotations import read_annotations
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -186,7 +186,7 @@ def test_msvd_pickle_that_repeats_references_is_refused_before_expanding(tmp_pat
     msvd = copy_of("msvd", tmp_path)
     tokens = ["word"] * 100  # 500 characters joined
     (msvd / "raw-captions.pkl").write_bytes(pickle.dumps({"-4wsuPCjDBc_5_15": [tokens] * 1000}))
-    monkeypatch.setattr(annotations, "MAX_CAPTION_CHARS", 100_000, raising=False)
+    monkeypatch.setattr(msvd_reader, "MAX_CAPTION_CHARS", 100_000)
     with pytest.raises(
         ValueError,
         match=r"raw-captions\.pkl: its captions would take over "

@@ -22,10 +22,11 @@ from typing import Any, Literal
 import yaml
 
 from vcb_utils import safe_json
+from vcb_utils.dataset_registry import BENCHMARKS, DATATYPES, Protocol
 
 Mode = Literal["both", "F", "V", "meanP"]
 LossKind = Literal["sigmoid", "infonce"]
-Datatype = Literal["synthetic", "msrvtt", "csv", "jsonl", "msvd", "vatex", "didemo", "activitynet"]
+Datatype = Literal[DATATYPES]  # every dataset of vcb_utils.dataset_registry
 
 VALUE_ALIASES: dict[str, dict[str, str]] = {"mode": {"spatial": "F", "temporal": "V"}}
 """Old names still accepted from configs, checkpoints and flags: ``spatial`` is F, ``temporal``
@@ -360,24 +361,23 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 """Named configs: ``tiny`` and ``tiny-siglip`` (CPU, synthetic data), one per published
 benchmark row (``<dataset>-<backbone>``, below) and the old names ``msrvtt-vit-b32``/``-b16``."""
 
+
+
+def _protocol_settings(datatype: str, protocol: Protocol) -> dict[str, dict[str, Any]]:
+    settings: dict[str, dict[str, Any]] = {
+        "data": {"datatype": datatype},
+        "model": {"max_words": protocol.max_words, "max_frames": protocol.max_frames},
+    }
+    if protocol.batch_size_val:  # the global training batch stays 128 for every benchmark
+        settings["train"] = {"batch_size_val": protocol.batch_size_val}
+    return settings
+
+
 PAPER_DATASETS: dict[str, dict[str, dict[str, Any]]] = {
-    "msrvtt": {"data": {"datatype": "msrvtt"}, "model": {"max_words": 32, "max_frames": 12}},
-    "msvd": {"data": {"datatype": "msvd"}, "model": {"max_words": 32, "max_frames": 12}},
-    "vatex": {"data": {"datatype": "vatex"}, "model": {"max_words": 32, "max_frames": 12}},
-    # paragraph-to-video: longer queries and videos; the global batch stays 128 and the
-    # evaluation batch is 16, as in CLIP4Clip's README commands for both (8 GPUs)
-    "didemo": {
-        "data": {"datatype": "didemo"},
-        "model": {"max_words": 64, "max_frames": 64},
-        "train": {"batch_size_val": 16},
-    },
-    "activitynet": {
-        "data": {"datatype": "activitynet"},
-        "model": {"max_words": 64, "max_frames": 64},
-        "train": {"batch_size_val": 16},
-    },
+    name: _protocol_settings(name, spec.protocol) for name, spec in BENCHMARKS.items()
 }
-"""Each benchmark's protocol (docs/datasets.md): annotation layout, query and video length."""
+"""Each benchmark's protocol (``vcb_utils.dataset_registry``, docs/datasets.md): annotation
+layout, query and video length."""
 CLIP_FROZEN = (
     "token_embedding",
     "positional_embedding",

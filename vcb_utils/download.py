@@ -6,7 +6,8 @@ file gets its final name, by one atomic rename, only once all its bytes arrived 
 is given, verified. An archive unpacks into a staging folder beside its destination and moves in
 only when complete; sizes are capped and members that would land outside are refused.
 
-``DATASETS`` lists the public files of each benchmark; ``download_dataset(name, root)`` fetches
+``DATASETS`` lists the public files of each benchmark (each annotations module's ``DOWNLOAD``,
+for the datasets ``vcb_utils.dataset_registry`` marks); ``download_dataset(name, root)`` fetches
 them. Videos that must be crawled (VATEX, DiDeMo, ActivityNet) or need a permission (LSMDC) are
 not downloaded: ``data/README.md`` says where to get them.
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import logging
 import os
 import re
@@ -27,23 +27,18 @@ import urllib.parse
 import urllib.request
 import zipfile
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NamedTuple
 
 from tqdm.auto import tqdm
 
-from vcb_utils import safe_json
+from vcb_utils.annotations.msrvtt import ANNOTATIONS_URL as MSRVTT_ANNOTATIONS_URL
+from vcb_utils.annotations.msrvtt import VIDEOS_URL as MSRVTT_VIDEOS_URL
+from vcb_utils.dataset_registry import DATASETS as REGISTRY
+from vcb_utils.dataset_registry import Benchmark, Source
 
 logger = logging.getLogger(__name__)
 
-MSRVTT_ANNOTATIONS_URL = (
-    "https://github.com/ArrowLuo/CLIP4Clip/releases/download/v0.0/msrvtt_data.zip"
-)
-"""The split files and ``MSRVTT_data.json`` (as in the CLIP4Clip README)."""
-MSRVTT_VIDEOS_URL = "https://www.robots.ox.ac.uk/~maxbain/frozen-in-time/data/MSRVTT.zip"
-"""The 10,000 raw clips (about 6.3 GB; ``MSRVTT/videos/all/video*.mp4``)."""
 MAX_UNPACKED_SIZE = 64 << 30
 """Default cap on the bytes one archive may unpack to (64 GiB)."""
 MAX_LINK_HOPS = 40
@@ -405,123 +400,11 @@ def _merge(source: Path, dest: Path) -> None:
             os.replace(entry, target)
 
 
-class Source(NamedTuple):
-    """One public file of a dataset.
-
-    Saved as ``root/<filename>``; an archive goes to ``root/archives/<filename>`` and is
-    unpacked into ``root``. ``videos`` marks a video archive (skipped with ``videos=False``).
-    """
-
-    url: str
-    filename: str
-    what: str
-    videos: bool = False
-    sha256: str | None = None
-
-
-@dataclass(frozen=True)
-class Benchmark:
-    """The public files of a benchmark and how to find its folders once they are fetched.
-
-    ``anno_file``: a file whose folder is ``anno_path``; ``video_file``: a name (or glob) whose
-    folder is ``video_path``, None when the videos are no public archive; ``prepare`` runs after
-    the downloads (e.g. to merge files into the layout ``read_annotations`` reads).
-    """
-
-    sources: list[Source]
-    anno_file: str
-    video_file: str | None = None
-    prepare: Callable[[Path], None] | None = None
-
-
-def _vatex_data(root: Path) -> None:
-    """Merge the official VATEX lists into ``vatex_data.json`` = ``{videoID: {"enCap": ...}}``."""
-    out = root / "vatex_data.json"
-    if out.is_file():
-        return
-    merged = {}
-    for name in ("vatex_training_v1.0.json", "vatex_validation_v1.0.json"):
-        path = root / name
-        try:
-            for item in safe_json.load(path):
-                merged[item["videoID"]] = {"enCap": item["enCap"], "chCap": item.get("chCap", [])}
-        except (ValueError, KeyError, TypeError) as err:
-            raise DownloadError(f"{path}: not the official VATEX format ({err!r})") from err
-    tmp = out.with_name(out.name + ".part")
-    tmp.write_text(json.dumps(merged), encoding="utf-8")
-    os.replace(tmp, out)
-
-
-_RAW = "https://raw.githubusercontent.com"
-_DIDEMO = f"{_RAW}/LisaAnne/LocalizingMoments/master/data"
-_CE_DIDEMO = f"{_RAW}/albanie/collaborative-experts/master/misc/datasets/didemo"
-_VATEX = "https://eric-xw.github.io/vatex-website/data"
-
 DATASETS: dict[str, Benchmark] = {
-    "msrvtt": Benchmark(
-        [
-            Source(MSRVTT_ANNOTATIONS_URL, "msrvtt_data.zip", "splits and MSRVTT_data.json"),
-            Source(MSRVTT_VIDEOS_URL, "MSRVTT.zip", "the 10,000 clips (6.3 GB)", videos=True),
-        ],
-        "MSRVTT_JSFUSION_test.csv",
-        "video0.mp4",
-    ),
-    "msvd": Benchmark(
-        [
-            Source(
-                "https://github.com/ArrowLuo/CLIP4Clip/releases/download/v0.0/msvd_data.zip",
-                "msvd_data.zip",
-                "raw-captions.pkl and the split lists (CLIP4Clip release)",
-            ),
-            Source(
-                "https://www.cs.utexas.edu/users/ml/clamp/videoDescription/YouTubeClips.tar",
-                "YouTubeClips.tar",
-                "the 1970 clips <id>.avi (1.7 GB)",
-                videos=True,
-            ),
-        ],
-        "raw-captions.pkl",
-        "*.avi",
-    ),
-    "didemo": Benchmark(
-        [
-            Source(f"{_DIDEMO}/{s}_data.json", f"{s}_data.json", f"{s} moments (LocalizingMoments)")
-            for s in ("train", "val", "test")
-        ]
-        + [
-            Source(f"{_CE_DIDEMO}/{s}_list.txt", f"{s}_list.txt", f"{s} videos (coll. experts)")
-            for s in ("train", "val", "test")
-        ],
-        "train_data.json",
-    ),
-    "activitynet": Benchmark(
-        [
-            Source(
-                "https://cs.stanford.edu/people/ranjaykrishna/densevid/captions.zip",
-                "captions.zip",
-                "train.json, val_1.json and the id lists (ActivityNet Captions)",
-            )
-        ],
-        "val_1.json",
-    ),
-    "vatex": Benchmark(
-        [
-            Source(
-                f"{_VATEX}/vatex_training_v1.0.json",
-                "vatex_training_v1.0.json",
-                "25,991 training videos, 10 English captions each",
-            ),
-            Source(
-                f"{_VATEX}/vatex_validation_v1.0.json",
-                "vatex_validation_v1.0.json",
-                "3,000 validation videos (the HGR val and test splits)",
-            ),
-        ],
-        "vatex_data.json",
-        prepare=_vatex_data,
-    ),
+    name: spec.module.DOWNLOAD for name, spec in REGISTRY.items() if spec.download
 }
-"""The public files of each benchmark: annotations, and videos where an archive exists."""
+"""The public files of each benchmark (the ``DOWNLOAD`` of its annotations module): annotations,
+and videos where an archive exists."""
 
 
 def download_dataset(
@@ -595,7 +478,10 @@ def _fetch_all(spec: Benchmark, root: Path, *, videos: bool, keep_archives: bool
         if videos or not source.videos:
             _fetch_source(source, root, keep_archives)
     if spec.prepare is not None:
-        spec.prepare(root)
+        try:
+            spec.prepare(root)
+        except ValueError as err:
+            raise DownloadError(str(err)) from err
 
 
 def _fetch_source(source: Source, root: Path, keep_archives: bool) -> None:
