@@ -223,16 +223,16 @@ def test_long_query_warns_and_empty_query_errors(model):
         index.search(["a dog", ""], model=model)
 
 
-def test_spatial_mode_index_has_no_temporal_branch():
-    model = make_model(mode="spatial")
+def test_an_f_only_index_has_no_v_branch():
+    model = make_model(mode="F")
     embedding = random_embedding(model, 5)
-    embedding = VideoEmbedding(embedding.frames, embedding.frame_mask, None, None)
+    embedding = VideoEmbedding(embedding.F, embedding.F_mask, None, None)
     index = VideoIndex(model.cfg, embedding, list("abcde"))
     (result,) = index.search("a dog", k=2, model=model)
     assert result.hits[0].score_v is None and result.hits[0].sim_v is None
     assert result.hits[0].score_total == result.hits[0].score_f
     with pytest.raises(ValueError, match="branch 'V'"):
-        index.search("a dog", branch="temporal", model=model)
+        index.search("a dog", branch="V", model=model)
 
 
 def write_clip(path, colour, n_frames=8, fps=8):

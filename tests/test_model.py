@@ -67,14 +67,15 @@ def test_score_is_meanmaxsim_of_both_branches(tiny_cfg, frames):
     model = build(tiny_cfg, n_visual_expansion=3)
     text = model.encode_text(CAPTIONS)
     video = model.encode_video(frames)
-    assert video.frames.shape == (3, 12, 64) and video.video.shape == (3, 15, 64)
+    assert video.F.shape == (3, 12, 64) and video.V.shape == (3, 15, 64)
+    assert video.frames is video.F and video.video_mask is video.V_mask  # the old names read
     scores = model.score(text, video)
-    expected_f = maxsim(text.vectors, video.frames)
-    expected_v = maxsim(text.vectors, video.video)
+    expected_f = maxsim(text.vectors, video.F)
+    expected_v = maxsim(text.vectors, video.V)
     torch.testing.assert_close(scores.total, expected_f + expected_v)
-    spatial = build(tiny_cfg, mode="spatial")
-    assert spatial.temporal is None and spatial.loss_v is None
-    s = spatial.score(spatial.encode_text(CAPTIONS), spatial.encode_video(frames))
+    f_only = build(tiny_cfg, mode="F")
+    assert f_only.temporal is None and f_only.loss_v is None
+    s = f_only.score(f_only.encode_text(CAPTIONS), f_only.encode_video(frames))
     torch.testing.assert_close(s.total, s.F)
 
 
@@ -91,7 +92,7 @@ def test_mean_pooled_baseline(tiny_cfg, frames):
         rtol=1e-5,
     )
     video = model.encode_video(frames)
-    mean = torch.nn.functional.normalize(video.frames.mean(dim=1), dim=-1)
+    mean = torch.nn.functional.normalize(video.F.mean(dim=1), dim=-1)
     torch.testing.assert_close(model.score(text, video).total, text.vectors[:, 0] @ mean.T)
 
 
@@ -249,5 +250,5 @@ def test_the_tokenizer_keeps_the_interface_other_modules_use(tiny_cfg):
     assert tokenizer(CAPTIONS).shape == (3, tiny_cfg.max_words)
     assert tokenizer.decode(tokenizer.encode("a red circle")).strip() == "a red circle"
     assert (tokenizer.start_id, tokenizer.end_id, tokenizer.pad_id) == (49406, 49407, 0)
-    assert model.tokenizer.real_token_mask(ids).sum(dim=1).tolist() == [7, 11, 4]  # start, words, end
+    assert tokenizer.real_token_mask(ids).sum(dim=1).tolist() == [7, 11, 4]  # start, words, end
     assert model.text_length == tiny_cfg.max_words  # causal: no padding to the context

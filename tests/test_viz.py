@@ -170,9 +170,9 @@ def test_thumbnails_sit_over_the_frame_columns(result):
         maxsim_heatmap(result, 1, fake_frames(len(frames) + 1))
 
 
-def test_spatial_only_model_draws_one_panel():
-    spatial = make_model(mode="spatial")
-    result = random_index(spatial).search(QUERY, k=2, model=spatial)[0]
+def test_an_f_only_model_draws_one_panel():
+    f_only = make_model(mode="F")
+    result = random_index(f_only).search(QUERY, k=2, model=f_only)[0]
     fig = maxsim_heatmap(result, 1, frames_of(result, 1))
     assert list(heatmap_axes(fig)) == ["F"]
     assert "MMS_V" not in fig.get_suptitle()
@@ -264,9 +264,9 @@ def test_heatmap_html_without_pad_rows_says_what_they_carried(result):
     assert "vcb-hm-pad" not in page
 
 
-def test_heatmap_html_of_a_spatial_only_model_has_one_panel():
-    spatial = make_model(mode="F")
-    result = random_index(spatial).search(QUERY, k=2, model=spatial)[0]
+def test_heatmap_html_of_an_f_only_model_has_one_panel():
+    f_only = make_model(mode="F")
+    result = random_index(f_only).search(QUERY, k=2, model=f_only)[0]
     rows = html_rows(heatmap_html(result, 1, frames_of(result, 1)))
     assert all(len(panels) == 1 for _, panels in rows)
 

@@ -236,10 +236,10 @@ def test_query_to_updated_widget_is_timed(explorer):
     print(f"query to updated widget: {wall * 1000:.0f} ms ({explorer.timings})")
 
 
-def test_a_spatial_only_index_ranks_by_f_alone(tmp_path):
-    spatial = make_model(mode="F")
-    index = VideoIndex.build(spatial, write_clips(tmp_path, 3), framerate=2.0)
-    explorer = QueryExplorer(index, spatial, k=2)
+def test_an_f_only_index_ranks_by_f_alone(tmp_path):
+    f_only = make_model(mode="F")
+    index = VideoIndex.build(f_only, write_clips(tmp_path, 3), framerate=2.0)
+    explorer = QueryExplorer(index, f_only, k=2)
     assert explorer.branch.options == ("F",) and explorer.branch.tooltips == ("MMS_F",)
     explorer.query.value = QUERY
     assert explorer.result.branch == "F" and len(shown_rows(explorer)) == 2

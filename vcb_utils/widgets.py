@@ -22,10 +22,11 @@ from contextlib import contextmanager
 
 import ipywidgets as widgets
 import numpy as np
-import torch
 
+from vcb_utils.branches import branches_of
 from vcb_utils.index import Hit, QueryResult, VideoIndex
 from vcb_utils.model import VideoColBERT
+from vcb_utils.threads import torch_threads
 from vcb_utils.video import VideoReadError
 from vcb_utils.viz import (
     HEATMAP_CSS,
@@ -37,8 +38,6 @@ from vcb_utils.viz import (
 )
 
 EXAMPLE_QUERY = "a red circle moves left"
-BRANCHES = {"both": ["both", "F", "V"], "F": ["F"], "V": ["V"]}
-"""The rankings each index mode offers."""
 SCORE_COLUMNS = (
     ("both", "total", "score_total"),
     ("F", "MMS_F", "score_f"),
@@ -182,8 +181,9 @@ class QueryExplorer:
     ``captions``: video id -> its caption(s), shown under each hit and used to mark the
     ground-truth video when the query is one of them (without it, the captions the index stores,
     if any). ``vocabulary``: words the model was trained on (``caption_vocabulary``), to flag
-    unseen ones. ``threads``: torch threads during a search (None keeps torch's setting); one
-    query is small work, and on a busy 2-core machine two threads made it 100x slower.
+    unseen ones. ``threads``: at most this many torch threads during a search (None keeps
+    torch's setting); one query is small work, and on a busy 2-core machine two threads made it
+    100x slower.
 
     Sizes: the ranking's thumbnail strips show at most ``strip_frames`` frames (evenly spaced)
     of ``strip_height`` pixels, the heatmap cells are ``heatmap_cell`` pixels wide; with the
@@ -249,7 +249,7 @@ class QueryExplorer:
             style={"description_width": "initial"},
             layout=widgets.Layout(width="240px"),
         )
-        options = BRANCHES[self.index.config["mode"]]
+        options = list(branches_of(self.index.config["mode"]))
         self.branch = widgets.ToggleButtons(
             options=options,
             tooltips=[RANKED_BY[name] for name in options],
@@ -343,7 +343,7 @@ class QueryExplorer:
             return
         with self._busy():
             start = time.perf_counter()
-            with warnings.catch_warnings(record=True) as caught, _torch_threads(self.threads):
+            with warnings.catch_warnings(record=True) as caught, torch_threads(self.threads):
                 warnings.simplefilter("always")
                 try:
                     result = self.index.search(
@@ -508,13 +508,3 @@ class QueryExplorer:
         if not unseen:
             return []
         return ["not in the training captions (the model never learned them): " + ", ".join(unseen)]
-
-
-@contextmanager
-def _torch_threads(count: int | None) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count or previous)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
