@@ -199,6 +199,10 @@ class DataConfig(_Validated):
     """Data loader workers per process."""
     on_error: Literal["raise", "skip"] = "raise"
     """What a video that cannot be decoded does: stop the run, or be reported and left out."""
+    v2t_rule: Literal["all_captions", "clip4clip"] = "all_captions"
+    """Video to text with several captions per video: a video's best caption ranks against every
+    other video's captions, or (clip4clip) against each other video's best caption, as
+    CLIP4Clip and the papers after it report (vcb_utils.metrics.multi_caption_metrics)."""
     cache_dir: str | None = None
     """Decoded-frame cache folder; none reads the videos directly."""
     twin_batches: bool = True

@@ -24,7 +24,7 @@ from vcb_utils.encode import (
     encode_videos,
     failed_videos,
 )
-from vcb_utils.metrics import format_metrics_table, multi_caption_metrics
+from vcb_utils.metrics import V2TRule, format_metrics_table, multi_caption_metrics
 from vcb_utils.model import TextEmbedding, VideoColBERT, VideoEmbedding, mean_frame
 from vcb_utils.storage import write_json_atomic
 
@@ -58,7 +58,7 @@ def evaluate(
     eval_set = eval_set or load_eval_set(model, config, split, accelerator)
     texts, videos, targets, dropped = encode_split(model, config, eval_set, accelerator)
     matrices = score_variants(model, texts, videos)
-    metrics = compute_metrics(matrices, targets, postprocessing)
+    metrics = compute_metrics(matrices, targets, postprocessing, config.data.v2t_rule)
     if report:
         _report(metrics, accelerator, split, len(texts.vectors), len(videos.F), postprocessing)
     if output_dir is not None and accelerator.is_main_process:
@@ -86,7 +86,7 @@ def zero_shot(
     eval_set = load_eval_set(model, config, split, accelerator)
     texts, videos, targets, dropped = encode_split(model, config, eval_set, accelerator)
     matrices = zero_shot_matrices(model, texts, videos)
-    metrics = compute_metrics(matrices, targets, "none")
+    metrics = compute_metrics(matrices, targets, "none", config.data.v2t_rule)
     _report(
         metrics,
         accelerator,
@@ -150,12 +150,19 @@ def encode_split(
 
 
 def compute_metrics(
-    matrices: dict[str, torch.Tensor], targets: torch.Tensor, postprocessing: str
+    matrices: dict[str, torch.Tensor],
+    targets: torch.Tensor,
+    postprocessing: str,
+    v2t_rule: V2TRule,
 ) -> dict:
-    """``{"t2v": {name: metrics}, "v2t": {name: metrics}}`` for each score matrix."""
+    """``{"t2v": {name: metrics}, "v2t": {name: metrics}}`` for each score matrix.
+
+    ``v2t_rule`` (``DataConfig.v2t_rule``): see ``multi_caption_metrics``."""
     metrics: dict = {"t2v": {}, "v2t": {}}
     for name, sim in matrices.items():
-        result = multi_caption_metrics(sim, targets, postprocessing=postprocessing)
+        result = multi_caption_metrics(
+            sim, targets, postprocessing=postprocessing, v2t_rule=v2t_rule
+        )
         for direction in ("t2v", "v2t"):
             metrics[direction][name] = result[direction]
     return metrics

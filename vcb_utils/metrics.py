@@ -20,6 +20,7 @@ import torch
 
 Matrix = np.ndarray | torch.Tensor
 PostProcessing = Literal["none", "dual_softmax", "inverted_softmax"]
+V2TRule = Literal["all_captions", "clip4clip"]
 
 METRIC_KEYS = ("R1", "R5", "R10", "MdR", "MnR")
 METRIC_LABELS = ("R@1", "R@5", "R@10", "MdR", "MnR")
@@ -48,6 +49,7 @@ def multi_caption_metrics(
     caption_to_video: Sequence[int] | np.ndarray | torch.Tensor,
     postprocessing: PostProcessing = "none",
     temperature: float = 0.01,
+    v2t_rule: V2TRule = "all_captions",
 ) -> dict[str, dict[str, float]]:
     """Text-to-video and video-to-text metrics with any number of captions per video.
 
@@ -58,24 +60,35 @@ def multi_caption_metrics(
         postprocessing: see ``postprocess``; applied separately in each direction, over the
             queries of that direction. Off (``"none"``) by default.
         temperature: softmax temperature of the post-processing.
+        v2t_rule: how a video ranks the captions (below).
 
     Returns:
         ``{"t2v": metrics, "v2t": metrics}`` with the keys of ``retrieval_metrics``.
 
     Text to video ranks each caption against all videos, its own video being the target.
-    Video to text ranks all captions for each video and keeps its best-placed caption: the
-    rank is the number of captions of *other* videos scoring at least as high as the best
-    caption of the video (the video's own other captions do not count). With one caption per
-    video in column order, the results equal ``retrieval_metrics(sim)`` and
-    ``retrieval_metrics(sim.T)``.
+    Video to text starts from the video's best caption (its highest-scoring own caption) and
+    counts what scores at least as high:
+
+    - ``"all_captions"`` (default): the captions of *other* videos, every one of them (the
+      video's own other captions do not count);
+    - ``"clip4clip"``: the other videos' caption *groups*, each group scored by its best
+      caption for this video, so a video ranks the other videos, not their captions (the
+      rule of CLIP4Clip's ``tensor_video_to_text_sim``, which later papers report; ties
+      still count against the model). Its ranks are never worse than ``"all_captions"``'s.
+
+    With one caption per video in column order both rules give ``retrieval_metrics(sim.T)``,
+    and text to video gives ``retrieval_metrics(sim)``.
     """
+    if v2t_rule not in ("all_captions", "clip4clip"):
+        raise ValueError(f"unknown video-to-text rule {v2t_rule!r}; use all_captions or clip4clip")
     sim = _as_matrix(sim)
     owner = _check_owners(caption_to_video, sim)
     t2v = postprocess(sim, postprocessing, temperature)
     v2t = postprocess(sim.T, postprocessing, temperature).T
+    video_ranks = _video_ranks if v2t_rule == "all_captions" else _video_group_ranks
     return {
         "t2v": _summarise(_caption_ranks(t2v, owner)),
-        "v2t": _summarise(_video_ranks(v2t, owner)),
+        "v2t": _summarise(video_ranks(v2t, owner)),
     }
 
 
@@ -174,6 +187,17 @@ def _video_ranks(sim: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
     own_at_least = torch.zeros_like(best, dtype=torch.long)
     own_at_least = own_at_least.scatter_add(0, owner, (own_scores >= best[owner]).long())
     return _count_at_least(sim.T, best) - own_at_least
+
+
+def _video_group_ranks(sim: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+    """Per video: other videos whose best caption for it scores at least as high as its own
+    best caption (each video's captions grouped, as CLIP4Clip does)."""
+    n_videos = sim.shape[1]
+    groups = owner[:, None].expand_as(sim)
+    best = sim.new_zeros(n_videos, n_videos)  # [caption group, video]
+    best = best.scatter_reduce(0, groups, sim, reduce="amax", include_self=False)
+    video_by_group = best.T
+    return _count_at_least(video_by_group, video_by_group.diagonal()) - 1
 
 
 def _count_at_least(sim: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
