@@ -422,7 +422,7 @@ def test_the_next_save_removes_what_a_killed_save_left_and_prunes_the_catalogue(
             continue
         index.save(directory)
     monkeypatch.setattr(store, "CATALOGUE_GRACE", timedelta(0))
-    index.save(directory)
+    index.save(directory)  # prunes the catalogue versions older than the one it replaces
     current = store.current_version(directory).name
     manifest = store.read_manifest(directory, current)
     assert sorted(p.name for p in directory.iterdir()) == sorted(

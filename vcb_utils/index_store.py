@@ -535,7 +535,8 @@ def _prune(table, keep: int | None) -> None:
     and files no version uses (what a killed commit wrote)."""
     versions = {v["version"]: v["timestamp"] for v in table.list_versions()}
     age = datetime.now() - versions.get(keep, datetime.now()) if keep else timedelta(0)
-    table.optimize(cleanup_older_than=age + CATALOGUE_GRACE, delete_unverified=True)
+    older_than = max(age + CATALOGUE_GRACE, timedelta(milliseconds=1))  # 0: LanceDB warns
+    table.optimize(cleanup_older_than=older_than, delete_unverified=True)
 
 
 class Catalogue:
