@@ -16,6 +16,7 @@ from PIL import Image
 from vcb_utils import video
 from vcb_utils.synthetic import write_video
 from vcb_utils.video import (
+    SampleWindow,
     VideoReadError,
     VideoRef,
     is_constant_rate,
@@ -26,7 +27,6 @@ from vcb_utils.video import (
     read_frames,
     resize_center_crop,
     sample_frame_indices,
-    sample_frame_times,
 )
 
 MSRVTT_CLIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "msrvtt" / "video7500.mp4"
@@ -380,19 +380,19 @@ def test_time_sampling_equals_index_sampling_on_whole_strides():
         [1.0, 2.0, 5.0, 30.0], [4, 12, 400], [None, 0.0, 0.51, 3.0], [None, 2.7, 9.99, 100.0]
     ):
         expected = sample_frame_indices(300, 30.0, rate, most, start, end)
-        assert sample_frame_times(times, rate, most, start, end) == expected
+        assert SampleWindow(rate, most, start, end).by_time(times) == expected
 
 
 def test_time_sampling_jitter_stays_in_segments():
-    assert sample_frame_times(VFR_TIMES, 1.0, 12, end=2.0) == [0, 30, 32]
+    assert SampleWindow(1.0, 12, end=2.0).by_time(VFR_TIMES) == [0, 30, 32]
     draws = {
-        tuple(sample_frame_times(VFR_TIMES, 1.0, 12, end=2.0, jitter=True, rng=rng))
+        tuple(SampleWindow(1.0, 12, end=2.0, jitter=True, rng=rng).by_time(VFR_TIMES))
         for rng in map(np.random.default_rng, range(30))
     }
     assert all(0 <= a < 30 and 30 <= b < 32 and c == 32 for a, b, c in draws)
     assert len(draws) > 10
     with pytest.raises(ValueError):
-        sample_frame_times(VFR_TIMES, framerate=0.0)
+        SampleWindow(framerate=0.0).by_time(VFR_TIMES)
 
 
 def test_constant_rate_detection():

@@ -5,7 +5,7 @@ fallback, chosen with ``backend="pyav"``, the ``VCB_VIDEO_BACKEND`` environment 
 automatically when decord is not importable). Frame sampling follows the reference code
 (DRL, TS2-Net) on constant-frame-rate clips: one position every ``round(fps / framerate)`` frames
 between ``start`` and ``end``, then ``linspace`` down to ``max_frames``. Variable-frame-rate clips
-are sampled by presentation time instead (``sample_frame_times``).
+are sampled by presentation time instead (``SampleWindow.by_time``).
 """
 
 from __future__ import annotations
@@ -123,6 +123,79 @@ def _check_backend(name: str) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class SampleWindow:
+    """Which frames of a clip to take: one every ``1 / framerate`` seconds from ``start`` to
+    ``end`` (seconds; None: the clip's ends), thinned to at most ``max_frames``; with ``jitter``
+    (training only), each kept position moves to a random frame of its segment, drawn from
+    ``rng``. ``by_index`` applies it to a constant frame rate, ``by_time`` to timestamps."""
+
+    framerate: float = 1.0
+    max_frames: int = 12
+    start: float | None = None
+    end: float | None = None
+    jitter: bool = False
+    rng: np.random.Generator | None = None
+
+    def __post_init__(self) -> None:
+        if self.framerate <= 0 or self.max_frames < 1:
+            raise ValueError(
+                f"need framerate > 0 and max_frames >= 1; got framerate={self.framerate}, "
+                f"max_frames={self.max_frames}"
+            )
+        if (self.start is not None and self.start < 0) or (self.end is not None and self.end < 0):
+            raise ValueError(f"start and end must be >= 0 seconds (got {self.start}, {self.end})")
+
+    def by_index(self, num_frames: int, fps: float) -> list[int]:
+        """The reference semantics (``sample_frame_indices``) on ``num_frames`` at ``fps``.
+
+        Positions run from ``start`` to ``end`` (``end`` clipped to the last frame) every
+        ``round(fps / framerate)`` frames (at least 1); when there are more than ``max_frames``,
+        ``linspace(0, n - 1, max_frames)`` of them are kept (truncated to int). An empty list
+        means the window holds no frame. A jittered position stays within its segment, the
+        frames up to the next kept position (or one stride past the last).
+        """
+        if fps <= 0:
+            raise ValueError(f"need fps > 0; got fps={fps}")
+        first = 0 if self.start is None else int(self.start * fps)
+        last = num_frames - 1 if self.end is None else int(min(self.end * fps, num_frames - 1))
+        stride = max(1, int(round(fps / self.framerate)))
+        positions = _thin(list(range(first, last + 1, stride)), self.max_frames)
+        if self.jitter and positions:
+            positions = _jitter(positions, min(positions[-1] + stride, last + 1), self.rng)
+        return positions
+
+    def by_time(self, timestamps: Sequence[float] | np.ndarray) -> list[int]:
+        """Frame indices by presentation time, for variable-frame-rate clips.
+
+        ``timestamps`` are the frames' start times in seconds, ascending (shifted so that the
+        first frame starts at 0). Each target time takes the frame on screen then: the last one
+        starting at or before it (within ``TIME_TOLERANCE``). The targets run every
+        ``1 / framerate`` seconds from the start of the frame on screen at ``start`` (default 0)
+        up to ``end`` (default, and at most, the last frame's start). A frame taken twice is kept
+        once, then thinned and jittered as in ``by_index``, which gives the same indices on a
+        constant-frame-rate clip when ``fps / framerate`` is a whole number.
+        """
+        times = np.asarray(timestamps, dtype=np.float64)
+        if times.size == 0:
+            return []
+        times = times - times[0]
+        first = 0.0 if self.start is None else self.start
+        last = times[-1] if self.end is None else min(self.end, times[-1])
+        if first > last + TIME_TOLERANCE:
+            return []
+        origin = times[_shown_at(times, first)]
+        steps = int((last - origin + TIME_TOLERANCE) * self.framerate) + 1
+        targets = origin + np.arange(steps) / self.framerate
+        shown = _shown_at(times, targets).tolist()
+        positions = _thin(list(dict.fromkeys(shown)), self.max_frames)
+        if self.jitter:  # the last segment ends a step after its frame, or with the window
+            step_after = int(_shown_at(times, times[positions[-1]] + 1 / self.framerate))
+            stop = min(max(step_after, positions[-1] + 1), int(_shown_at(times, last)) + 1)
+            positions = _jitter(positions, stop, self.rng)
+        return positions
+
+
 def sample_frame_indices(
     num_frames: int,
     fps: float,
@@ -134,66 +207,9 @@ def sample_frame_indices(
     jitter: bool = False,
     rng: np.random.Generator | None = None,
 ) -> list[int]:
-    """Frame indices to sample from a clip, with the reference semantics.
-
-    Positions run from ``start`` to ``end`` (seconds; default the whole clip, ``end`` clipped
-    to the last frame) every ``round(fps / framerate)`` frames (at least 1); when there are more
-    than ``max_frames``, ``linspace(0, n - 1, max_frames)`` of them are kept (truncated to int).
-    An empty list means the window holds no frame.
-
-    With ``jitter`` (training only), each kept position moves to a random frame of its segment,
-    the frames up to the next kept position (or one stride past the last), drawn from ``rng``.
-    """
-    if fps <= 0:
-        raise ValueError(f"need fps > 0; got fps={fps}")
-    _check_sampling(framerate, max_frames, start, end)
-    first = 0 if start is None else int(start * fps)
-    last = num_frames - 1 if end is None else int(min(end * fps, num_frames - 1))
-    stride = max(1, int(round(fps / framerate)))
-    positions = _thin(list(range(first, last + 1, stride)), max_frames)
-    if jitter and positions:
-        positions = _jitter(positions, min(positions[-1] + stride, last + 1), rng)
-    return positions
-
-
-def sample_frame_times(
-    timestamps: Sequence[float] | np.ndarray,
-    framerate: float = 1.0,
-    max_frames: int = 12,
-    start: float | None = None,
-    end: float | None = None,
-    *,
-    jitter: bool = False,
-    rng: np.random.Generator | None = None,
-) -> list[int]:
-    """Frame indices to sample by presentation time, for variable-frame-rate clips.
-
-    ``timestamps`` are the frames' start times in seconds, ascending (shifted so that the first
-    frame starts at 0). Each target time takes the frame on screen then: the last one starting
-    at or before it (within ``TIME_TOLERANCE``). The targets run every ``1 / framerate`` seconds
-    from the start of the frame on screen at ``start`` (default 0) up to ``end`` (default, and
-    at most, the last frame's start). A frame taken twice is kept once, then ``linspace`` thins
-    to ``max_frames`` and ``jitter`` moves each position within its segment, as in
-    ``sample_frame_indices``, which gives the same indices on a constant-frame-rate clip when
-    ``fps / framerate`` is a whole number.
-    """
-    _check_sampling(framerate, max_frames, start, end)
-    times = np.asarray(timestamps, dtype=np.float64)
-    if times.size == 0:
-        return []
-    times = times - times[0]
-    first = 0.0 if start is None else start
-    last = times[-1] if end is None else min(end, times[-1])
-    if first > last + TIME_TOLERANCE:
-        return []
-    origin = times[_shown_at(times, first)]
-    targets = origin + np.arange(int((last - origin + TIME_TOLERANCE) * framerate) + 1) / framerate
-    positions = _thin(list(dict.fromkeys(_shown_at(times, targets).tolist())), max_frames)
-    if jitter:  # the last segment ends a step after its frame, or with the window
-        step_after = int(_shown_at(times, times[positions[-1]] + 1 / framerate))
-        stop = min(max(step_after, positions[-1] + 1), int(_shown_at(times, last)) + 1)
-        positions = _jitter(positions, stop, rng)
-    return positions
+    """Frame indices to sample from a clip, with the reference semantics (``SampleWindow``)."""
+    window = SampleWindow(framerate, max_frames, start, end, jitter, rng)
+    return window.by_index(num_frames, fps)
 
 
 def is_constant_rate(timestamps: Sequence[float] | np.ndarray, fps: float) -> bool:
@@ -201,18 +217,6 @@ def is_constant_rate(timestamps: Sequence[float] | np.ndarray, fps: float) -> bo
     times = np.asarray(timestamps, dtype=np.float64)
     nominal = np.arange(times.size) / fps
     return times.size == 0 or bool(np.abs(times - times[0] - nominal).max() < 0.5 / fps)
-
-
-def _check_sampling(
-    framerate: float, max_frames: int, start: float | None, end: float | None
-) -> None:
-    if framerate <= 0 or max_frames < 1:
-        raise ValueError(
-            f"need framerate > 0 and max_frames >= 1; got framerate={framerate}, "
-            f"max_frames={max_frames}"
-        )
-    if (start is not None and start < 0) or (end is not None and end < 0):
-        raise ValueError(f"start and end must be >= 0 seconds (got {start}, {end})")
 
 
 def _thin(positions: list[int], max_frames: int) -> list[int]:
@@ -272,20 +276,17 @@ def read_clip(
 ) -> Clip:
     """Open a video once, sample its frame indices and decode them.
 
-    Variable-frame-rate clips are sampled by ``sample_frame_times``; constant-frame-rate ones
-    (``is_constant_rate``, or timestamps missing or out of order) by ``sample_frame_indices``,
-    the reference semantics.
+    Variable-frame-rate clips are sampled by time (``SampleWindow.by_time``); constant-frame-rate
+    ones (``is_constant_rate``, or timestamps missing or out of order) by index, the reference
+    semantics (``SampleWindow.by_index``, ``sample_frame_indices``).
     """
     with _open(path, backend) as video:
         info, times = video.info, video.timestamps()
+        window = SampleWindow(framerate, max_frames, start, end, jitter, rng)
         if _variable_rate(times, info.fps):
-            indices = sample_frame_times(
-                times, framerate, max_frames, start, end, jitter=jitter, rng=rng
-            )
+            indices = window.by_time(times)
         else:
-            indices = sample_frame_indices(
-                info.num_frames, info.fps, framerate, max_frames, start, end, jitter=jitter, rng=rng
-            )
+            indices = window.by_index(info.num_frames, info.fps)
         if not indices:
             raise VideoReadError.at(
                 path,
