@@ -10,7 +10,7 @@ import torch
 from helpers import free_port, launch_env, launch_two
 
 from vcb_utils.config import RunOptions, preset
-from vcb_utils.train import _check_batch, run
+from vcb_utils.train import check_batch, run
 from vcb_utils.train_cli import parse_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,7 +122,7 @@ def test_bad_arguments_fail_before_any_work(tmp_path, capsys):
         run(config, options)
     assert not (tmp_path / "none").exists()
     with pytest.raises(ValueError, match="divisible by the 3 processes"):
-        _check_batch(preset("tiny"), 3)
+        check_batch(preset("tiny"), 3)
     with pytest.raises(FileNotFoundError, match="config file not found"):
         parse_args(["--config", str(tmp_path / "missing.yaml")])
 

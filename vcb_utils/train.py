@@ -67,7 +67,7 @@ def run(config: Config, options: RunOptions) -> dict:
             "process(es) started (note: `accelerate launch --cpu --num_processes N` starts one; "
             "use --multi_gpu --num_processes N with --cpu)"
         )
-    _check_batch(config, accelerator.num_processes)
+    check_batch(config, accelerator.num_processes)
     check_data(config, options)
     set_seed(config.train.seed)
     output_dir = Path(config.train.output_dir)
@@ -123,7 +123,8 @@ def make_accelerator(config: Config, options: RunOptions) -> Accelerator:
     )
 
 
-def _check_batch(config: Config, processes: int) -> None:
+def check_batch(config: Config, processes: int) -> None:
+    """The global batch must split evenly over the processes; ValueError otherwise."""
     if config.train.batch_size % processes:
         raise ValueError(
             f"--batch_size {config.train.batch_size} is the global batch; it must be divisible "
