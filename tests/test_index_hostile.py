@@ -184,7 +184,10 @@ def query():
 
 # ---- 3. concurrent additions through the command line ------------------------------------------
 def test_concurrent_cli_additions_each_add_all_of_their_own_videos(
-    library, tmp_path, monkeypatch, capsys  # noqa: F811
+    library,  # noqa: F811 (the fixture)
+    tmp_path,
+    monkeypatch,
+    capsys,
 ):
     model, _ = load_checkpoint(library / "ckpt")
     real_merge = index_build._merge

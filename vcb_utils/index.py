@@ -466,9 +466,12 @@ class VideoIndex:
         - otherwise replaces that version, unless it holds an id that this index lacks.
 
         Those two errors (an id added both here and by another process, or an id this index
-        lacks) are a ValueError, and nothing is written. From ``ANN_MIN_VIDEOS`` videos on, an
-        index without a candidate index gets one (``build_ann``), saved as a further version,
-        unless ``auto_ann=False`` (a bulk build that trains it once at the end).
+        lacks) are a ValueError, and nothing is written; so are a ``directory`` that holds
+        other files and is not an index, and one that is, is inside or contains the folder of
+        a video. A save that fails (a full disk: OSError saying how much space it needs) leaves
+        the previous version current and this index as it was. From ``ANN_MIN_VIDEOS`` videos
+        on, an index without a candidate index gets one (``build_ann``), saved as a further
+        version, unless ``auto_ann=False`` (a bulk build that trains it once at the end).
         """
         directory = Path(directory)
         self._check_folder(directory)
@@ -486,10 +489,19 @@ class VideoIndex:
                 base.count,
             )
             name = store.next_version_name(current)
-            journal = self._journal(directory, name, current, base if append else None)
+            planned = self._plan(directory, base if append else None)
+            journal = cleanup.Journal(
+                version=name,
+                replaces=current.name if current else None,
+                replaces_layout=current.layout if current else None,
+                segments=[segment for segment, _ in planned],
+                generation=self._ann.generation if self._ann is not None else None,
+                new_catalogue=not store.catalogue_exists(directory),
+            )
+            cleanup.write_journal(directory, journal)
             try:
                 manifest, parts, kept_ann = self._write_version(
-                    directory, journal, base, append, same_rows
+                    directory, journal, planned, base, append, same_rows
                 )
             except Exception:
                 cleanup.finish_interrupted(directory, current, base)  # what it wrote goes
@@ -523,40 +535,30 @@ class VideoIndex:
         if not unfinished and store.current_version(directory) is None:
             guard.check_empty_or_index(directory, {LOCK_FILE})
 
-    def _journal(
-        self, directory: Path, name: str, current: Current | None, base: Manifest | None
-    ) -> cleanup.Journal:
-        """Record what the save of version ``name`` will write (appending to ``base``)."""
+    def _plan(self, directory: Path, base: Manifest | None) -> list[tuple[str, list[_Part]]]:
+        """The new segments of a save (appending to ``base``): their names and the parts each
+        holds (saved parts of another folder are copied one segment each, added rows as one)."""
         groups = _groups([p for p in self._parts if p.segment is None] if base else self._parts)
         names = store.next_segment_names(directory, [s for s, _ in base.segments] if base else [])
-        self._planned = [(next(names), group) for group in groups]
-        journal = cleanup.Journal(
-            version=name,
-            replaces=current.name if current else None,
-            replaces_layout=current.layout if current else None,
-            segments=[segment for segment, _ in self._planned],
-            generation=self._ann.generation if self._ann is not None else None,
-            new_catalogue=not store.catalogue_exists(directory),
-        )
-        cleanup.write_journal(directory, journal)
-        return journal
+        return [(next(names), group) for group in groups]
 
     def _write_version(
         self,
         directory: Path,
         journal: cleanup.Journal,
+        planned: list[tuple[str, list[_Part]]],
         base: Manifest | None,
         append: bool,
         same_rows: bool,
     ) -> tuple[Manifest, list[_Part], bool]:
         """Write the version ``journal`` names, check that it opens, and make it current;
         return its manifest, its parts and whether this index's candidate index is its."""
-        written = [p for _, group in self._planned for p in group]
+        written = [p for _, group in planned for p in group]
         needed = sum(p.vectors.numel() * 2 + p.mask.numel() for p in written)
         if self._ann is not None:
             needed += sum(self._vector_count(p) for p in self._parts) * self._ann.code_size
         with store.disk_space(directory, needed):
-            manifest = self._write(directory, base if append else None, base)
+            manifest = self._write(directory, planned, base if append else None, base)
             kept_ann = self._write_ann(directory, base if append else None, manifest, same_rows)
             parts = self._open_parts(directory.resolve(), manifest, journal.version, self._dim())
             store.write_manifest(directory, journal.version, manifest)
@@ -592,15 +594,21 @@ class VideoIndex:
             raise ValueError(f"duplicate video ids: {sorted(repeated)[:5]}")
         return True
 
-    def _write(self, directory: Path, base: Manifest | None, replaced: Manifest | None) -> Manifest:
-        """Write the segments and catalogue rows of the new version (appending to ``base``, or
-        replacing ``replaced``); return its manifest (``_write_ann`` adds the candidate index)."""
+    def _write(
+        self,
+        directory: Path,
+        planned: list[tuple[str, list[_Part]]],
+        base: Manifest | None,
+        replaced: Manifest | None,
+    ) -> Manifest:
+        """Write the ``planned`` segments and the catalogue rows of the new version (appending
+        to ``base``, or replacing ``replaced``); return its manifest (``_write_ann`` adds the
+        candidate index)."""
         segments = list(base.segments) if base else []
         checksums = dict(base.checksums) if base else {}
         first_row = base.count if base else 0
         self._written: dict[str, list[_Part]] = {}  # new segment -> the parts it holds
-        # saved parts of another folder are copied one segment each, added rows as one
-        for name, group in self._planned:
+        for name, group in planned:
             checksums[name] = store.write_segment(
                 directory,
                 name,

@@ -4,22 +4,29 @@
 
     my_index/
       index.json             the pointer: {"format": ..., "version": 4, "current": "v000012"}
-      v000012.json           the current version: model config, framerate, its segments, the
-                             catalogue version and the candidate index (ANN) generation
+      v000012.json           the current version: model config, framerate, its segments (with
+                             the CRC-32 of their files), the catalogue version and the candidate
+                             index (ANN) generation
       catalogue.lance/       LanceDB table, one row per video: row, id, path, caption
       segments/s000003/      the vectors of a run of rows, never changed once written:
                              vectors.npy fp16 [n, F + V vectors, dim], mask.npy bool [n, F + V]
       ann/g1a2b3c4d5e6f/     the candidate index: trained.faiss (codebooks) and the codes of
                              each segment's vectors, s000003.codes.npy
+      saving.json            while a save runs: what it writes (``vcb_utils.index_cleanup``)
       .lock                  taken by writers
 
-A save (``VideoIndex.save``, holding the lock) writes new segments and ANN parts under new
-names, appends to the catalogue (a new LanceDB version), writes the new version's manifest,
-then replaces the pointer (an atomic rename); only then does it delete what the new version
-does not use. Readers follow the pointer and read the catalogue at the version the manifest
-names, so what a writer is doing never shows. A writer killed at any step leaves the previous
-version current: the next writer deletes its files and rolls the catalogue back to the
-version the manifest names (LanceDB ``restore``).
+A save (``VideoIndex.save``, holding the lock) records what it will write, writes new segments
+and ANN parts under new names (ordinary writes: a full disk is an error, not a signal), appends
+to the catalogue (a new LanceDB version; older versions are pruned, see ``CATALOGUE_GRACE``),
+opens what it wrote, writes the new version's manifest, then replaces the pointer (an atomic
+rename); only then does it delete the files of the replaced version that the new one does not
+use. Readers follow the pointer and read the catalogue at the version the manifest names, so
+what a writer is doing never shows. A writer killed at any step leaves the previous version
+current: the next writer deletes the files it recorded and rolls the catalogue back to the
+version the manifest names (LanceDB ``restore``). Nothing else in the folder is deleted.
+
+Segment checksums are verified on request (``VideoIndex.verify``, ``index_cli info --verify``),
+not at load: that reads every vector (minutes for a million videos), while a load only maps them.
 
 Formats 2 (one version at the top of the folder) and 3 (version folders of safetensors) still
 load, into RAM, and saving converts them.
