@@ -391,7 +391,9 @@ def test_the_current_folder_as_index_is_refused_beside_its_videos(tmp_path, caps
     assert "is the video folder" in capsys.readouterr().err
 
 
-def test_a_manifest_with_a_nan_framerate_is_refused(tmp_path):
+def test_a_nan_framerate_is_refused_in_a_manifest_and_in_memory(tmp_path):
+    with pytest.raises(ValueError, match="framerate must be a finite number above 0, not nan"):
+        VideoIndex(CONFIG, vectors(FIRST_IDS), FIRST_IDS, framerate=float("nan"))
     directory = tmp_path / "idx"
     saved_index(directory)
     path = directory / "v000001.json"

@@ -207,6 +207,8 @@ class VideoIndex:
             raise ValueError("mode 'meanP' (a single-vector baseline) has no F/V vectors to index")
         self.config = json.loads(json.dumps(config))  # JSON types, as after a round trip
         self.framerate = float(framerate)
+        if not (math.isfinite(self.framerate) and self.framerate > 0):
+            raise ValueError(f"framerate must be a finite number above 0, not {framerate!r}")
         self.settings = SearchSettings()
         """Two-stage search settings (``nprobe``, ``hits_per_vector``, ``candidates``)."""
         self._frames = int(self.config["max_frames"])
