@@ -1,0 +1,197 @@
+"""Are a backbone's pretrained weights (and Hugging Face tokenizer) here, or can they come?
+
+open_clip downloads a weight tag (``openai``, ``webli``) from the Hugging Face hub; offline,
+the hub client retries for up to a minute before open_clip gives up with a bare
+``RuntimeError``. ``check_pretrained`` decides in a few seconds, before anything is loaded: a
+local file must exist; hub files are fine when they are in the local cache or the hub accepts
+a connection within ``HUB_PROBE_TIMEOUT_S``; otherwise one error names the missing files and
+how to bring them (``--pretrained /path/to/weights``, ``--tokenizer FOLDER``, or a copied
+cache).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+from huggingface_hub import constants, try_to_load_from_cache
+from open_clip.constants import (
+    HF_SAFE_WEIGHTS_NAME,
+    HF_WEIGHTS_NAME,
+    OPENAI_DATASET_MEAN,
+    OPENAI_DATASET_STD,
+)
+
+from vcb_utils.tokenizer import SYNTHETIC_TOKENIZER
+
+log = logging.getLogger(__name__)
+
+HUB_PROBE_TIMEOUT_S = 3.0
+"""How long the hub (or the proxy) gets to accept a connection, name lookup included."""
+TOKENIZER_FILE = "tokenizer_config.json"
+"""The file a Hugging Face tokenizer reads first; cached, the tokenizer loads offline."""
+
+
+class PretrainedUnavailable(RuntimeError):
+    """Weights or a tokenizer that are neither on this machine nor reachable."""
+
+
+@dataclass(frozen=True)
+class HubFiles:
+    """What a backbone needs from one hub repository: any one of ``names``."""
+
+    kind: str
+    """``weights`` or ``tokenizer``."""
+    repo: str
+    names: tuple[str, ...]
+    tag_settings: tuple[str, ...] = ()
+    """What the weight tag sets besides the weights, which a local file does not bring."""
+
+    def cached(self) -> bool:
+        """Whether one of the files is in the local Hugging Face cache."""
+        return any(isinstance(try_to_load_from_cache(self.repo, name), str) for name in self.names)
+
+
+def check_pretrained(backbone: str, pretrained: str | None, tokenizer: str | None = None) -> None:
+    """Raise ``PretrainedUnavailable`` unless ``backbone`` can get its weights and tokenizer.
+
+    ``pretrained`` is an open_clip tag, a local file or None (random weights); ``tokenizer`` a
+    local folder, a hub name or None (the backbone's own, from the hub for SigLIP). When every
+    hub file is cached but the hub cannot be reached, huggingface_hub is switched to offline
+    mode for this process, so that the loaders read the cache at once instead of retrying.
+    """
+    needed = hub_files(backbone, pretrained, tokenizer)
+    if not needed:
+        return
+    unreachable = hub_unreachable()
+    if unreachable is None:
+        return
+    missing = [files for files in needed if not files.cached()]
+    if missing:
+        raise PretrainedUnavailable(advice(backbone, missing, unreachable))
+    if not constants.HF_HUB_OFFLINE:
+        log.info("%s: reading %s's files from the local cache", unreachable, backbone)
+        constants.HF_HUB_OFFLINE = True
+
+
+def hub_files(backbone: str, pretrained: str | None, tokenizer: str | None) -> list[HubFiles]:
+    """The hub files that ``backbone`` with these weights and this tokenizer will load."""
+    needed = []
+    if pretrained:
+        tag = open_clip.get_pretrained_cfg(backbone, pretrained)
+        if tag.get("hf_hub"):
+            needed.append(weight_files(tag))
+        elif not Path(pretrained).is_file():
+            tags = ", ".join(open_clip.list_pretrained_tags_by_model(backbone)) or "none"
+            raise PretrainedUnavailable(
+                f"--pretrained {pretrained}: no such file, and not a weight tag of {backbone} "
+                f"(its tags: {tags})"
+            )
+    text_cfg = (open_clip.get_model_config(backbone) or {}).get("text_cfg", {})
+    name = tokenizer or text_cfg.get("hf_tokenizer_name")
+    if name and name != SYNTHETIC_TOKENIZER and not Path(name).is_dir():
+        needed.append(HubFiles("tokenizer", name, (TOKENIZER_FILE,)))
+    return needed
+
+
+def weight_files(tag: dict) -> HubFiles:
+    """The files open_clip asks the hub for, from a tag's ``org/repo/filename`` (no filename:
+    its default weights file), after the ``.safetensors`` twin that it tries first."""
+    repo, name = os.path.split(tag["hf_hub"])
+    name = name or HF_WEIGHTS_NAME
+    if name == HF_WEIGHTS_NAME:
+        names = (HF_SAFE_WEIGHTS_NAME, name)
+    elif name.endswith((".bin", ".pth")):
+        names = (name[:-4] + ".safetensors", name)
+    else:
+        names = (name,)
+    settings = ("QuickGELU",) if tag.get("quick_gelu") else ()
+    if (tag.get("mean"), tag.get("std")) != (OPENAI_DATASET_MEAN, OPENAI_DATASET_STD):
+        settings += ("frame mean and std",)
+    return HubFiles("weights", repo, names, settings)
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached (offline mode, no connection), or None."""
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(url.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        via = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = via.hostname or "", via.port or 80
+    if connects(host, port, HUB_PROBE_TIMEOUT_S):
+        return None
+    return f"{host}:{port} did not accept a connection within {HUB_PROBE_TIMEOUT_S:g} s"
+
+
+def connects(host: str, port: int, timeout: float) -> bool:
+    """Whether a TCP connection opens within ``timeout`` seconds, name lookup included (a
+    lookup that hangs is left to finish in a daemon thread)."""
+    opened: list[bool] = []
+
+    def attempt() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError:
+            return
+        opened.append(True)
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(opened)
+
+
+def advice(backbone: str, missing: list[HubFiles], reason: str) -> str:
+    """The error message: what is missing, why it cannot come, and how to bring it."""
+    by_repo: dict[str, list[HubFiles]] = {}
+    for files in missing:
+        by_repo.setdefault(files.repo, []).append(files)
+    downloads = {
+        repo: f"hf download {repo} "
+        + " ".join(f'--include "{pattern}"' for files in group for pattern in _patterns(files))
+        for repo, group in by_repo.items()
+    }
+    caches = ", ".join(f"models--{repo.replace('/', '--')}" for repo in by_repo)
+    lines = [
+        f"{backbone} needs files from the Hugging Face hub that are not on this machine, "
+        f"and the hub cannot be reached ({reason}):",
+        *(f"  {f.kind}: {f.repo} ({' or '.join(f.names)})" for f in missing),
+        "Bring them from a machine with a network, either as its cache (exact: the weight "
+        "tag stays as it is):",
+        *(f"  {command}" for command in downloads.values()),
+        f"  then copy {caches} from its ~/.cache/huggingface/hub into "
+        f"{constants.HF_HUB_CACHE} here (HF_HOME or HF_HUB_CACHE move it) and set "
+        "HF_HUB_OFFLINE=1;",
+        "or as folders:",
+        *(f"  {command} --local-dir {_folder(repo)}" for repo, command in downloads.items()),
+        "  then copy them here and give " + " and ".join(map(_flag, missing)) + ".",
+    ]
+    lost = [setting for files in missing for setting in files.tag_settings]
+    if lost:
+        lines.append(f"  A file does not bring the tag's {' and '.join(lost)}: prefer the cache.")
+    return "\n".join(lines)
+
+
+def _patterns(files: HubFiles) -> tuple[str, ...]:
+    """``hf download --include`` patterns: the weight files, or a tokenizer's small files."""
+    return files.names if files.kind == "weights" else ("*.json", "*.model", "*.txt")
+
+
+def _folder(repo: str) -> str:
+    return repo.rsplit("/", 1)[-1]
+
+
+def _flag(files: HubFiles) -> str:
+    if files.kind == "weights":
+        return f"--pretrained /path/to/weights (the file in {_folder(files.repo)})"
+    return f"--tokenizer FOLDER (the folder {_folder(files.repo)})"
