@@ -22,14 +22,13 @@ from pathlib import Path
 
 import open_clip
 from huggingface_hub import constants, try_to_load_from_cache
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from open_clip.constants import (
     HF_SAFE_WEIGHTS_NAME,
     HF_WEIGHTS_NAME,
     OPENAI_DATASET_MEAN,
     OPENAI_DATASET_STD,
 )
-
-from vcb_utils.tokenizer import SYNTHETIC_TOKENIZER
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +95,18 @@ def hub_files(backbone: str, pretrained: str | None, tokenizer: str | None) -> l
             )
     text_cfg = (open_clip.get_model_config(backbone) or {}).get("text_cfg", {})
     name = tokenizer or text_cfg.get("hf_tokenizer_name")
-    if name and name != SYNTHETIC_TOKENIZER and not Path(name).is_dir():
+    if name and not Path(name).is_dir() and _is_repo_id(name):
         needed.append(HubFiles("tokenizer", name, (TOKENIZER_FILE,)))
     return needed
+
+
+def _is_repo_id(name: str) -> bool:
+    """Whether the hub could serve ``name`` (``vcb:synthetic`` and paths are no repo ids)."""
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
 
 
 def weight_files(tag: dict) -> HubFiles:
@@ -130,7 +138,7 @@ def hub_unreachable() -> str | None:
         host, port = via.hostname or "", via.port or 80
     if connects(host, port, HUB_PROBE_TIMEOUT_S):
         return None
-    return f"{host}:{port} did not accept a connection within {HUB_PROBE_TIMEOUT_S:g} s"
+    return f"{host}:{port} accepted no connection (waited at most {HUB_PROBE_TIMEOUT_S:g} s)"
 
 
 def connects(host: str, port: int, timeout: float) -> bool:
