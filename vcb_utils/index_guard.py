@@ -111,7 +111,7 @@ def check_values(vectors: torch.Tensor, mask: torch.Tensor, block: int = 4096) -
         warnings.warn(
             f"the vectors are not unit vectors (norms from {low:.3g} to {high:.3g}): scores "
             "assume normalised vectors (torch.nn.functional.normalize)",
-            stacklevel=4,
+            stacklevel=3,  # the caller of add_embeddings
         )
 
 
