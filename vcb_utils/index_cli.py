@@ -11,6 +11,7 @@
     python -m vcb_utils.index_cli search --index my_index --checkpoint runs/best \\
         "a man is cooking" "a dog catches a frisbee" -k 5
     python -m vcb_utils.index_cli info --index my_index
+    python -m vcb_utils.index_cli info --index my_index --verify  # re-read every segment's CRC-32
     python -m vcb_utils.index_cli reindex --index my_index      # retrain the candidate index
 
 Only the standard library loads before the flags are parsed, so ``--help`` answers at once.
