@@ -46,6 +46,7 @@ from vcb_utils.candidates import (  # noqa: E402
     MeanQueryCandidates,
     calibrate,
     default_nlist,
+    refine,
 )
 from vcb_utils.scoring import maxsim  # noqa: E402
 from vcb_utils.search import ivfpq  # noqa: E402
@@ -258,7 +259,7 @@ class MeanQueryStage:
         index, s = self.stage.index, self.settings
         return (
             f"IVF-PQ {index.nlist} lists x {index.pq.M} 8-bit codes; nprobe {s.nprobe}, "
-            f"{s.hits} hits, {s.candidates} candidates"
+            f"{s.hits} hits, {s.candidates} candidates, {s.exact} refined to the exact rerank"
         )
 
 
@@ -267,7 +268,7 @@ CALIBRATION_GRID = [
     CandidateSettings(nprobe=p, hits=h, candidates=c)
     for p in (32, 64, 128, 256)
     for h in (4096, 16384)
-    for c in (128, 256, 512)
+    for c in (256, 512, 1024)
 ]
 BRANCHES = [slice(0, FRAMES), slice(FRAMES, None)]
 
@@ -312,7 +313,7 @@ def measure_stage(stage_name: str, data: str, out) -> None:
         began = time.perf_counter()
         rows = stage.candidates(q, np.full(len(q), 1 / len(q), np.float32))
         found = time.perf_counter()
-        top = rerank(q, rows, vectors, mask)
+        top = rerank(q, rows, vectors, mask, getattr(stage.settings, "exact", None))
         ended = time.perf_counter()
         times.append(ended - began)
         candidate_times.append(found - began)
@@ -335,12 +336,18 @@ def measure_stage(stage_name: str, data: str, out) -> None:
 
 
 def rerank(
-    query: np.ndarray, rows: np.ndarray, vectors: np.ndarray, mask: np.ndarray
+    query: np.ndarray, rows: np.ndarray, vectors: np.ndarray, mask: np.ndarray, keep: int | None
 ) -> np.ndarray:
     """The exact top-K of the candidate ``rows``: MeanMaxSim_F + MeanMaxSim_V from the stored
-    (memory-mapped) vectors, read in row order."""
+    (memory-mapped) vectors, read in row order; with ``keep``, only of the ``keep`` best by
+    ``vcb_utils.candidates.refine`` (of the same vectors)."""
     order = np.sort(rows)
-    scores = exact_scores(torch.from_numpy(query)[None], None, vectors[order], mask[order])[0]
+    stored, valid = vectors[order], mask[order]
+    if keep is not None:
+        weights = np.full(len(query), 1 / len(query), np.float32)
+        kept = np.sort(refine(query, weights, stored, valid, BRANCHES, keep))
+        order, stored, valid = order[kept], stored[kept], valid[kept]
+    scores = exact_scores(torch.from_numpy(query)[None], None, stored, valid)[0]
     return order[scores.topk(min(K, len(order))).indices.numpy()]
 
 

@@ -14,6 +14,7 @@ from vcb_utils.candidates import (
     MeanQueryCandidates,
     calibrate,
     default_nlist,
+    refine,
     work,
 )
 from vcb_utils.scoring import maxsim
@@ -81,6 +82,22 @@ def test_recall_against_brute_force(built):
     ]
     assert np.mean(found) >= 0.95
     assert len(stage.candidates(*query(text, 0), settings)) == 64
+
+
+def test_refine_keeps_the_best_by_the_exact_mean_query_score(built):
+    stage, stored, mask, text = built
+    vectors, weights = query(text, 0)
+    rows = np.arange(0, N, 5)
+    kept = refine(vectors, weights, stored[rows], mask[rows], BRANCHES, 10)
+    mean = weights @ vectors
+    naive = [
+        sum(
+            max(float(mean @ x) for x, ok in zip(stored[r, c], mask[r, c], strict=True) if ok)
+            for c in BRANCHES
+        )
+        for r in rows
+    ]
+    np.testing.assert_array_equal(kept, np.argsort(naive)[::-1][:10])
 
 
 def test_branches_rank_by_one_branch(built):

@@ -54,8 +54,10 @@ class CandidateSettings:
     """Coarse lists scanned for the mean query vector."""
     hits: int = 16384
     """Nearest stored vectors kept (each gives its video a score)."""
-    candidates: int = 256
-    """Videos returned, best approximate score first (for the exact rerank)."""
+    candidates: int = 1024
+    """Videos returned, best approximate score first (for ``refine``)."""
+    exact: int = 128
+    """Videos ``refine`` keeps for the exact MeanMaxSim rerank."""
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -284,6 +286,25 @@ def work(
     scanned = index.ntotal * min(settings.nprobe, index.nlist) / index.nlist * index.code_size
     rerank = settings.candidates * vectors_per_video * query_vectors * index.d
     return scanned + rerank
+
+
+def refine(
+    query_vectors: np.ndarray,
+    query_weights: np.ndarray,
+    vectors: np.ndarray,
+    mask: np.ndarray,
+    branches: Sequence[slice],
+    keep: int,
+) -> np.ndarray:
+    """Positions of the ``keep`` best of ``n`` candidates by the mean-query score computed from
+    their stored vectors ``[n, width, D]`` (any float type) and ``mask`` ``[n, width]``, best
+    first: the precise version of the stage's score, before the exact rerank of the same
+    (already read) vectors. A branch with no valid vector adds nothing."""
+    mean = np.asarray(query_weights, np.float32) @ np.asarray(query_vectors, np.float32)
+    sims = np.where(mask, np.asarray(vectors, np.float32) @ mean, -np.inf)
+    best = np.stack([sims[:, columns].max(axis=1) for columns in branches], axis=1)
+    scores = np.where(np.isfinite(best), best, 0.0).sum(axis=1)
+    return _top(np.arange(len(scores)), scores, keep)
 
 
 def _top(rows: np.ndarray, scores: np.ndarray, count: int) -> np.ndarray:
