@@ -9,16 +9,22 @@ where ``q_mean = sum_j w_j q_j`` is the query's weighted mean vector. It is a lo
 MeanMaxSim (``sum_j w_j max_i <q_j, x_i> >= max_i sum_j w_j <q_j, x_i>``), tight when one
 vector of the video is the best match of most query vectors: the common case, since the
 vectors of one query are close to each other (CLIP text tokens at cosine 0.7-0.9, and
-query-expansion tokens near copies of their mean). On the benchmark generators it puts the
-exact top-10 in its top 128 for 99.8-100% of the queries when computed exactly
-(``benchmarks/bench_candidates.py``), where a video's mean vector reaches 79% (multi-scene
-videos) and per-token nearest-neighbour hits on 4-bit codes 20% (CLIP-like vectors).
+query-expansion tokens near copies of their mean). Computed exactly, it puts the exact top-10
+in its top 128 for 99.8-100% of the queries of ``benchmarks/vectors_multiscene.py`` and
+``benchmarks/vectors_cliplike.py`` at 100k videos, where a video's mean vector reaches 79%
+(multi-scene) and PLAID-style centroid interaction (8,192 centroids) at most 21% (CLIP-like).
 
-It needs *precise* inner products: a 4-bit PQ code's error (about 0.1) is larger than the
-margins of CLIP-like vectors. Every stored vector is kept as an IVF-PQ code with 8-bit
-sub-quantizers (``D / 8`` bytes: 64 at 512 dimensions) in a faiss ``IndexIVFPQ`` (inner
-product); one search of ``q_mean`` returns its ``hits`` best vectors (ids ``row * branches +
-branch``), and each video takes, per branch, its best hit, or the worst hit where it has none.
+It needs *precise* inner products: a 4-bit PQ code's error (about 0.1 here) is larger than the
+margins of CLIP-like vectors. Two steps, then:
+
+1. ``candidates``: every stored vector is an IVF-PQ code with 8-bit sub-quantizers (``D / 8``
+   bytes: 64 at 512 dimensions) in a faiss ``IndexIVFPQ`` (inner product); one search of
+   ``q_mean`` returns its ``hits`` best vectors (ids ``row * branches + branch``); each video
+   takes, per branch, its best hit, or the worst hit where it has none; the ``candidates``
+   best videos come back.
+2. ``refine``: the caller reads those videos' stored vectors (it needs them for the exact
+   rerank anyway) and ``refine`` keeps the ``exact`` best by the same score computed from
+   them; only those get the exact MeanMaxSim.
 
 RAM: ``D / 8 + 8`` bytes per stored vector (code and id): 72 at 512 dimensions, 1.9 GB for a
 million videos of 26 vectors. On disk: faiss's own serialisation and a JSON header, each
