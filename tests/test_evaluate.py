@@ -9,10 +9,11 @@ import open_clip
 import pytest
 import torch
 from helpers import launch_env, launch_two
+from test_viz import make_model
 
 from vcb_utils.config import RunOptions, preset
 from vcb_utils.datasets import read_annotations
-from vcb_utils.encode import drop_failed
+from vcb_utils.encode import drop_failed, encode_videos
 from vcb_utils.evaluate import zero_shot, zero_shot_matrices
 from vcb_utils.model import TextEmbedding, VideoColBERT, VideoEmbedding, load_checkpoint
 from vcb_utils.train import run
@@ -207,3 +208,17 @@ def test_encoders_run_in_eval_mode_and_restore_the_mode(tiny_cfg, frames):
     first, second = (encode_videos(model, items, batch_size=2) for _ in range(2))
     torch.testing.assert_close(first.video, second.video)  # no dropout noise
     assert model.training
+
+
+def test_encoding_without_progress_draws_no_bar(capsys):
+    """Validation during training (``evaluate(report=False)``) keeps the epoch lines clean."""
+    model = make_model()
+    frames = model.cfg.max_frames
+    clips = torch.utils.data.TensorDataset(
+        torch.zeros(2, frames, 3, model.image_size, model.image_size),
+        torch.ones(2, frames, dtype=torch.bool),
+    )
+    encode_videos(model, clips, batch_size=2, progress=False)
+    assert "encode videos" not in capsys.readouterr().err
+    encode_videos(model, clips, batch_size=2)
+    assert "encode videos" in capsys.readouterr().err

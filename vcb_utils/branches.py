@@ -11,6 +11,8 @@ from vcb_utils.config import VALUE_ALIASES
 
 BRANCHES = ("both", "F", "V")
 """Rank by MMS_F + MMS_V, by MMS_F, or by MMS_V."""
+COLOURS = {"both": "tab:green", "F": "tab:blue", "V": "tab:orange"}
+"""One matplotlib colour per branch, the same in every figure of the repository."""
 
 
 def branches_of(mode: str) -> tuple[str, ...]:

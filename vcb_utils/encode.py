@@ -52,15 +52,19 @@ def encode_videos(
     batch_size: int,
     accelerator: Accelerator | None = None,
     num_workers: int = 0,
+    progress: bool = True,
 ) -> VideoEmbedding:
-    """Encode a dataset of ``(video [T, 3, H, W], mask [T])`` items, in dataset order."""
+    """Encode a dataset of ``(video [T, 3, H, W], mask [T])`` items, in dataset order (with a
+    progress bar on the main process unless ``progress=False``)."""
     accelerator = accelerator or default_accelerator()
     shard = _shard(len(dataset), accelerator)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, shard), batch_size=batch_size, num_workers=num_workers
     )
     parts: list[VideoEmbedding] = []
-    bar = tqdm(loader, desc="encode videos", disable=not accelerator.is_local_main_process)
+    bar = tqdm(
+        loader, desc="encode videos", disable=not (progress and accelerator.is_local_main_process)
+    )
     for video, mask in bar:
         failed = ~mask.any(dim=1)  # a clip that could not be decoded (on_error="skip")
         mask[failed, 0] = True  # encode one blank frame in its place, then mask it out

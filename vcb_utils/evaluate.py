@@ -51,12 +51,12 @@ def evaluate(
     ``postprocessing`` (dual / inverted softmax) uses the other test queries: off by default
     and labelled wherever it is reported. ``eval_set`` (from ``load_eval_set``) saves
     reading and checking the split again when evaluating repeatedly; ``report=False`` prints
-    no table (training prints one line per epoch instead).
+    no table and no progress bar (training prints one line per epoch instead).
     """
     accelerator = accelerator or default_accelerator()
     model.to(accelerator.device).eval()
     eval_set = eval_set or load_eval_set(model, config, split, accelerator)
-    texts, videos, targets, dropped = encode_split(model, config, eval_set, accelerator)
+    texts, videos, targets, dropped = encode_split(model, config, eval_set, accelerator, report)
     matrices = score_variants(model, texts, videos)
     metrics = compute_metrics(matrices, targets, postprocessing, config.data.v2t_rule)
     if report:
@@ -129,7 +129,11 @@ def load_eval_set(
 
 
 def encode_split(
-    model: VideoColBERT, config: Config, eval_set: EvalSet, accelerator: Accelerator
+    model: VideoColBERT,
+    config: Config,
+    eval_set: EvalSet,
+    accelerator: Accelerator,
+    progress: bool = True,
 ) -> tuple[TextEmbedding, VideoEmbedding, torch.Tensor, dict]:
     """Every caption and every distinct video of an evaluation set, encoded once.
 
@@ -138,7 +142,9 @@ def encode_split(
     before encoding and those that failed to decode (``on_error="skip"``), with their captions.
     """
     batch = config.train.batch_size_val
-    videos = encode_videos(model, eval_set.video_dataset, batch, accelerator, config.data.workers)
+    videos = encode_videos(
+        model, eval_set.video_dataset, batch, accelerator, config.data.workers, progress
+    )
     texts = encode_captions(model, eval_set.captions, batch, accelerator)
     failed = failed_videos(videos).cpu()
     files = dict(eval_set.skipped)
