@@ -285,8 +285,7 @@ def measure_lancedb(n: int, folder: Path, count: int, truth: torch.Tensor) -> di
                 found = found.nprobes(nprobes).limit(limit).select(["row", "_distance"])
                 found = found.to_arrow()
                 rows = torch.tensor(found.column("row").to_pylist())
-                vectors_, mask_ = index._rows(rows)
-                scores = index._score(one(text, i), vectors_, mask_, ["F", "V"])
+                scores = index.score(one(text, i), rows)
                 top = rows[scores.topk(min(K, len(rows))).indices[0]]
                 times.append(time.perf_counter() - began)
                 recalls.append(recall(top, truth[i]))
@@ -302,7 +301,7 @@ def measure_lancedb(n: int, folder: Path, count: int, truth: torch.Tensor) -> di
         table.take_offsets(rows.tolist()).select(["vectors"]).to_arrow()
         take["lancedb"].append(time.perf_counter() - began)
         began = time.perf_counter()
-        index._rows(rows)
+        index.vectors(rows)
         take["segments"].append(time.perf_counter() - began)
     shutil.rmtree(path)
     return {

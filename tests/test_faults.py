@@ -22,11 +22,10 @@ import torch
 import torch.nn.functional as F
 
 import vcb_utils.checkpoints
-import vcb_utils.index
-import vcb_utils.index_store
 from vcb_utils.config import preset
 from vcb_utils.index import VideoIndex
 from vcb_utils.model import VideoColBERT, VideoEmbedding, load_checkpoint, save_checkpoint
+from vcb_utils.search import catalogue, store
 from vcb_utils.storage import writing_folder
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL and forkserver")
@@ -105,9 +104,9 @@ def add_rounds(directory: str, worker: int, rounds: int, barrier) -> None:
 
 
 WATCHED = [
-    (vcb_utils.index_store, "write_array"),
-    (vcb_utils.index_store, "commit_catalogue"),
-    (vcb_utils.index_store, "write_ann_part"),
+    (store, "write_array"),
+    (catalogue, "commit_catalogue"),
+    (store, "write_ann_part"),
     (vcb_utils.checkpoints, "save_model"),
     (json, "dumps"),
     (os, "replace"),
@@ -205,7 +204,7 @@ def test_index_save_killed_at_any_step_leaves_the_old_or_the_new_index(
     context, tmp_path, candidates, monkeypatch
 ):
     # a save prunes the catalogue versions older than the one it replaces, at once here
-    monkeypatch.setattr(vcb_utils.index_store, "CATALOGUE_GRACE", timedelta(0))
+    monkeypatch.setattr(catalogue, "CATALOGUE_GRACE", timedelta(0))
     first_index(tmp_path / "probe", candidates)
     points = kill_points(context, grow_index, tmp_path / "probe")
     assert len(points) >= 8

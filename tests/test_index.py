@@ -48,9 +48,7 @@ def make_index(model: VideoColBERT, n: int = N_VIDEOS, seed: int = 0) -> VideoIn
 
 def stored(index: VideoIndex) -> VideoEmbedding:
     """The index's vectors as fp32, the input of brute-force scoring."""
-    return VideoEmbedding(
-        index.F.float(), index.F_mask, index.V.float(), index.V_mask
-    )
+    return VideoEmbedding(index.F.float(), index.F_mask, index.V.float(), index.V_mask)
 
 
 def brute_force(model, index, queries, branch):
@@ -95,16 +93,16 @@ def test_block_size_does_not_change_results(model):
 
 
 def test_scan_scores_one_block_of_videos_at_a_time(model, monkeypatch):
-    import vcb_utils.index
+    from vcb_utils.search import searcher
 
     blocks = []
-    real_maxsim = vcb_utils.index.maxsim
+    real_maxsim = searcher.maxsim
 
     def spy(q, d, *args):
         blocks.append(d.shape[0])
         return real_maxsim(q, d, *args)
 
-    monkeypatch.setattr(vcb_utils.index, "maxsim", spy)
+    monkeypatch.setattr(searcher, "maxsim", spy)
     make_index(model).search(QUERIES, k=3, model=model, block_videos=5)
     assert max(blocks) == 5 and sum(blocks) == 2 * N_VIDEOS  # F and V of every video once
 
@@ -355,9 +353,7 @@ def test_saves_switch_one_pointer_and_keep_one_version(model, tmp_path):
         index.save(tmp_path / "idx")
     pointer = json.loads((tmp_path / "idx" / "index.json").read_text())
     assert pointer == {"format": "vcb-video-index", "version": 4, "current": "v000003"}
-    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == sorted(
-        [*LAYOUT, "v000003.json"]
-    )
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == sorted([*LAYOUT, "v000003.json"])
     manifest = json.loads((tmp_path / "idx" / "v000003.json").read_text())
     assert [s["name"] for s in manifest["segments"]] == ["s000001"]  # nothing added: no segment
     index.add_embeddings(random_embedding(model, 2, seed=4), ["x", "y"])

@@ -22,11 +22,11 @@ from test_faults import CONFIG, FIRST_IDS, vectors
 from test_index import random_embedding
 from test_search_scale import clustered, library  # noqa: F401 (a fixture)
 
-import vcb_utils.index
-from vcb_utils import index_build, index_cli
-from vcb_utils import index_store as store
+from vcb_utils import index_cli
 from vcb_utils.index import VideoIndex
 from vcb_utils.model import load_checkpoint
+from vcb_utils.search import build as index_build
+from vcb_utils.search import catalogue, encoding, store
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="fork, rlimit, symlinks")
 
@@ -190,8 +190,8 @@ def test_concurrent_cli_additions_each_add_all_of_their_own_videos(
     capsys,
 ):
     model, _ = load_checkpoint(library / "ckpt")
-    real_merge = index_build._merge
-    monkeypatch.setattr(vcb_utils.index, "_encode_files", fake_encoder(model))
+    real_merge = index_build.merge_shards
+    monkeypatch.setattr(encoding, "encode_files", fake_encoder(model))
     clips = sorted(str(p.relative_to(library / "clips")) for p in library.rglob("clip*.mp4"))
     lists = {}
     for name, chosen in (("first", clips[:1]), ("a", clips[1:3]), ("b", clips[3:])):
@@ -210,7 +210,7 @@ def test_concurrent_cli_additions_each_add_all_of_their_own_videos(
             runs.append(cli("add", *common, "--csv", lists["b"]))
         return real_merge(*args)
 
-    monkeypatch.setattr(index_build, "_merge", merge_after_another_run)
+    monkeypatch.setattr(index_build, "merge_shards", merge_after_another_run)
     assert cli("add", *common, "--csv", lists["a"]) == 0 and runs == ["b", 0]
     out = capsys.readouterr().out
     assert "added 1 of the 1 videos" in out and "added 2 of the 2 videos" in out
@@ -220,7 +220,7 @@ def test_concurrent_cli_additions_each_add_all_of_their_own_videos(
 
 
 def fake_encoder(model):
-    """``_encode_files`` without decoding: random unit vectors per video, seeded by its id."""
+    """``encoding.encode_files`` without decoding: random unit vectors, seeded by the ids."""
 
     def encode(_, paths, ids, captions, *args, **kwargs):
         seed = sum(map(ord, "".join(ids)))
@@ -426,7 +426,7 @@ def test_the_next_save_removes_what_a_killed_save_left_and_prunes_the_catalogue(
             assert (directory / "saving.json").is_file()
             continue
         index.save(directory)
-    monkeypatch.setattr(store, "CATALOGUE_GRACE", timedelta(0))
+    monkeypatch.setattr(catalogue, "CATALOGUE_GRACE", timedelta(0))
     index.save(directory)  # prunes the catalogue versions older than the one it replaces
     current = store.current_version(directory).name
     manifest = store.read_manifest(directory, current)

@@ -15,10 +15,11 @@ from helpers import launch_env, launch_two
 from test_index import QUERIES, make_model, random_embedding, write_clip
 
 from vcb_utils import index_build, index_cli
-from vcb_utils.ann import SearchSettings, approximate_scores, merge_duplicates
 from vcb_utils.config import ModelConfig
 from vcb_utils.index import VideoIndex
 from vcb_utils.model import TextEmbedding, save_checkpoint
+from vcb_utils.search import encoding, searcher
+from vcb_utils.search.ivfpq import SearchSettings, approximate_scores, merge_duplicates
 from vcb_utils.synthetic_vectors import ClusteredVectors
 
 RECALL_BOUND = 0.95
@@ -69,7 +70,7 @@ def test_two_stage_scores_are_exact_and_ranked(small):
     index.settings = SearchSettings(nprobe=2, hits_per_vector=64, candidates=40)
     scores, rows = index.top_k(queries, 5)
     assert rows.shape == (len(queries.vectors), 5)
-    exact = index._score(queries, *index._rows(torch.arange(len(index))), ["F", "V"])
+    exact = index.score(queries, torch.arange(len(index)))
     torch.testing.assert_close(scores, exact.gather(1, rows))
     assert bool((scores[:, :-1] >= scores[:, 1:]).all())
     for branch in ("F", "V"):
@@ -113,7 +114,7 @@ def test_a_query_vector_without_hits_leaves_the_scores_finite():
 def test_k_above_the_candidate_budget_still_searches_in_two_stages(small, monkeypatch):
     _, index, queries = small
     want = index.top_k(queries, 40, exact=True)
-    monkeypatch.setattr(index, "_scan", lambda *a: pytest.fail("fell back to the exact scan"))
+    monkeypatch.setattr(searcher, "scan", lambda *a: pytest.fail("fell back to the exact scan"))
     scores, rows = index.top_k(queries, 40, nprobe=8, candidates=10)
     assert rows.shape == (len(queries.vectors), 40)
     assert recall(rows, want[1]) >= 0.8  # the budget grows to k: most of the top-40 is found
@@ -244,8 +245,8 @@ def test_the_exact_scan_reads_memory_mapped_segments(small, tmp_path):
     _, index, queries = small
     index.save(tmp_path / "idx")
     loaded = VideoIndex.load(tmp_path / "idx")
-    assert all(part.segment is not None for part in loaded._parts)
-    assert isinstance(loaded._parts[0].arrays[0], np.memmap)
+    assert all(part.segment is not None for part in loaded.collection.parts)
+    assert isinstance(loaded.collection.parts[0].arrays[0], np.memmap)
     want = index.top_k(queries, 5, exact=True)
     assert torch.equal(loaded.top_k(queries, 5, exact=True)[1], want[1])
 
@@ -319,10 +320,8 @@ def test_cli_builds_searches_adds_and_reports(library, tmp_path, capsys):
 def test_a_build_killed_after_some_shards_resumes_without_encoding_them_again(
     library, tmp_path, monkeypatch, caplog
 ):
-    from vcb_utils import index as index_module
-
     encoded, kill = [], [True]
-    real = index_module._encode_files
+    real = encoding.encode_files
 
     class Killed(BaseException):
         """Nothing catches it, as nothing catches SIGKILL."""
@@ -333,7 +332,7 @@ def test_a_build_killed_after_some_shards_resumes_without_encoding_them_again(
             raise Killed  # the second shard dies
         return real(model, paths, *args, **kwargs)
 
-    monkeypatch.setattr(index_module, "_encode_files", counting)
+    monkeypatch.setattr(encoding, "encode_files", counting)
     args = build_args(tmp_path / "idx", library, "--shard-size", "2", "--framerate", "4")
     with pytest.raises(Killed):
         cli(*args)
