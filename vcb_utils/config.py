@@ -350,11 +350,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "video_framerate": 2.0,
             "workers": 0,
             "cache_dir": "data/cache",
+            "backward_share": 0.25,
         },
         "train": {
             "batch_size": 32,
             "batch_size_val": 64,
-            "epochs": 12,
+            "epochs": 10,
             "lr": 1e-3,
             "coef_lr": 1.0,
             "weight_decay": 0.01,

@@ -222,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.anno_path:
         config = config.updated(data={"anno_path": args.anno_path})
     report = order_report(model, config, args.split)
-    print(f"order tests: {args.checkpoint}, synthetic {args.split} split")
+    data = config.data.anno_path or "the default synthetic clips"
+    print(f"order tests: {args.checkpoint} on {data}, {args.split} split")
     print(format_report(report))
     return 0
 
