@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from vcb_utils import order, synthetic
+from vcb_utils.branches import BRANCHES
 from vcb_utils.config import preset
 from vcb_utils.datasets import build_dataset
 from vcb_utils.model import VideoColBERT, save_checkpoint
@@ -69,14 +70,14 @@ def test_report_on_a_model_counts_every_clip_and_f_ties_reversed_clips(
     test = [s for path, s in specs.items() if path.name.startswith("test_")]
     singles = sum(s.events[0].subject == s.events[1].subject for s in test)
     report = order.order_report(model, config)
-    assert {b: c.n for b, c in report["twins"].items()} == dict.fromkeys(order.BRANCHES, 11)
+    assert {b: c.n for b, c in report["twins"].items()} == dict.fromkeys(BRANCHES, 11)
     assert report["one-subject twins"]["V"].n == singles
     assert report["reversed"]["F"].ties == 11  # a set of frames has no order
     assert report["reversed"]["V"].ties < 11
     save_checkpoint(model, tmp_path / "ckpt", config)
     assert order.main([str(tmp_path / "ckpt")]) == 0
     table = capsys.readouterr().out
-    row = next(line.split() for line in table.splitlines() if line.startswith("reversed  "))
+    row = next(line.split() for line in table.splitlines() if line.startswith("reversed  F "))
     # 11 ties of 11: Wilson [n / (n + z^2), 1] = [11 / 14.8415, 1]
     assert " ".join(row) == "reversed F 11 0 11 0.00 [0.00, 0.26] 1.00 [0.74, 1.00]"
 

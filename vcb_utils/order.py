@@ -35,7 +35,6 @@ Z_95 = 1.959963984540054
 """The two-sided 95% quantile of the standard normal."""
 TIE_TOLERANCE = 1e-6
 """Score gaps within this are ties (F's forward and backward scores differ by rounding only)."""
-BRANCHES = ("F", "V", "F+V")
 
 
 def wilson(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
@@ -76,10 +75,10 @@ OrderReport = dict[str, dict[str, PairCounts]]
 
 
 def branch_scores(scores: Scores) -> dict[str, torch.Tensor]:
-    """The F, V and F+V matrices of a ``model.score`` result (the branches it has)."""
-    named = {"F": scores.F, "V": scores.V, "F+V": scores.total}
+    """The F, V and both (F + V) matrices of a ``model.score`` result (the branches it has)."""
+    named = {"both": scores.total, "F": scores.F, "V": scores.V}
     if scores.F is None or scores.V is None:
-        named.pop("F+V")
+        named.pop("both")
     return {name: s.float().cpu() for name, s in named.items() if s is not None}
 
 

@@ -11,10 +11,13 @@ Also here: the notebooks' logging (``notebook_logging``) and their "try this" ex
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import subprocess
 import sys
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ FAST_SETTINGS: dict[str, dict[str, Any]] = {"train": {"epochs": 10}}
 notebooks 3-5 and ``benchmarks/make_figures.py`` train what ``python vcb_utils/train.py``
 trains. An epoch there holds 1.25x the captions (a quarter of them again as backward clips,
 ``DataConfig.backward_share``), so 10 epochs take about the steps 12 took without them."""
-FULL_PRESET = "msrvtt-vit-b32"
+FULL_PRESET = "msrvtt-clip-b32"
 MSRVTT_DIR = "data/msrvtt"
 """Where ``vcb_utils.download.download_msrvtt`` unpacks MSR-VTT in the full run."""
 FULL_SETTINGS: dict[str, dict[str, Any]] = {
@@ -45,7 +48,7 @@ OUTPUT_DIR = "outputs/notebooks"
 EXERCISES: dict[str, dict[str, dict[str, Any]]] = {
     "no_query_expansion": {"model": {"query_expansion": False}},
     "no_visual_expansion": {"model": {"n_visual_expansion": 0}},
-    "spatial_only": {"model": {"mode": "F"}},
+    "F_only": {"model": {"mode": "F"}},
 }
 """The "try this" exercises of notebook 4: each trains the notebooks' model with one change."""
 QUIET_WARNINGS = ("OMP_NUM_THREADS/MKL_NUM_THREADS unset",)
@@ -70,7 +73,10 @@ def choose_mode(fast: bool, *, needs_gpu: bool = True, needs_data: bool = True) 
         missing.append("no GPU")
     anno = notebook_config(False)[0].data.anno_path
     if needs_data and not (Path(anno) / "MSRVTT_JSFUSION_test.csv").is_file():
-        missing.append(f"no MSR-VTT in {anno} (notebook 1 downloads it)")
+        missing.append(
+            f"no MSR-VTT in {anno} (notebook 1 downloads it: FAST = False and DOWNLOAD = True "
+            "in its parameters cell)"
+        )
     if missing:
         print(
             f"The full run was asked for, but this machine has {' and '.join(missing)}: "
@@ -135,3 +141,38 @@ def notebook_config(
         if value is not None:
             data[field] = str(root / value)
     return config.updated(data=data, train={"output_dir": str(run_dir)}), run_dir
+
+
+def launch_training(config: Config, processes: int, *, cpu: bool) -> None:
+    """Train ``config`` as the command line does: ``accelerate launch`` of ``vcb_utils.train``
+    with ``processes`` processes, in child processes whose output shows as it comes.
+
+    A notebook kernel that has already run torch (and accelerate) itself trains this way as fast
+    as the command line: the children start clean, with the library's thread settings. The
+    config goes to ``<output_dir>.json`` beside the run folder, which starts afresh.
+    """
+    output_dir = Path(config.train.output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    config_file = output_dir.with_name(f"{output_dir.name}.json")
+    config_file.write_text(json.dumps(config.to_dict(), indent=2))
+    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    command += ["--num_processes", str(processes)] + (["--multi_gpu"] if processes > 1 else [])
+    command += ["-m", "vcb_utils.train", "--config", str(config_file), "--overwrite", "1"]
+    command += ["--world_size", str(processes)] + (["--cpu"] if cpu else [])
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as child:
+        for line in child.stdout:
+            print(line, end="", flush=True)
+    if child.returncode:
+        raise RuntimeError(f"training failed (exit {child.returncode}): {' '.join(command)}")
+
+
+def finished_run(output_dir: Path, config: Config) -> bool:
+    """Whether ``output_dir`` holds a run of ``config`` that ended (its final ``metrics.json``
+    records this model): an interrupted or different run is never taken for it."""
+    metrics = output_dir / "metrics.json"
+    if not metrics.is_file():
+        return False
+    saved = json.loads(metrics.read_text()).get("model")
+    return saved == json.loads(json.dumps(asdict(config.model)))
