@@ -23,12 +23,8 @@ from pathlib import Path
 import open_clip
 from huggingface_hub import constants, try_to_load_from_cache
 from huggingface_hub.utils import HFValidationError, validate_repo_id
-from open_clip.constants import (
-    HF_SAFE_WEIGHTS_NAME,
-    HF_WEIGHTS_NAME,
-    OPENAI_DATASET_MEAN,
-    OPENAI_DATASET_STD,
-)
+from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+from open_clip.transform import PreprocessCfg
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +32,8 @@ HUB_PROBE_TIMEOUT_S = 3.0
 """How long the hub (or the proxy) gets to accept a connection, name lookup included."""
 TOKENIZER_FILE = "tokenizer_config.json"
 """The file a Hugging Face tokenizer reads first; cached, the tokenizer loads offline."""
+FRAME_SETTINGS = ("mean", "std", "interpolation", "resize_mode")
+"""Preprocessing a weight tag may set; a backbone loaded from a file gets open_clip's defaults."""
 
 
 class PretrainedUnavailable(RuntimeError):
@@ -121,8 +119,9 @@ def weight_files(tag: dict) -> HubFiles:
     else:
         names = (name,)
     settings = ("QuickGELU",) if tag.get("quick_gelu") else ()
-    if (tag.get("mean"), tag.get("std")) != (OPENAI_DATASET_MEAN, OPENAI_DATASET_STD):
-        settings += ("frame mean and std",)
+    default = PreprocessCfg()
+    if any(tag.get(key, getattr(default, key)) != getattr(default, key) for key in FRAME_SETTINGS):
+        settings += ("frame preprocessing (mean, std, resize)",)
     return HubFiles("weights", repo, names, settings)
 
 
