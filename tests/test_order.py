@@ -77,7 +77,7 @@ def test_report_on_a_model_counts_every_clip_and_f_ties_reversed_clips(
     save_checkpoint(model, tmp_path / "ckpt", config)
     assert order.main([str(tmp_path / "ckpt")]) == 0
     table = capsys.readouterr().out
-    row = next(line.split() for line in table.splitlines() if line.startswith("reversed  F "))
+    row = next(line.split() for line in table.splitlines() if line.split()[:2] == ["reversed", "F"])
     # 11 ties of 11: Wilson [n / (n + z^2), 1] = [11 / 14.8415, 1]
     assert " ".join(row) == "reversed F 11 0 11 0.00 [0.00, 0.26] 1.00 [0.74, 1.00]"
 
