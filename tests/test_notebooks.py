@@ -14,6 +14,7 @@ printed (``pytest -s``) and recorded as the ``wall_s`` property (``--junitxml``)
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -153,6 +154,28 @@ def test_runs_in_fast_mode(name, run_dir, record_property):
     assert not stderr(nb), f"{name}: on stderr (a warning, or a log line in red):\n{stderr(nb)}"
 
 
+ORDER_FLOORS = {("reversed", "V"): 0.80, ("twins", "V"): 0.80, ("twins", "both"): 0.80}
+"""What the fast-mode model must reach on the order tests (pair accuracy, 100 test clips). The
+issue's targets are 0.90 for V; the tiny model reaches about 0.86-0.87 (README), so these floors
+keep a margin of a few pairs for run-to-run noise and fail if order is no longer learned."""
+
+
+@pytest.mark.slow
+def test_the_fast_mode_model_learns_order(run_dir, record_property):
+    """Notebook 4's order tests on notebook 3's model: F ties on every reversed clip, V prefers
+    the forward clip and both branches pick the true caption over its twin, well above chance."""
+    order_file = Path(run_dir).parent / "evaluation" / "order.json"
+    if not order_file.is_file():  # run alone: notebook 4 trains and measures
+        execute("04_evaluation.ipynb", run_dir, record_property)
+    report = json.loads(order_file.read_text())
+    for (test, branch), floor in ORDER_FLOORS.items():
+        counts = report[test][branch]
+        assert counts["wins"] / counts["n"] >= floor, (test, branch, counts)
+    reversed_f = report["reversed"]["F"]
+    assert reversed_f["n"] == 100 and reversed_f["ties"] / reversed_f["n"] >= 0.99, reversed_f
+    assert {b: c["n"] for b, c in report["twins"].items()} == {"both": 100, "F": 100, "V": 100}
+
+
 @pytest.mark.slow
 def test_explorer_notebook_ends_with_a_working_widget(run_dir, record_property):
     nb = execute(EXPLORER, run_dir, record_property, last=WIDGET_CHECK)
@@ -172,14 +195,15 @@ def test_evaluation_notebook_trains_what_it_lacks_and_runs_an_experiment(
     tmp_path, small_synthetic, record_property
 ):
     """Notebook 4 alone, on a small synthetic dataset (one training step per epoch): it trains
-    its checkpoint, evaluates it, then trains and compares the spatial-only experiment."""
+    its checkpoint, evaluates it, then trains and compares the F-only experiment."""
     settings = (
         'OVERRIDES["train"]["epochs"] = 1\n'
         f'OVERRIDES["data"] = {{"anno_path": {small_synthetic!r}}}\n'
-        'TRY = "spatial_only"'
+        'TRY = "F_only"'
     )
     nb = execute("04_evaluation.ipynb", str(tmp_path / "train"), record_property, settings=settings)
     printed = "".join(output.get("text", "") for output in outputs(nb))
-    assert "no checkpoint in" in printed and "training spatial_only" in printed
-    assert re.search(r"spatial_only\s+both\s+[\d.]+\s+\d+%", printed), printed[-2000:]
+    assert "no checkpoint in" in printed and "training F_only" in printed
+    assert re.search(r"reversed F ties\s+[\d.]+\s+1\.00", printed), printed[-2000:]
+    assert re.search(r"F ties on every reversed clip\s+yes", printed), printed[-2000:]
     assert not stderr(nb), f"output on stderr:\n{stderr(nb)}"
