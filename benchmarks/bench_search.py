@@ -1,16 +1,17 @@
-"""Search at scale: the exact scan vs two-stage search, on clustered synthetic videos.
+"""Search at scale: the exact scan vs two-stage search, on synthetic videos of three kinds.
 
-For each collection size (default 100k and 1M videos) the script draws clustered synthetic
-embeddings that behave like CLIP's (``vcb_utils.synthetic_vectors``: 12 F + 14 V vectors of
-512 dimensions per video, 32-vector queries near their target so that the exact R@1 is about
-50%), builds a ``VideoIndex`` on disk from them (segments of 50k videos, then the candidate
-index), and prints:
+For each collection size (default 100k and 1M videos) the script draws synthetic embeddings
+(``--generator``: ``clustered``, ``vcb_utils.synthetic_vectors``, the project's own; or the
+independent ``multiscene`` and ``cliplike`` sets of ``benchmarks/vectors_*.py``; each 12 F + 14
+V vectors of 512 dimensions per video and 32-vector queries aimed at a target video), builds a
+``VideoIndex`` on disk from them (segments of 50k videos, then the candidate stage, then
+``VideoIndex.calibrate`` on held-out stored videos), and prints, using only the public API:
 
 - build time from the precomputed embeddings (drawing them is timed apart), bytes per video on
-  disk and in RAM;
+  disk and in RAM; the calibrated settings and their estimated recall@10;
 - the exact top-10 of every query (one batched exact pass: the ground truth);
 - in a fresh process each (so that its memory is its own): the exact scan (``exact=True``) and
-  the two-stage search with the index's default settings, one encoded query at a time (batch
+  the two-stage search with the index's calibrated settings, one encoded query at a time (batch
   1, the text encoder is not timed): median latency, recall@10 against the exact top-10, and
   the process's resident memory (peak and at the end; file-backed pages of the memory-mapped
   vectors counted apart). The vector files are evicted from the page cache before the queries,
@@ -24,6 +25,7 @@ candidates' vectors against the memory-mapped segments. ``--scan-choices`` times
 scan's defaults rest on (fp16 vs fp32 blocks, block size, threads) on 10k random videos.
 
     nice -n 10 python benchmarks/bench_search.py --data /scratch/bench   # 100k + 1M, hours, 31 GB
+    python benchmarks/bench_search.py --generator cliplike --sizes 100000  # an independent set
     python benchmarks/bench_search.py --sizes 20000 --queries 20         # a quick look
     python benchmarks/bench_search.py --sizes 100000 --lancedb           # + LanceDB's engine
     python benchmarks/bench_search.py --sizes 10000 --scan-choices       # the exact scan's choices
@@ -48,8 +50,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from vectors_cliplike import ClipLikeVideos
+from vectors_multiscene import MultiSceneVideos
 
-from vcb_utils.ann import default_settings
 from vcb_utils.config import ModelConfig
 from vcb_utils.index import DEFAULT_BLOCK_VIDEOS, VideoIndex
 from vcb_utils.model import TextEmbedding, VideoEmbedding
@@ -58,17 +61,43 @@ from vcb_utils.synthetic_vectors import ClusteredVectors
 K = 10
 CHUNK = 50_000
 """Videos drawn and saved at once (one segment each; 1.3 GB of vectors)."""
-CURVE_NPROBE = (1, 2, 4, 8, 16, 32)
-CURVE_CANDIDATES = (32, 64, 128, 256)
-CURVE_HITS = (1024, 2048)
+CURVE_NPROBE = (4, 16, 64, 256)
+CURVE_CANDIDATES = (64, 256, 1024)
+TARGET_RECALL = 0.95
+
+
+class NumpyVideos:
+    """A ``benchmarks/vectors_*`` generator seen as ``ClusteredVectors`` is: ``model_config``,
+    ``videos`` as a ``VideoEmbedding``, ``queries`` as a ``TextEmbedding``."""
+
+    def __init__(self, drawn) -> None:
+        self.drawn = drawn
+        self.model_config = ModelConfig(max_frames=drawn.frames, n_visual_expansion=drawn.expansion)
+
+    def videos(self, start: int = 0, stop: int | None = None) -> VideoEmbedding:
+        vectors, mask = (torch.from_numpy(a) for a in self.drawn.videos(start, stop))
+        f = self.drawn.frames
+        return VideoEmbedding(vectors[:, :f], mask[:, :f], vectors[:, f:], mask[:, f:])
+
+    def queries(self, targets, seed: int = 1) -> TextEmbedding:
+        vectors, mask = (torch.from_numpy(a) for a in self.drawn.queries(np.asarray(targets), seed))
+        return TextEmbedding(vectors, mask, torch.zeros(mask.shape, dtype=torch.long))
+
+
+GENERATORS = {
+    "clustered": ClusteredVectors,
+    "multiscene": lambda n: NumpyVideos(MultiSceneVideos(n)),
+    "cliplike": lambda n: NumpyVideos(ClipLikeVideos(n)),
+}
 
 
 # ---- building -------------------------------------------------------------------------------
-def build(n: int, folder: Path) -> dict:
-    """Draw ``n`` videos chunk by chunk into a saved index; the times of each step."""
+def build(n: int, folder: Path, generator: str) -> dict:
+    """Draw ``n`` videos chunk by chunk into a saved index, then calibrate it; the times of
+    each step."""
     if folder.exists():
         shutil.rmtree(folder)
-    vectors = ClusteredVectors(n)
+    vectors = GENERATORS[generator](n)
     index, drawn, stored = None, 0.0, 0.0
     for start in range(0, n, CHUNK):
         stop = min(n, start + CHUNK)
@@ -89,6 +118,10 @@ def build(n: int, folder: Path) -> dict:
     index.build_ann()
     index.save(folder, auto_ann=False)
     ann = time.perf_counter() - began
+    began = time.perf_counter()
+    calibration = index.calibrate(TARGET_RECALL)
+    index.save(folder, auto_ann=False)
+    calibrate_s = time.perf_counter() - began
     stats = index.stats()
     result = {
         "videos": n,
@@ -96,6 +129,8 @@ def build(n: int, folder: Path) -> dict:
         "store_s": stored,
         "ann_s": ann,
         "build_s": stored + ann,
+        "calibrate_s": calibrate_s,
+        "calibration": calibration.to_json(),
         "disk_bytes": stats["disk_bytes"],
         "disk_per_video": stats["disk_bytes_per_video"],
         "ram_per_video": stats["ram_bytes_per_video"],
@@ -106,9 +141,9 @@ def build(n: int, folder: Path) -> dict:
     return result
 
 
-def queries_for(n: int, count: int) -> tuple[torch.Tensor, TextEmbedding]:
+def queries_for(n: int, count: int, generator: str) -> tuple[torch.Tensor, TextEmbedding]:
     targets = torch.randperm(n, generator=torch.Generator().manual_seed(5))[:count]
-    return targets, ClusteredVectors(n).queries(targets)
+    return targets, GENERATORS[generator](n).queries(targets)
 
 
 def one(text: TextEmbedding, i: int) -> TextEmbedding:
@@ -163,15 +198,16 @@ def recall(rows: torch.Tensor, truth: torch.Tensor) -> float:
     return len(set(rows.tolist()) & set(truth.tolist())) / len(truth)
 
 
-def measure_two_stage(folder: str, n: int, count: int, truth: list, out) -> None:
+def measure_two_stage(folder: str, n: int, generator: str, truth: list, out) -> None:
     folder = Path(folder)
-    _, text = queries_for(n, count)
+    _, text = queries_for(n, len(truth), generator)
+    count = len(truth)
     truth = torch.tensor(truth)
     began = time.perf_counter()
-    index = VideoIndex.load(folder)
+    index = VideoIndex.load(folder)  # with the settings calibrate chose
     load_s = time.perf_counter() - began
     evict(folder)
-    default = index.settings = default_settings(index.ann.nlist)  # as a fresh build has them
+    chosen = index.settings
     times, recalls = [], []
     for i in range(count):
         began = time.perf_counter()
@@ -180,33 +216,31 @@ def measure_two_stage(folder: str, n: int, count: int, truth: list, out) -> None
         recalls.append(recall(rows[0], truth[i]))
     result = {
         "load_s": load_s,
-        "settings": dataclasses.asdict(default),
+        "settings": dataclasses.asdict(chosen),
         "median_ms": 1e3 * statistics.median(times),
         "p90_ms": 1e3 * sorted(times)[int(0.9 * (count - 1))],
         "recall": float(np.mean(recalls)),
         "memory": memory(),
     }
-    # the curve: every setting for each query in turn
-    grid = [(h, p, c) for h in CURVE_HITS for c in CURVE_CANDIDATES for p in CURVE_NPROBE]
+    # the curve: every setting for each query in turn (the other fields as calibrated)
+    grid = [(p, c) for c in CURVE_CANDIDATES for p in CURVE_NPROBE]
     curve = {key: ([], []) for key in grid}
     for i in range(count):
-        for h, p, c in grid:
-            index.settings = dataclasses.replace(default, hits_per_vector=h)
+        for p, c in grid:
             began = time.perf_counter()
             _, rows = index.top_k(one(text, i), K, nprobe=p, candidates=c)
-            curve[(h, p, c)][0].append(time.perf_counter() - began)
-            curve[(h, p, c)][1].append(recall(rows[0], truth[i]))
+            curve[(p, c)][0].append(time.perf_counter() - began)
+            curve[(p, c)][1].append(recall(rows[0], truth[i]))
     result["curve"] = [
-        [h, p, c, 1e3 * statistics.median(t), float(np.mean(r))]
-        for (h, p, c), (t, r) in curve.items()
+        [p, c, 1e3 * statistics.median(t), float(np.mean(r))] for (p, c), (t, r) in curve.items()
     ]
     out.send(result)
 
 
-def measure_exact(folder: str, n: int, count: int, threads: int, out) -> None:
+def measure_exact(folder: str, n: int, generator: str, count: int, threads: int, out) -> None:
     folder = Path(folder)
     torch.set_num_threads(threads)
-    _, text = queries_for(n, count)
+    _, text = queries_for(n, count, generator)
     index = VideoIndex.load(folder, ann=False)  # the exact scan needs no codes in RAM
     evict(folder)
     times = []
@@ -274,7 +308,7 @@ def measure_lancedb(n: int, folder: Path, count: int, truth: torch.Tensor) -> di
     index_s = time.perf_counter() - began
     disk = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     index = VideoIndex.load(folder)
-    _, text = queries_for(n, count)
+    _, text = queries_for(n, count, "clustered")
     rows_out = []
     for nprobes in (10, 40):
         for limit in (128, 512):
@@ -461,11 +495,13 @@ def report(n: int, built: dict, truth_s: float, r1: float, exact: dict, two: dic
         + ", ".join(f"{k} {v / n:,.0f} B" for k, v in built["disk_bytes"].items())
         + f"); in RAM: {built['ram_per_video']:,.0f} B per video of codes and ids"
     )
-    ann, settings = built["ann"], two["settings"]
+    ann, calibrated = built["ann"], built["calibration"]
     print(
-        f"candidate index: {ann['nlist']} lists, {ann['m']} x 4-bit PQ; defaults nprobe "
-        f"{settings['nprobe']}, {settings['hits_per_vector']} hits per query vector, "
-        f"{settings['candidates']} candidates"
+        f"candidate stage: {ann['engine']}, {ann['nlist']} lists, {ann['m']} x {ann['bits']}-bit "
+        f"PQ; calibrated in {built['calibrate_s']:.0f} s on {calibrated['queries']} "
+        f"{calibrated['source']} for recall@10 {calibrated['target']}: "
+        + ", ".join(f"{k} {v}" for k, v in two["settings"].items())
+        + f" (estimated recall@10 {calibrated['recall']:.3f})"
     )
     print(f"exact pass for the ground truth: {truth_s:.0f} s; exact R@1 of the queries {r1:.0%}")
     header = f"{'':>28} {'exact scan':>14} {'two-stage':>14}"
@@ -490,22 +526,20 @@ def report(n: int, built: dict, truth_s: float, r1: float, exact: dict, two: dic
         "recall/latency curve (two-stage; median ms, recall@10; every setting in turn for each "
         "query, so the candidates' vectors are mostly in the page cache by now):"
     )
-    candidates = sorted({c for _, _, c, _, _ in two["curve"]})
-    for h in sorted({h for h, _, _, _, _ in two["curve"]}):
-        print(f"{h} hits per query vector")
-        print(f"{'nprobe':>8} " + " ".join(f"{f'{c} candidates':>20}" for c in candidates))
-        for p in sorted({p for _, p, _, _, _ in two["curve"]}):
-            cells = {c: (ms, r) for hh, pp, c, ms, r in two["curve"] if (hh, pp) == (h, p)}
-            print(
-                f"{p:>8} "
-                + " ".join(f"{cells[c][0]:>9.1f} ms {cells[c][1]:>6.3f}" for c in candidates)
-            )
+    candidates = sorted({c for _, c, _, _ in two["curve"]})
+    print(f"{'nprobe':>8} " + " ".join(f"{f'{c} candidates':>20}" for c in candidates))
+    for p in sorted({p for p, _, _, _ in two["curve"]}):
+        cells = {c: (ms, r) for pp, c, ms, r in two["curve"] if pp == p}
+        print(
+            f"{p:>8} " + " ".join(f"{cells[c][0]:>9.1f} ms {cells[c][1]:>6.3f}" for c in candidates)
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--data", type=Path, default=Path("outputs/bench_search"))
+    parser.add_argument("--generator", choices=sorted(GENERATORS), default="clustered")
     parser.add_argument("--queries", type=int, default=100, help="queries per size (1M: half)")
     parser.add_argument("--exact-queries", type=int, default=5, help="timed exact scans (1M: 2)")
     parser.add_argument(
@@ -523,27 +557,31 @@ def main() -> None:
     if args.scan_choices:
         scan_choices()
     # the exact scan runs on the faster of 1 and all threads (a shared machine can flip it;
-    # the two-stage search always uses vcb_utils.index.SEARCH_THREADS)
+    # the two-stage search always uses vcb_utils.search.searcher.SEARCH_THREADS)
     calibration = random_index(10_000)
     exact_threads = choose_threads(calibration, random_queries(1)[0])
     del calibration
     # the ground truth's long exact passes: one thread, which a busy shared machine slows least
     torch.set_num_threads(1)
     for n in args.sizes:
-        folder = args.data / f"index-{n}"
+        folder = args.data / f"index-{args.generator}-{n}"
         count = args.queries if n < 1_000_000 else max(1, args.queries // 2)
         exact_count = args.exact_queries if n < 1_000_000 else min(2, args.exact_queries)
         if args.reuse and (folder / "bench-build.json").is_file():
             built = json.loads((folder / "bench-build.json").read_text())
         else:
-            built = build(n, folder)
-        targets, text = queries_for(n, count)
+            built = build(n, folder, args.generator)
+        targets, text = queries_for(n, count, args.generator)
         truth, truth_s = cached_ground_truth(folder, text, args.reuse)
         r1 = float((truth[:, 0] == targets).float().mean())
-        exact = in_fresh_process(measure_exact, str(folder), n, exact_count, exact_threads)
-        two = in_fresh_process(measure_two_stage, str(folder), n, count, truth.tolist())
+        exact = in_fresh_process(
+            measure_exact, str(folder), n, args.generator, exact_count, exact_threads
+        )
+        two = in_fresh_process(measure_two_stage, str(folder), n, args.generator, truth.tolist())
         report(n, built, truth_s, r1, exact, two)
-        if args.lancedb and n > args.lancedb_max:
+        if args.lancedb and args.generator != "clustered":
+            print("LanceDB's index is measured on the clustered generator only")
+        elif args.lancedb and n > args.lancedb_max:
             table = built["vectors"] * 512 * 4
             free = shutil.disk_usage(args.data).free
             print(

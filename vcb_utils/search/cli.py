@@ -1,4 +1,4 @@
-"""The command line of the video index: build, add, search, info, reindex.
+"""The command line of the video index: build, add, search, info, reindex, calibrate.
 
 ::
 
@@ -13,6 +13,9 @@
     python -m vcb_utils.index_cli info --index my_index
     python -m vcb_utils.index_cli info --index my_index --verify  # re-read every segment's CRC-32
     python -m vcb_utils.index_cli reindex --index my_index      # retrain the candidate index
+    python -m vcb_utils.index_cli calibrate --index my_index --target 0.95  # estimate recall
+    python -m vcb_utils.index_cli search --index my_index --checkpoint runs/best "a dog" \
+        --recall 0.99                                           # trade speed for recall
 
 Only the standard library loads before the flags are parsed, so ``--help`` answers at once.
 """
@@ -43,6 +46,14 @@ def count(text: str) -> int:
     value = _parse(text, int, "an integer")
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r}: must be 0 or more")
+    return value
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number in (0, 1]."""
+    value = _parse(text, float, "a number")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be above 0 and at most 1")
     return value
 
 
@@ -126,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--exact", action="store_true", help="score every video (slow, exact)")
     search.add_argument("--nprobe", type=positive_int, help="coarse lists probed per query vector")
     search.add_argument("--candidates", type=positive_int, help="videos reranked exactly")
+    search.add_argument(
+        "--recall",
+        type=fraction,
+        help="the cheapest calibrated settings estimated to reach this recall@10 (1: exact)",
+    )
     search.add_argument("--json", action="store_true", help="print JSON lines")
 
     info = commands.add_parser("info", help="the index's size and settings")
@@ -142,6 +158,18 @@ def build_parser() -> argparse.ArgumentParser:
     reindex.add_argument(
         "--nlist", type=positive_int, help="coarse lists (default: sqrt of the vectors)"
     )
+    calibrate = commands.add_parser(
+        "calibrate", help="estimate recall@10 and keep the cheapest settings reaching a target"
+    )
+    index_arg(calibrate)
+    calibrate.add_argument("--target", type=fraction, default=0.95, help="recall@10 to reach")
+    calibrate.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="the index's checkpoint: its captions become the sample queries (default: "
+        "held-out stored videos)",
+    )
+    calibrate.add_argument("--queries", type=positive_int, default=64, help="sample queries")
     return parser
 
 
@@ -233,6 +261,7 @@ def _search(args: argparse.Namespace) -> int:
             exact=args.exact,
             nprobe=args.nprobe,
             candidates=args.candidates,
+            recall=args.recall,
         )
         seconds = time.perf_counter() - start
         hits = [
@@ -250,7 +279,8 @@ def _search(args: argparse.Namespace) -> int:
         if args.json:
             print(_json({"query": query, "seconds": seconds, "hits": hits}))
             continue
-        how = "two-stage" if index.is_two_stage(args.exact, args.candidates) else "exact"
+        exact = args.exact or (args.recall is not None and index.settings_for(args.recall) is None)
+        how = "two-stage" if index.is_two_stage(exact, args.candidates) else "exact"
         print(f"{query!r}: top {len(hits)} of {len(index)} videos, {how}, {seconds * 1e3:.0f} ms")
         score = {"both": "MMS_F+V", "F": "MMS_F", "V": "MMS_V"}[result.branch]
         print(f"{'rank':>4} {score:>7} {'MMS_F':>7} {'MMS_V':>7}  id  path")
@@ -279,10 +309,11 @@ def _info(args: argparse.Namespace) -> int:
         print("search: exact (no candidate index; `reindex` builds one)")
     else:
         print(
-            f"search: two-stage, {ann['nlist']} lists x {ann['m']} 4-bit PQ codes, trained on "
-            f"{ann['trained_on_videos']} videos; nprobe {ann['nprobe']}, "
-            f"{ann['hits_per_vector']} hits per query vector, {ann['candidates']} candidates"
+            f"search: two-stage, {ann['engine']} engine, {ann['nlist']} lists x {ann['m']} "
+            f"{ann['bits']}-bit PQ codes, trained on {ann['trained_on_videos']} videos; "
+            f"settings {_settings(index.settings)}"
         )
+        print(_recall_line(ann["calibration"]))
     if args.verify:
         print(
             f"verified: {stats['verified_segments']} segment(s) hold what was written"
@@ -293,6 +324,41 @@ def _info(args: argparse.Namespace) -> int:
             )
         )
     return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from vcb_utils.model import load_checkpoint
+    from vcb_utils.search.index import VideoIndex
+
+    model = None
+    if args.checkpoint is not None:
+        model, _ = load_checkpoint(args.checkpoint)
+        model.eval()
+    index = VideoIndex.load(args.index, model)
+    start = time.perf_counter()
+    measured = index.calibrate(args.target, model=model, sample=args.queries)
+    index.save(args.index)
+    print(f"{args.index}: calibrated in {time.perf_counter() - start:.0f} s")
+    for point in measured.curve:
+        print(f"  {_settings(point['settings'])}: recall@10 {point['recall']:.3f}")
+    print(_recall_line(measured.summary()))
+    print(f"settings kept: {_settings(index.settings)}")
+    return 0
+
+
+def _settings(settings) -> str:
+    values = settings if isinstance(settings, dict) else vars(settings)
+    return ", ".join(f"{name} {value}" for name, value in values.items())
+
+
+def _recall_line(calibration: dict | None) -> str:
+    if calibration is None:
+        return "recall@10: unknown, never calibrated on this index (`calibrate` estimates it)"
+    return (
+        f"recall@10: {calibration['recall']:.3f} estimated on {calibration['queries']} "
+        f"{calibration['source']} (target {calibration['target']}, "
+        f"{calibration['videos']} videos)"
+    )
 
 
 def _reindex(args: argparse.Namespace) -> int:
@@ -334,7 +400,14 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
 
 
-COMMANDS = {"build": _build, "add": _add, "search": _search, "info": _info, "reindex": _reindex}
+COMMANDS = {
+    "build": _build,
+    "add": _add,
+    "search": _search,
+    "info": _info,
+    "reindex": _reindex,
+    "calibrate": _calibrate,
+}
 
 
 if __name__ == "__main__":

@@ -21,10 +21,11 @@ import numpy as np
 BRANCH_IDS = {"F": 0, "V": 1}
 """A stored vector's id in an engine is ``row * 2 + BRANCH_IDS[branch]``."""
 ENGINES = {
+    "mean-query": "vcb_utils.search.meanquery:MeanQueryEngine",
     "ivfpq-fastscan": "vcb_utils.search.ivfpq:IvfPqEngine",
 }
 """Every candidate engine by the name a manifest records: ``module:class``."""
-DEFAULT_ENGINE = "ivfpq-fastscan"
+DEFAULT_ENGINE = "mean-query"
 """The engine ``build_ann`` trains unless told otherwise."""
 LEGACY_ENGINE = "ivfpq-fastscan"
 """The engine of a manifest that names none (saved before engines had names)."""

@@ -28,7 +28,8 @@ import torch
 from vcb_utils.branches import branch_name
 from vcb_utils.config import ModelConfig
 from vcb_utils.model import TextEmbedding, VideoColBERT, VideoEmbedding
-from vcb_utils.search import encoding, persistence, searcher, store
+from vcb_utils.search import calibration, encoding, persistence, searcher, store
+from vcb_utils.search.calibration import Calibration
 from vcb_utils.search.collection import Collection, strings
 from vcb_utils.search.engine import (
     DEFAULT_ENGINE,
@@ -63,21 +64,22 @@ class VideoIndex:
         framerate: float = 1.0,
         captions: Sequence[str] | None = None,
     ) -> None:
-        self.collection = Collection(model_config, framerate)
-        self.stage: CandidateStage | None = None
-        """The candidate stage of two-stage search (None: search is exact)."""
-        self.settings: Settings = engine_class(DEFAULT_ENGINE).settings_type()
-        """Two-stage search settings of the candidate engine (``candidates``: videos reranked)."""
+        self._start(model_config, framerate)
         self.add_embeddings(embedding, ids, paths, captions=captions)
 
     @classmethod
     def empty(cls, model_config: ModelConfig | dict, framerate: float = 1.0) -> VideoIndex:
         """An index of no video yet, for vectors of ``model_config``."""
         index = cls.__new__(cls)
-        index.collection = Collection(model_config, framerate)
-        index.stage = None
-        index.settings = engine_class(DEFAULT_ENGINE).settings_type()
+        index._start(model_config, framerate)
         return index
+
+    def _start(self, model_config: ModelConfig | dict, framerate: float) -> None:
+        self.collection = Collection(model_config, framerate)
+        self.stage: CandidateStage | None = None
+        """The candidate stage of two-stage search (None: search is exact)."""
+        self.settings: Settings = engine_class(DEFAULT_ENGINE).settings_type()
+        """Two-stage search settings of the candidate engine (``candidates``: videos reranked)."""
 
     # ---- building ------------------------------------------------------------------------------
     @classmethod
@@ -157,14 +159,8 @@ class VideoIndex:
     def __len__(self) -> int:
         return len(self.collection)
 
-    @property
-    def config(self) -> dict:
-        """The model config the vectors were built with (JSON types)."""
-        return self.collection.config
-
-    @property
-    def framerate(self) -> float:
-        return self.collection.framerate
+    config = property(lambda self: self.collection.config, doc="the vectors' model config")
+    framerate = property(lambda self: self.collection.framerate, doc="frames per second sampled")
 
     @property
     def ids(self) -> list[str]:
@@ -289,6 +285,53 @@ class VideoIndex:
         """The candidate engine (None: search is exact)."""
         return self.stage.engine if self.stage is not None else None
 
+    def calibrate(
+        self,
+        target_recall: float = 0.95,
+        queries: Sequence[str] | None = None,
+        *,
+        model: VideoColBERT | None = None,
+        sample: int = calibration.SAMPLE_QUERIES,
+        seed: int = 0,
+    ) -> Calibration:
+        """Estimate the two stages' recall@10 against the exact scan, and keep the cheapest
+        settings that reach ``target_recall`` (or, if none does, those of highest recall).
+
+        The sample: ``queries`` (text, encoded by ``model``), else ``sample`` of the index's
+        captions (with ``model``), else ``sample`` held-out stored videos as pseudo-queries.
+        ``settings`` become the chosen ones, saved with the estimate and the measured curve by
+        the next ``save``. Costs one exact scan of the sample and one two-stage pass per
+        setting tried. Without a candidate stage search is exact: recall 1, nothing kept.
+        """
+        if self.stage is None:  # the exact scan: nothing to measure
+            return Calibration(
+                target_recall, 1.0, asdict(self.settings), 0, "exact scan", len(self), []
+            )
+        if model is not None:
+            self.check_model(model)
+        texts = None if queries is None else list(queries)
+        measured = calibration.calibrate(
+            self.collection, self.stage, self.settings, target_recall, model, texts, sample, seed
+        )
+        self.stage.calibration, self.stage.tuned = measured, True
+        self.settings = self.stage.engine.settings_type(**measured.settings)
+        return measured
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """What ``calibrate`` measured on this candidate stage (None: never calibrated)."""
+        return self.stage.calibration if self.stage is not None else None
+
+    def settings_for(self, recall: float) -> Settings | None:
+        """The cheapest calibrated settings whose estimated recall@10 reaches ``recall`` (the
+        best measured where none does); None (the exact scan) for a recall of 1 or an index
+        without a candidate stage. ValueError if the stage was never calibrated."""
+        if not 0 < recall <= 1:
+            raise ValueError(f"recall must be in (0, 1], not {recall!r}")
+        if recall >= 1 or self.stage is None:
+            return None
+        return self.stage.settings_for(recall)
+
     def stats(self) -> dict:
         """Sizes: videos, stored vectors, bytes on disk (when saved) and in RAM, per video."""
         collection, stage = self.collection, self.stage
@@ -301,14 +344,7 @@ class VideoIndex:
             "vector_bytes": self.nbytes,
             "ram_bytes": ann + pending,
             "ann_bytes": ann,
-            "ann": None
-            if stage is None
-            else {
-                "engine": stage.engine.name,
-                **stage.engine.describe(),
-                "trained_on_videos": stage.trained_rows,
-                **asdict(self.settings),
-            },
+            "ann": None if stage is None else stage.stats(self.settings),
         }
         if collection.origin is not None:
             disk = store.disk_bytes(collection.origin[0])
@@ -330,12 +366,15 @@ class VideoIndex:
         exact: bool = False,
         nprobe: int | None = None,
         candidates: int | None = None,
+        recall: float | None = None,
     ) -> list[QueryResult]:
         """The top-k videos of each query by MMS_F + MMS_V (``both``), MMS_F or MMS_V.
 
-        Two-stage when the index has a candidate stage (``nprobe`` and ``candidates`` override
-        ``settings``), exact with ``exact=True`` or without one. A query longer than
-        ``max_words`` tokens is truncated with a warning; an empty one is an error.
+        Two-stage when the index has a candidate stage, exact with ``exact=True``, without
+        one, or with ``recall=1.0``. ``recall``: the calibrated settings whose estimated
+        recall@10 reaches it (``settings_for``), else ``settings``; ``nprobe`` and
+        ``candidates`` override either. A query longer than ``max_words`` tokens is truncated
+        with a warning; an empty one is an error.
         """
         self.check_model(model)
         branch = branch_name(branch)
@@ -344,7 +383,14 @@ class VideoIndex:
         text = model.encode_text(queries)
         text = TextEmbedding(text.vectors.float().cpu(), text.mask.cpu(), text.ids.cpu())
         _, rows = self.top_k(
-            text, k, branch, block_videos, exact=exact, nprobe=nprobe, candidates=candidates
+            text,
+            k,
+            branch,
+            block_videos,
+            exact=exact,
+            nprobe=nprobe,
+            candidates=candidates,
+            recall=recall,
         )
         return [
             query_result(self.collection, model, queries[i], text, i, branch, rows[i].tolist())
@@ -361,17 +407,29 @@ class VideoIndex:
         exact: bool = False,
         nprobe: int | None = None,
         candidates: int | None = None,
+        recall: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact scores and rows ``[Q, min(k, N)]`` of the best videos, best first.
+        """Exact scores and rows ``[Q, min(k, N)]`` of the best videos, best first (the
+        arguments as ``search``'s).
 
         ``text`` is on the CPU; fp16 vectors are cast to ``text.vectors.dtype`` to be scored
         (``search`` passes fp32: exact, and faster than fp16 on CPUs without fp16 arithmetic).
         """
         k = check_k(k)
         names = score_names(self.collection, branch_name(branch))
-        settings = updated_settings(self.settings, nprobe=nprobe, candidates=candidates)
+        chosen = self.settings if recall is None else self.settings_for(recall)
+        exact = exact or chosen is None
+        settings = updated_settings(chosen or self.settings, nprobe=nprobe, candidates=candidates)
         if not self.is_two_stage(exact, settings.candidates):
             return searcher.scan(self.collection, text, k, names, block_videos)
+        if recall is None and self.calibration is None and not self.stage.warned:
+            self.stage.warned = True
+            warnings.warn(
+                f"{len(self)} videos: the two-stage search settings were never calibrated on "
+                "this index, so its recall is unknown: index.calibrate() (`python -m "
+                "vcb_utils.index_cli calibrate`) estimates it and picks settings for a target",
+                stacklevel=2,
+            )
         return searcher.two_stage(
             self.collection, self.stage, text, k, names, settings, block_videos
         )

@@ -11,6 +11,7 @@ deletes what the replaced version used and the new one does not. The files are
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,15 +20,18 @@ import torch
 
 from vcb_utils.model import VideoEmbedding
 from vcb_utils.search import catalogue, cleanup, guard, store
+from vcb_utils.search.calibration import Calibration
 from vcb_utils.search.catalogue import Catalogue, catalogue_exists, check_not_forked
 from vcb_utils.search.collection import FIELDS, Collection, Part
-from vcb_utils.search.engine import LEGACY_ENGINE, CandidateEngine, engine_class
+from vcb_utils.search.engine import DEFAULT_ENGINE, LEGACY_ENGINE, CandidateEngine, engine_class
 from vcb_utils.search.stage import CandidateStage
 from vcb_utils.search.store import REBUILD, Current, Manifest
 from vcb_utils.storage import LOCK_FILE, folder_lock
 
 if TYPE_CHECKING:
     from vcb_utils.search.index import VideoIndex
+
+log = logging.getLogger(__name__)
 
 Plan = list[tuple[str, list[Part]]]
 """The new segments of a save: each one's name and the parts it holds."""
@@ -206,10 +210,12 @@ def write_stage(
         needed = manifest.segments  # a new generation: codes for every segment
         manifest.ann = stage.manifest_entry(index.settings)
     elif disk is not None:
-        engine = open_engine(directory, disk)
-        stage = CandidateStage(index.collection, engine, disk["trained_rows"], fresh=False)
+        stage = saved_stage(index.collection, directory, disk)
         needed = [(name, rows) for name, rows in manifest.segments if name in written]
-        manifest.ann = stage.manifest_entry(engine.settings_type(**disk["settings"]))
+        settings = stage.engine.settings_type(**disk["settings"])
+        if ours is not None and ours.tuned and ours.generation == stage.generation:
+            stage.calibration, settings = ours.calibration, index.settings  # calibrated here
+        manifest.ann = stage.manifest_entry(settings)
     else:
         return False
     for name, rows in needed:
@@ -259,7 +265,7 @@ def reopen(
     use_manifest(index, here, manifest, parts)
     collection.known_ids = known
     if stage is not None:
-        stage.fresh = False
+        stage.fresh = stage.tuned = False
         index.stage = stage
         index.settings = stage.engine.settings_type(**manifest.ann["settings"])
     elif manifest.ann is not None:
@@ -348,27 +354,45 @@ def use_manifest(index: VideoIndex, folder: Path, manifest: Manifest, parts: lis
 
 def load_stage(index: VideoIndex, folder: Path, manifest: Manifest) -> None:
     """Read the candidate stage of ``manifest``: its trained engine and every segment's codes."""
-    info = manifest.ann
-    engine = open_engine(folder, info)
+    stage = saved_stage(index.collection, folder, manifest.ann)
+    engine = stage.engine
     try:
         engine.rebuild(saved_codes(index.collection, folder, engine))
     except RuntimeError as err:  # faiss refused the codes
         where = store.ann_folder(folder, engine.generation)
         raise ValueError(f"{where}: the saved codes are corrupt ({err}); {REBUILD}") from err
-    index.stage = CandidateStage(index.collection, engine, info["trained_rows"], fresh=False)
-    index.settings = engine.settings_type(**info["settings"])
+    index.stage = stage
+    index.settings = engine.settings_type(**manifest.ann["settings"])
+    if engine.name != DEFAULT_ENGINE:
+        log.info(
+            "%s: candidate engine %s (not the default %s): `python -m vcb_utils.index_cli "
+            "reindex` retrains it with the default",
+            folder,
+            engine.name,
+            DEFAULT_ENGINE,
+        )
 
 
-def open_engine(folder: Path, info: dict) -> CandidateEngine:
-    """The trained engine a manifest's ``ann`` entry names, holding no codes yet; ValueError
-    naming a damaged file."""
+def saved_stage(collection: Collection, folder: Path, info: dict) -> CandidateStage:
+    """The candidate stage a manifest's ``ann`` entry names, its engine holding no codes yet;
+    ValueError naming a damaged file."""
     generation = info["generation"]
     kind = engine_class(info.get("engine", LEGACY_ENGINE))
     try:
-        return kind.open(store.read_ann_trained(folder, generation), generation)
+        engine = kind.open(store.read_ann_trained(folder, generation), generation)
     except RuntimeError as err:  # faiss could not read it
         path = store.ann_folder(folder, generation) / store.TRAINED_FILE
         raise ValueError(f"{path} is corrupt ({err}); {REBUILD}") from err
+    calibration = info.get("calibration")
+    if calibration is not None:
+        try:
+            calibration = Calibration.from_json(calibration)
+        except (TypeError, KeyError, ValueError) as err:
+            raise ValueError(
+                f"{folder}: the current version's calibration is damaged ({err}): "
+                "python -m vcb_utils.index_cli calibrate measures it again"
+            ) from err
+    return CandidateStage(collection, engine, info["trained_rows"], False, calibration)
 
 
 def saved_codes(collection: Collection, folder: Path, engine: CandidateEngine):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,8 +22,10 @@ from vcb_utils.model import TextEmbedding
 from vcb_utils.scoring import maxsim
 from vcb_utils.search.collection import Collection, branch_columns
 from vcb_utils.search.engine import Settings, faiss_threads
-from vcb_utils.search.stage import CandidateStage
 from vcb_utils.threads import torch_threads
+
+if TYPE_CHECKING:
+    from vcb_utils.search.stage import CandidateStage
 
 log = logging.getLogger(__name__)
 

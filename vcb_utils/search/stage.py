@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import asdict
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from vcb_utils.search.calibration import Calibration
 from vcb_utils.search.collection import Collection, Part, branch_columns, vector_ids
 from vcb_utils.search.engine import DEFAULT_ENGINE, CandidateEngine, Settings, engine_class
 
@@ -32,16 +34,27 @@ trained on: the coarse lists are then too few and too long (``build_ann`` retrai
 
 
 class CandidateStage:
-    """An engine, the number of videos it was trained on, and whether it is saved yet."""
+    """An engine, the number of videos it was trained on, whether it is saved yet, and what
+    ``calibrate`` measured of it."""
 
     def __init__(
-        self, collection: Collection, engine: CandidateEngine, trained_rows: int, fresh: bool
+        self,
+        collection: Collection,
+        engine: CandidateEngine,
+        trained_rows: int,
+        fresh: bool,
+        calibration: Calibration | None = None,
     ) -> None:
         self.collection = collection
         self.engine = engine
         self.trained_rows = trained_rows
         self.fresh = fresh
         """Built here and not saved yet (a save writes its trained engine and every code)."""
+        self.calibration = calibration
+        self.tuned = False
+        """Calibrated here since the last load or save (a save records the new settings)."""
+        self.warned = False
+        """Whether a search said that the stage was never calibrated."""
 
     @classmethod
     def build(
@@ -122,12 +135,44 @@ class CandidateStage:
 
     def manifest_entry(self, settings: Settings) -> dict:
         """What a manifest records of this stage (its codes are files of its generation)."""
-        return {
+        entry = {
             "engine": self.engine.name,
             "generation": self.generation,
             "settings": asdict(settings),
             "trained_rows": self.trained_rows,
             **self.engine.describe(),
+        }
+        if self.calibration is not None:
+            entry["calibration"] = self.calibration.to_json()
+        return entry
+
+    def settings_for(self, recall: float) -> Settings:
+        """The cheapest calibrated settings whose recall@10 reaches ``recall`` (the best
+        measured, with a warning, where none does); ValueError if never calibrated."""
+        if self.calibration is None:
+            raise ValueError(
+                f"recall={recall}: this index's search settings were never calibrated: "
+                "index.calibrate() (or `python -m vcb_utils.index_cli calibrate`) first, "
+                "or recall=1.0 for the exact scan"
+            )
+        settings, reached = self.calibration.settings_for(recall)
+        if reached < recall:
+            warnings.warn(
+                f"recall={recall}: the calibration measured at most {reached:.3f}; "
+                "searching with those settings (recall=1.0 scans every video)",
+                stacklevel=4,
+            )
+        return self.engine.settings_type(**settings)
+
+    def stats(self, settings: Settings) -> dict:
+        """The engine's sizes, the settings and what ``calibrate`` measured (no curve)."""
+        measured = self.calibration
+        return {
+            "engine": self.engine.name,
+            **self.engine.describe(),
+            "trained_on_videos": self.trained_rows,
+            **asdict(settings),
+            "calibration": None if measured is None else measured.summary(),
         }
 
     def find(

@@ -212,7 +212,8 @@ def _stage_entry_ok(ann: dict) -> bool:
     settings = ann.get("settings")
     kind = engine_class(ann.get("engine", LEGACY_ENGINE))
     return bool(
-        GENERATION_NAME.fullmatch(str(ann.get("generation")))
+        isinstance(ann.get("calibration", {}), dict)
+        and GENERATION_NAME.fullmatch(str(ann.get("generation")))
         and isinstance(ann.get("trained_rows"), int)
         and isinstance(settings, dict)
         and set(settings) == {f.name for f in fields(kind.settings_type)}
