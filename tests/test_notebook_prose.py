@@ -7,7 +7,8 @@ So the markdown cells of every notebook in ``notebooks/`` may not state, as a nu
 - a count of epochs, layers or tokens, or the value of ``max_words``, ``epochs`` or
   ``temporal_layers``;
 - a time (seconds, minutes, hours);
-- a percentage or an R@K value.
+- a percentage (a confidence level, '95% interval', is a choice, not a measurement) or
+  an R@K value.
 
 Such numbers are printed by the code, or rendered from it with ``display(Markdown(...))``, whose
 text is an output, not a markdown cell, and always matches the run. Fenced code blocks (command
@@ -43,7 +44,7 @@ RULES = {
         rf"|\b(?:{NUMBER}|a|an|half an?)\s+(?:seconds?|minutes?|hours?)\b",
         re.I,
     ),
-    "a percentage": re.compile(r"\d\s*%"),
+    "a percentage": re.compile(r"\d\s*%(?!\s+(?:Wilson\s+)?(?:confidence\s+)?interval)"),
     "an R@K value": re.compile(r"R@\d+\s*(?:=|:|of|is)\s*(?:about\s+)?\d", re.I),
 }
 
