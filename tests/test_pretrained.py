@@ -84,14 +84,16 @@ def test_an_offline_tag_fails_at_once_naming_the_flag_and_the_download(hub, monk
 
 
 def test_offline_in_a_fresh_process_with_an_empty_hf_home(tmp_path):
+    """Through the backbone factory, as every run creates a model."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     env.pop("HF_HUB_CACHE", None)
     script = (
         "import sys, time\n"
-        "from vcb_utils.pretrained import check_pretrained\n"
+        "from vcb_utils.backbone import create_backbone\n"
+        "from vcb_utils.config import preset\n"
         "start = time.monotonic()\n"
         "try:\n"
-        "    check_pretrained('ViT-B-32', 'openai')\n"
+        "    create_backbone(preset('msrvtt-clip-b32').model)  # CLIP ViT-B/32, openai weights\n"
         "except RuntimeError as err:\n"
         "    print(err)\n"
         "print(f'seconds {time.monotonic() - start:.3f}')\n"

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from vcb_utils.config import ModelConfig
+from vcb_utils.pretrained import check_pretrained
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 """open_clip model configs of this repository (the tiny CPU backbones)."""
@@ -45,6 +46,7 @@ def create_backbone(cfg: ModelConfig, load_weights: bool = True) -> nn.Module:
     is_file_path = pretrained and Path(pretrained).suffix in {".pt", ".pth", ".bin", ".safetensors"}
     if is_file_path and not Path(pretrained).is_file():
         raise FileNotFoundError(f"backbone checkpoint not found: {pretrained}")
+    check_pretrained(cfg.backbone, pretrained, cfg.tokenizer)  # offline: fail fast, say how
     # The tag's image mean/std (SigLIP's 0.5 differ from CLIP's) also when its weights are not
     # loaded: a Video-ColBERT checkpoint trained from them must see frames normalised the same.
     tag = open_clip.get_pretrained_cfg(cfg.backbone, cfg.pretrained) if cfg.pretrained else {}
