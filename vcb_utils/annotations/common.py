@@ -7,7 +7,8 @@ import csv
 import io
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -268,31 +269,80 @@ def paragraphs(sentences: dict[str, list[str]], problems: Problems) -> dict[str,
 
 
 class VideoFolder:
-    """The files of one video folder, listed once: file name, and file name without extension,
-    -> path, so every extension resolves (``.mp4`` first when one name comes in several).
+    """The video files under one folder and its subfolders, listed in one walk: file name, and
+    file name without extension, -> path.
 
-    Hidden files and ``NOT_VIDEOS`` (annotations, partial downloads) are left out.
+    ``extensions`` are the dataset's accepted ones, most preferred first (None: any extension,
+    ``.mp4`` first). A file directly in the folder wins over one further down; two at the same
+    depth in different folders are ambiguous, and finding that video raises ``ValueError``
+    naming both. Hidden files and folders and ``NOT_VIDEOS`` (annotations, partial downloads)
+    are left out; a folder reached twice through symbolic links is listed once.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, extensions: Sequence[str] | None = None) -> None:
         self.folder = folder
-        try:
-            with os.scandir(folder) as entries:
-                names = [entry.name for entry in entries if entry.is_file()]
-        except (FileNotFoundError, NotADirectoryError):
-            logger.warning("video folder %s not found: every video of the split is missing", folder)
-            names = []
-        names = [
-            name
-            for name in names
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() not in NOT_VIDEOS
-        ]
-        stems: dict[str, Path] = {}
-        for name in sorted(names, key=lambda name: (not name.lower().endswith(".mp4"), name)):
-            stems.setdefault(os.path.splitext(name)[0], folder / name)
-        self.index = {**stems, **{name: folder / name for name in names}}
+        self.extensions = [ext.lower() for ext in extensions] if extensions else None
+        self.by_name: dict[str, list[tuple[int, int, Path]]] = defaultdict(list)
+        self.by_stem: dict[str, list[tuple[int, int, Path]]] = defaultdict(list)
+        for path, depth in _files_under(folder):
+            rank = self._rank(path.name)
+            if rank is not None:
+                self.by_name[path.name].append((depth, rank, path))
+                self.by_stem[os.path.splitext(path.name)[0]].append((depth, rank, path))
+
+    def _rank(self, name: str) -> int | None:
+        """The file's place in the extension preference, None when it is not a video."""
+        ext = os.path.splitext(name)[1].lower()
+        if name.startswith(".") or ext in NOT_VIDEOS:
+            return None
+        if self.extensions is None:
+            return int(ext != ".mp4")
+        return self.extensions.index(ext) if ext in self.extensions else None
 
     def find(self, names: Sequence[str], expected: str) -> Path:
         """The file of the first of ``names`` (with or without extension) in the folder, else
         ``folder / expected``, the path it most likely has (for ``check_videos`` to report)."""
-        return next((self.index[n] for n in names if n in self.index), self.folder / expected)
+        for name in names:
+            for index in (self.by_name, self.by_stem):
+                if name in index:
+                    return self._choose(name, index[name])
+        return self.folder / expected
+
+    def _choose(self, name: str, candidates: list[tuple[int, int, Path]]) -> Path:
+        """The shallowest candidate, by extension preference then name within its folder."""
+        depth = min(candidate[0] for candidate in candidates)
+        nearest = sorted((rank, str(path), path) for d, rank, path in candidates if d == depth)
+        if len({path.parent for _, _, path in nearest}) > 1:
+            found = sorted(str(path.relative_to(self.folder)) for _, _, path in nearest)
+            raise ValueError(
+                f"{self.folder}: video {name!r} is ambiguous: {len(found)} files at the same "
+                f"depth in different subfolders ({first_few(found, ', ')}); keep one of them, "
+                "or move the others into a deeper subfolder"
+            )
+        return nearest[0][2]
+
+
+def _files_under(folder: Path) -> Iterator[tuple[Path, int]]:
+    """Every file under ``folder`` outside hidden folders, with its depth (0: directly in it);
+    each folder once, by its shortest route, however many symbolic links lead to it."""
+    pending, seen = deque([(folder, 0)]), set()
+    while pending:
+        current, depth = pending.popleft()
+        try:
+            info = current.stat()
+            if (info.st_dev, info.st_ino) in seen:
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            with os.scandir(current) as scan:
+                entries = sorted(scan, key=lambda entry: entry.name)
+        except (FileNotFoundError, NotADirectoryError):
+            logger.warning("video folder %s not found: its videos are missing", current)
+            continue
+        except OSError as err:
+            logger.warning("video folder %s unreadable (%s): its videos are missing", current, err)
+            continue
+        for entry in entries:
+            if entry.is_dir() and not entry.name.startswith("."):
+                pending.append((Path(entry.path), depth + 1))
+            elif entry.is_file():
+                yield Path(entry.path), depth

@@ -8,7 +8,14 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from vcb_utils.annotations.common import Record, check_ids, csv_rows, load_json, required
+from vcb_utils.annotations.common import (
+    Record,
+    VideoFolder,
+    check_ids,
+    csv_rows,
+    load_json,
+    required,
+)
 from vcb_utils.dataset_registry import Benchmark, Source
 
 logger = logging.getLogger(__name__)
@@ -22,6 +29,8 @@ SPLITS = {
     "val": "MSRVTT_JSFUSION_test.csv",
 }
 """MSR-VTT has no separate validation set: ``val`` is the 1k-A test split, as in the reference."""
+EXTENSIONS = (".mp4", ".webm")
+"""A video's accepted files, preferred first: CLIP4Clip falls back on ``<id>.webm``."""
 ANNOTATIONS_URL = "https://github.com/ArrowLuo/CLIP4Clip/releases/download/v0.0/msrvtt_data.zip"
 """The split files and ``MSRVTT_data.json`` (as in the CLIP4Clip README)."""
 VIDEOS_URL = "https://www.robots.ox.ac.uk/~maxbain/frozen-in-time/data/MSRVTT.zip"
@@ -39,7 +48,8 @@ DOWNLOAD = Benchmark(
 def read(
     anno_path: str | os.PathLike | None, split: str, video_path: str | os.PathLike | None
 ) -> list[Record]:
-    """MSR-VTT in CLIP4Clip's layout (``read_annotations`` says which files each split needs)."""
+    """MSR-VTT in CLIP4Clip's layout (``read_annotations`` says which files each split needs);
+    videos ``<id>.mp4``, else ``<id>.webm``, in ``video_path`` or a subfolder."""
     anno_dir = required(anno_path, "msrvtt")
     if split not in SPLITS:
         raise ValueError(f"unknown MSR-VTT split {split!r}; choose one of {sorted(SPLITS)}")
@@ -57,17 +67,19 @@ def read(
     if split in ("test", "val"):
         rows = csv_rows(split_file, ("video_id", "sentence"))
         check_ids([r["video_id"] for _, r in rows], split_file)
+        videos = VideoFolder(video_dir, EXTENSIONS)
         return [
             Record(
                 r["video_id"],
-                video_dir / f"{r['video_id']}.mp4",
+                videos.find([r["video_id"]], f"{r['video_id']}.mp4"),
                 _caption(r["sentence"], split_file, line),
             )
             for line, r in rows
         ]
     ids = [r["video_id"] for _, r in csv_rows(split_file, ("video_id",))]
     check_ids(ids, split_file)
-    return _msrvtt_train(ids, _msrvtt_captions(anno_dir / MSRVTT_DATA), video_dir, split_file)
+    captions = _msrvtt_captions(anno_dir / MSRVTT_DATA)
+    return _msrvtt_train(ids, captions, VideoFolder(video_dir, EXTENSIONS), split_file)
 
 
 def _msrvtt_captions(path: Path) -> dict[str, list[str]]:
@@ -86,7 +98,7 @@ def _msrvtt_captions(path: Path) -> dict[str, list[str]]:
 
 
 def _msrvtt_train(
-    ids: list[str], captions: dict[str, list[str]], video_dir: Path, split_file: Path
+    ids: list[str], captions: dict[str, list[str]], videos: VideoFolder, split_file: Path
 ) -> list[Record]:
     without = [v for v in ids if v not in captions]
     if len(without) == len(ids):
@@ -102,7 +114,8 @@ def _msrvtt_train(
             MSRVTT_DATA,
             ", ".join(without[:3]),
         )
-    return [Record(v, video_dir / f"{v}.mp4", text) for v in ids for text in captions.get(v, [])]
+    paths = {v: videos.find([v], f"{v}.mp4") for v in ids if v in captions}
+    return [Record(v, paths[v], text) for v in ids for text in captions.get(v, [])]
 
 
 def _caption(text: object, path: Path, where: object) -> str:
