@@ -9,9 +9,10 @@
   joined in file order, over the whole video (``start = end = None``).
 
 The benchmark layouts and protocols are those of CLIP4Clip and its successors (``data/README.md``).
-Their videos are found through one index per video folder (file name, and file name without
-extension -> file, so any extension resolves); a video that is not there keeps the path it most
-likely has, so ``check_videos`` reports it by name. A missing annotation file raises
+Their videos are found through one index per video folder and its subfolders (file name, and
+file name without extension -> file, so any extension resolves; the file nearest the top wins);
+a video that is not there keeps the path it most likely has, so ``check_videos`` reports it by
+name. A missing annotation file raises
 ``FileNotFoundError`` naming it and the files the split needs; a malformed one raises
 ``ValueError`` naming the file, and for the benchmarks up to ``MAX_PROBLEMS`` of its problems
 at once. No record names a file outside its video folder (an id like ``../x`` is refused), and
@@ -44,8 +45,8 @@ def read_annotations(
 
     - ``msrvtt``: ``anno_path`` is the folder with ``MSRVTT_data.json``, ``MSRVTT_train.9k.csv``
       (``MSRVTT_train.7k.csv`` for ``train7k``) and ``MSRVTT_JSFUSION_test.csv``; ``video_path``
-      the folder of ``<video_id>.mp4`` (default: ``anno_path``). ``train`` gives every caption of
-      every train video, ``test`` (and ``val``) the 1000 pairs of the 1k-A split.
+      the folder of ``<video_id>.mp4``, else ``.webm`` (default: ``anno_path``). ``train`` gives
+      every caption of every train video, ``test`` (and ``val``) the 1000 pairs of the 1k-A split.
     - ``csv`` / ``jsonl``: ``anno_path`` is the file, with ``video`` (relative to ``video_path``,
       default the file's folder), ``caption`` and optional ``start``, ``end``, ``split``.
     - ``synthetic``: a generated folder (created on first use; default under ``data/synthetic``).
