@@ -103,7 +103,7 @@ def test_training_set_adds_backward_clips_beside_their_sources(small_synthetic):
         assert torch.equal(video[:real], forwards[:real].flip(0))
         assert torch.equal(ids, pairs.tokenize([text])[0][0])
         assert n + k in group_of[source]
-    twins = synthetic.twin_groups(
+    twins = order.twin_groups(
         [r.path for r in pairs.records], [r.caption for r in pairs.records]
     )
     assert twins and all(set(t) <= set(group_of[t[0]]) for t in twins)

@@ -13,6 +13,7 @@ import pytest
 
 from vcb_utils import synthetic
 from vcb_utils.datasets import read_annotations
+from vcb_utils.order import twin_groups
 from vcb_utils.synthetic import COLOURS, SyntheticConfig
 from vcb_utils.video import read_frames
 
@@ -216,7 +217,7 @@ def test_default_root_follows_the_environment(monkeypatch, tmp_path):
 
 def test_training_twins_include_one_subject_clips_and_are_grouped(tiny):
     records = read_annotations("synthetic", tiny, "train")
-    groups = synthetic.twin_groups([r.path for r in records], [r.caption for r in records])
+    groups = twin_groups([r.path for r in records], [r.caption for r in records])
     assert len(groups) == 3 * 2  # 3 twin clip pairs, each in both wordings
     one_subject = 0
     for i, j in groups:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -127,6 +128,26 @@ class WithBackwards(Dataset):
         return ids[0], mask[0], reverse_frames(video, video_mask.bool()), video_mask
 
 
+def twin_groups(videos: Sequence[str | os.PathLike], captions: Sequence[str]) -> list[list[int]]:
+    """Pairs of items ``(videos[i], captions[i])`` that are order twins: the other item's caption
+    is this one's with the two events swapped, in the same wording (``twin_caption``)."""
+    by_caption: dict[str, list[int]] = {}
+    for i, text in enumerate(captions):
+        by_caption.setdefault(text, []).append(i)
+    paired: set[int] = set()
+    groups = []
+    for i, (spec, text) in enumerate(zip(synthetic.specs_for(videos), captions, strict=True)):
+        variant = next((v for v in (0, 1) if synthetic.caption(spec, v) == text), None)
+        if i in paired or variant is None:
+            continue
+        twins = by_caption.get(synthetic.twin_caption(spec, variant), [])
+        partner = next((j for j in twins if j != i and j not in paired), None)
+        if partner is not None:
+            groups.append([i, partner])
+            paired.update((i, partner))
+    return groups
+
+
 def order_training_set(
     pairs: VideoTextDataset, cfg: DataConfig, seed: int = 0
 ) -> tuple[Dataset, list[list[int]]]:
@@ -135,7 +156,7 @@ def order_training_set(
     caption with its backward clip."""
     records = pairs.records
     videos, captions = [r.path for r in records], [r.caption for r in records]
-    groups = synthetic.twin_groups(videos, captions) if cfg.twin_batches else []
+    groups = twin_groups(videos, captions) if cfg.twin_batches else []
     backwards = []
     for i, (spec, text) in enumerate(zip(synthetic.specs_for(videos), captions, strict=True)):
         variant = next((v for v in (0, 1) if synthetic.caption(spec, v) == text), None)

@@ -546,26 +546,6 @@ def specs_for(videos: Sequence[str | os.PathLike]) -> list[ClipSpec]:
     return [specs[Path(v)] for v in videos]
 
 
-def twin_groups(videos: Sequence[str | os.PathLike], captions: Sequence[str]) -> list[list[int]]:
-    """Pairs of items ``(videos[i], captions[i])`` that are order twins: the other item's caption
-    is this one's with the two events swapped, in the same wording (``twin_caption``)."""
-    by_caption: dict[str, list[int]] = {}
-    for i, text in enumerate(captions):
-        by_caption.setdefault(text, []).append(i)
-    paired: set[int] = set()
-    groups = []
-    for i, (spec, text) in enumerate(zip(specs_for(videos), captions, strict=True)):
-        variant = next((v for v in (0, 1) if caption(spec, v) == text), None)
-        if i in paired or variant is None:
-            continue
-        twins = by_caption.get(twin_caption(spec, variant), [])
-        partner = next((j for j in twins if j != i and j not in paired), None)
-        if partner is not None:
-            groups.append([i, partner])
-            paired.update((i, partner))
-    return groups
-
-
 def default_root() -> Path:
     """``$VCB_DATA_DIR/synthetic``, else ``data/synthetic`` in the repository checkout."""
     if os.environ.get("VCB_DATA_DIR"):
