@@ -138,6 +138,12 @@ def test_temporal_layers_start_from_text_layers_when_widths_match(tiny_cfg):
     assert narrow.temporal.encoder.layers[0].linear1.weight.shape == (256, 64)
 
 
+@pytest.mark.parametrize("std", [0.01, 0.1])
+def test_random_frame_positions_start_at_the_configured_scale(tiny_cfg, std):
+    positions = build(tiny_cfg, frame_position_std=std).temporal.frame_position
+    assert positions.std().item() == pytest.approx(std, rel=0.2)  # 12 x 64 draws: about 3% off
+
+
 def test_save_then_load_gives_identical_scores(tiny_cfg, frames, tmp_path):
     model = build(tiny_cfg)
     config = Config(model=model.cfg)

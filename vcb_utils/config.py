@@ -41,6 +41,7 @@ BOUNDS: dict[str, tuple[float, float | None]] = {
     "temporal_width": (1, 16384),
     "temporal_mlp_ratio": (0, 64),
     "temporal_dropout": (0, 1),
+    "frame_position_std": (0, 16),
     "lambda_f": (0, None),
     "lambda_v": (0, None),
     "logit_scale_init": (0, None),
@@ -158,6 +159,9 @@ class ModelConfig(_Validated):
     """Feed-forward width of the temporal transformer, as a multiple of its width."""
     temporal_dropout: float = 0.1
     """Dropout inside the temporal transformer."""
+    frame_position_std: float = 0.01
+    """Standard deviation of the random initial frame position embeddings (our choice; CLIP
+    starts its position embeddings at 0.01). Unused when they are copied from the text tower."""
     init_temporal_from_text: bool = True
     """Copy the first CLIP text layers into the temporal transformer when widths match."""
     mode: Mode = "both"
@@ -344,6 +348,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "temporal_layers": 1,
             "temporal_heads": 2,
             "temporal_dropout": 0.0,
+            "frame_position_std": 0.1,
         },
         "data": {
             "datatype": "synthetic",

@@ -151,6 +151,7 @@ class VideoColBERT(nn.Module):
                 dropout=cfg.temporal_dropout,
                 activation=copy.deepcopy(getattr(mlp, "gelu", None)),  # QuickGELU, tanh GELU
                 norm_eps=getattr(norm, "eps", 1e-5),
+                position_std=cfg.frame_position_std,
             )
             if cfg.init_temporal_from_text and not self.temporal.init_from_text(self.clip):
                 log.debug("temporal transformer: random init (the text layers do not fit)")

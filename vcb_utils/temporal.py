@@ -29,11 +29,12 @@ class TemporalTransformer(nn.Module):
         dropout: float = 0.1,
         activation: nn.Module | None = None,
         norm_eps: float = 1e-5,
+        position_std: float = 0.01,
     ) -> None:
         super().__init__()
         width = width or dim
         self.max_frames = max_frames
-        self.frame_position = nn.Parameter(torch.randn(max_frames, dim) * 0.01)
+        self.frame_position = nn.Parameter(torch.randn(max_frames, dim) * position_std)
         self.expansion = nn.Parameter(torch.randn(n_expansion, dim) * dim**-0.5)
         self.proj_in = nn.Identity() if width == dim else nn.Linear(dim, width)
         self.proj_out = nn.Identity() if width == dim else nn.Linear(width, dim)
