@@ -154,10 +154,11 @@ def test_runs_in_fast_mode(name, run_dir, record_property):
     assert not stderr(nb), f"{name}: on stderr (a warning, or a log line in red):\n{stderr(nb)}"
 
 
-ORDER_FLOORS = {("reversed", "V"): 0.80, ("twins", "V"): 0.80, ("twins", "both"): 0.80}
+ORDER_FLOORS = {("reversed", "V"): 0.90, ("twins", "V"): 0.85, ("twins", "both"): 0.80}
 """What the fast-mode model must reach on the order tests (pair accuracy, 100 test clips). The
-issue's targets are 0.90 for V; the tiny model reaches about 0.86-0.87 (README), so these floors
-keep a margin of a few pairs for run-to-run noise and fail if order is no longer learned."""
+main job's model reaches 0.94 on reversed clips and 0.91 (V) / 0.89 (both) on caption twins, 0.96
+and 0.89 / 0.88 with another seed (README): the twin floors keep a margin of a few pairs for
+run-to-run noise (the issue's aim is 0.90 for V), and all fail if order is no longer learned."""
 
 
 @pytest.mark.slow
