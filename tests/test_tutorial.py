@@ -17,7 +17,7 @@ def test_fast_and_full_configs(monkeypatch):
     assert fast.data.cache_dir == str(REPO / "data" / "cache")
     assert notebook_config(True)[0].train.epochs == FAST_SETTINGS["train"]["epochs"]
     full, run_dir = notebook_config(False, {"model": {"backbone": "ViT-B-16"}})
-    assert run_dir.name == "train-msrvtt-vit-b32"
+    assert run_dir.name == "train-msrvtt-clip-b32"
     assert (full.model.backbone, full.model.pretrained) == ("ViT-B-16", "openai")
     assert full.data.video_path == str(REPO / "data/msrvtt/MSRVTT/videos/all")
 
