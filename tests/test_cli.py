@@ -87,12 +87,12 @@ def help_value(argv: list[str], flag: str) -> str:
 
 
 def test_help_shows_the_values_of_the_chosen_preset():
-    tiny, paper = preset("tiny"), preset("msrvtt-vit-b32")
+    tiny, paper = preset("tiny"), preset("msrvtt-clip-b32")
     assert help_value([], "--backbone") == tiny.model.backbone == "vcb-tiny"
     assert help_value([], "--epochs") == str(tiny.train.epochs)
-    assert help_value(["--preset", "msrvtt-vit-b32"], "--backbone") == "ViT-B-32"
-    assert help_value(["--preset", "msrvtt-vit-b32"], "--epochs") == str(paper.train.epochs)
-    assert help_value(["--preset", "msrvtt-vit-b32"], "--pretrained") == "openai"
+    assert help_value(["--preset", "msrvtt-clip-b32"], "--backbone") == "ViT-B-32"
+    assert help_value(["--preset", "msrvtt-clip-b32"], "--epochs") == str(paper.train.epochs)
+    assert help_value(["--preset", "msrvtt-clip-b32"], "--pretrained") == "openai"
 
 
 def test_help_answers_without_loading_torch():

@@ -198,7 +198,7 @@ def test_unknown_backbone_and_bad_sizes(tiny_cfg, frames):
 
 def test_presets():
     assert preset("tiny").model.backbone == "vcb-tiny"
-    assert preset("msrvtt-vit-b32").model.pretrained == "openai"
+    assert preset("msrvtt-clip-b32").model.pretrained == "openai"
     with pytest.raises(ValueError, match="unknown preset"):
         preset("huge")
 

@@ -286,7 +286,7 @@ def test_paper_scale_vit_b32_takes_a_training_step(tmp_path, small_synthetic):
     config, options = parse_args(
         [
             "--preset",
-            "msrvtt-vit-b32",
+            "msrvtt-clip-b32",
             "--pretrained",
             "none",
             "--datatype",

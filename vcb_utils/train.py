@@ -1,7 +1,7 @@
 """Train and evaluate Video-ColBERT with accelerate: one CPU, one GPU, many GPUs, many machines.
 
     python vcb_utils/train.py                        # the main job: tiny model, synthetic data
-    accelerate launch vcb_utils/train.py --preset msrvtt-vit-b32 \\
+    accelerate launch vcb_utils/train.py --preset msrvtt-clip-b32 \\
         --anno_path data/msrvtt/annotations --video_path data/msrvtt/videos
     accelerate launch --multi_gpu --num_processes 2 vcb_utils/train.py --cpu   # 2 CPU processes
     python vcb_utils/train.py --do_train 0 --do_eval 1 --init_model outputs/tiny/best
