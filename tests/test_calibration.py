@@ -167,3 +167,17 @@ def test_calibration_round_trips_through_json():
     assert Calibration.from_json(json.loads(json.dumps(measured.to_json()))) == measured
     assert measured.settings_for(0.99) == ({"nprobe": 1}, 0.5)
     assert np.isclose(measured.summary()["recall"], 0.5) and "curve" not in measured.summary()
+
+
+def test_without_text_the_settings_only_grow_and_with_text_they_may_shrink(built):
+    vectors, index = built
+    start = dataclasses.replace(index.settings, nprobe=8, hits=4096, candidates=300, exact=64)
+    index.settings = start
+    index.calibrate(0.1, sample=8)  # held-out stored videos: never cheaper than before
+    pairs = zip(dataclasses.astuple(index.settings), dataclasses.astuple(start), strict=True)
+    assert all(now >= before for now, before in pairs)
+    index.settings = start
+    text = vectors.queries(range(0, 600, 50))
+    measured = index.calibrate(0.1, text)  # encoded text queries: the cheapest that reaches 0.1
+    assert measured.source == "encoded queries" and measured.queries == len(text.vectors)
+    assert index.ann.cost(index.settings, 32, 26) < index.ann.cost(start, 32, 26)

@@ -1,13 +1,20 @@
 """How much of the exact top-10 the two-stage search finds on this index, and the cheapest
 settings that find enough.
 
-``calibrate`` draws sample queries (the index's own captions, encoded by the model, when it has
-both; otherwise *held-out* stored videos: a video's own vectors as the query, the video itself
+``calibrate`` draws sample queries (text given, or the index's own captions, encoded by the
+model; otherwise *held-out* stored videos: a video's own vectors as the query, the video itself
 left out of both rankings), takes their exact top-10 from the exact scan, and measures the
 recall@10 of the two stages under each of the engine's ``grid`` settings, cheapest first by the
 engine's ``cost``, until one reaches the target (and ``CURVE_TOP``, so that ``settings_for``
 can serve higher recalls too). The estimate is a mean over the sample: with 64 queries its
 standard error is about 0.01 at recall 0.95.
+
+A video's own vectors are not a caption: they stress other parts of a candidate stage than text
+does (on ``benchmarks/vectors_multiscene.py`` at 5,000 videos they called for a larger exact
+rerank and no more lists probed, where its text queries needed the lists; on
+``vectors_cliplike.py`` they estimated 1.000 where its text queries reached 0.938). So without
+text the settings only ever grow: the grid is cut to the settings at least as generous as the
+current ones in every field.
 """
 
 from __future__ import annotations
@@ -86,7 +93,7 @@ def calibrate(
     current: Settings,
     target: float,
     model: VideoColBERT | None = None,
-    queries: list[str] | None = None,
+    queries: list[str] | TextEmbedding | None = None,
     sample: int = SAMPLE_QUERIES,
     seed: int = 0,
 ) -> Calibration:
@@ -100,6 +107,8 @@ def calibrate(
     per_video = collection.vector_count() / max(len(collection), 1)
     query_vectors = float(text.mask.sum(dim=1).float().mean())
     grid = {dataclasses.astuple(s): s for s in [*engine.grid(engine.nlist), current]}
+    if held_out is not None:  # no text: only settings at least as generous as the current ones
+        grid = {key: s for key, s in grid.items() if _generous(s, current)}
     curve = []
     for settings in sorted(grid.values(), key=lambda s: engine.cost(s, query_vectors, per_video)):
         got = top_rows(collection, stage, text, held_out, settings)
@@ -120,14 +129,22 @@ def calibrate(
     )
 
 
+def _generous(settings: Settings, current: Settings) -> bool:
+    """Whether every field of ``settings`` is at least the one of ``current``."""
+    pairs = zip(dataclasses.astuple(settings), dataclasses.astuple(current), strict=True)
+    return all(a >= b for a, b in pairs)
+
+
 def sample_queries(
     collection: Collection,
     model: VideoColBERT | None,
-    queries: list[str] | None,
+    queries: list[str] | TextEmbedding | None,
     count: int,
     seed: int,
 ) -> tuple[TextEmbedding, list[int] | None, str]:
     """Encoded sample queries, the rows held out of each one's rankings, and their source."""
+    if isinstance(queries, TextEmbedding):
+        return queries, None, "encoded queries"
     g = torch.Generator().manual_seed(seed)
     if queries is None and model is not None:
         captions = [c for c in collection.column("caption") if c.strip()]

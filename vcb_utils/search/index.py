@@ -288,7 +288,7 @@ class VideoIndex:
     def calibrate(
         self,
         target_recall: float = 0.95,
-        queries: Sequence[str] | None = None,
+        queries: Sequence[str] | TextEmbedding | None = None,
         *,
         model: VideoColBERT | None = None,
         sample: int = calibration.SAMPLE_QUERIES,
@@ -297,8 +297,8 @@ class VideoIndex:
         """Estimate the two stages' recall@10 against the exact scan, and keep the cheapest
         settings that reach ``target_recall`` (or, if none does, those of highest recall).
 
-        The sample: ``queries`` (text, encoded by ``model``), else ``sample`` of the index's
-        captions (with ``model``), else ``sample`` held-out stored videos as pseudo-queries.
+        The sample: ``queries`` (text, encoded by ``model``, or encoded), else ``sample`` of the
+        index's captions (with ``model``), else held-out stored videos (settings only grow).
         ``settings`` become the chosen ones, saved with the estimate and the measured curve by
         the next ``save``. Costs one exact scan of the sample and one two-stage pass per
         setting tried. Without a candidate stage search is exact: recall 1, nothing kept.
@@ -309,7 +309,7 @@ class VideoIndex:
             )
         if model is not None:
             self.check_model(model)
-        texts = None if queries is None else list(queries)
+        texts = queries if queries is None or isinstance(queries, TextEmbedding) else list(queries)
         measured = calibration.calibrate(
             self.collection, self.stage, self.settings, target_recall, model, texts, sample, seed
         )

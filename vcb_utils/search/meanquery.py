@@ -99,7 +99,8 @@ class MeanQueryEngine:
             for p in sorted({min(p, nlist) for p in (8, 32, 128, 512)})
             for h in (4096, 16384)
             for c in (256, 1024)
-            for e in (32, 128)
+            for e in (32, 128, 512)
+            if e <= c
         ]
 
     def cost(self, settings: CandidateSettings, query_vectors: int, per_video: float) -> float:
