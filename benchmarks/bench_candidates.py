@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import multiprocessing
 import os
 import statistics
 import sys
@@ -37,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from bench_search import in_fresh_process  # noqa: E402
 from vectors_cliplike import ClipLikeVideos  # noqa: E402
 from vectors_multiscene import MultiSceneVideos  # noqa: E402
 
@@ -349,17 +349,6 @@ def rerank(
         order, stored, valid = order[kept], stored[kept], valid[kept]
     scores = exact_scores(torch.from_numpy(query)[None], None, stored, valid)[0]
     return order[scores.topk(min(K, len(order))).indices.numpy()]
-
-
-def in_fresh_process(target, *args) -> dict:
-    context = multiprocessing.get_context("spawn")
-    receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=target, args=(*args, send))
-    child.start()
-    send.close()
-    result = receive.recv()
-    child.join()
-    return result
 
 
 # ---- the report -------------------------------------------------------------------------

@@ -159,6 +159,19 @@ def codes_name_lists(codes: np.ndarray, list_bytes: int, nlist: int, batch: int 
     return True
 
 
+def add_codes(index, parts: Iterable[tuple[np.ndarray, np.ndarray]], batch: int = 1 << 20) -> None:
+    """Add the standalone ``(codes, ids)`` of ``parts`` (read once, in turn) to a trained faiss
+    IVF index, ``batch`` at a time: bounded copies out of memory maps."""
+    for codes, ids in parts:
+        if len(codes) != len(ids):
+            raise ValueError(f"{len(codes)} codes but {len(ids)} ids")
+        for lo in range(0, len(codes), batch):
+            index.add_sa_codes(
+                np.ascontiguousarray(codes[lo : lo + batch], dtype=np.uint8),
+                np.ascontiguousarray(ids[lo : lo + batch], dtype=np.int64),
+            )
+
+
 @contextmanager
 def faiss_threads(count: int) -> Iterator[None]:
     """faiss's OpenMP threads within the block (then as they were)."""

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from vcb_utils.search.engine import BRANCH_IDS, codes_name_lists
+from vcb_utils.search.engine import BRANCH_IDS, add_codes, codes_name_lists
 
 SUBVECTOR_DIMS = 8
 """Dimensions per PQ sub-quantizer: ``m = dim / 8`` (64 codes of 4 bits = 32 bytes at 512)."""
@@ -133,14 +133,7 @@ class IvfPqEngine:
         import faiss
 
         plain = faiss.deserialize_index(np.frombuffer(self._trained_bytes, dtype=np.uint8))
-        for codes, ids in parts:
-            if len(codes) != len(ids):
-                raise ValueError(f"{len(codes)} codes but {len(ids)} ids")
-            for lo in range(0, len(codes), 1 << 20):  # bounded copies out of memory maps
-                plain.add_sa_codes(
-                    np.ascontiguousarray(codes[lo : lo + (1 << 20)], dtype=np.uint8),
-                    np.ascontiguousarray(ids[lo : lo + (1 << 20)], dtype=np.int64),
-                )
+        add_codes(plain, parts)
         fast = faiss.IndexIVFPQFastScan(plain)
         # the conversion shares the plain index's coarse quantizer: give it its own copy, so
         # that the plain index (and its copy of the codes) can go now

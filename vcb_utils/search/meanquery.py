@@ -26,7 +26,7 @@ from vcb_utils.candidates import (
     default_nlist,
     refine,
 )
-from vcb_utils.search.engine import BRANCH_IDS, codes_name_lists
+from vcb_utils.search.engine import BRANCH_IDS, add_codes, codes_name_lists
 
 SUBVECTOR_DIMS = 8
 """Dimensions per sub-quantizer: ``m = dim / 8`` (64 bytes per vector at 512)."""
@@ -137,14 +137,7 @@ class MeanQueryEngine:
         import faiss
 
         index = faiss.deserialize_index(np.frombuffer(self._trained, dtype=np.uint8))
-        for codes, ids in parts:
-            if len(codes) != len(ids):
-                raise ValueError(f"{len(codes)} codes but {len(ids)} ids")
-            for lo in range(0, len(codes), 1 << 20):  # bounded copies out of memory maps
-                index.add_sa_codes(
-                    np.ascontiguousarray(codes[lo : lo + (1 << 20)], dtype=np.uint8),
-                    np.ascontiguousarray(ids[lo : lo + (1 << 20)], dtype=np.int64),
-                )
+        add_codes(index, parts)
         self.mean_query.index = index
 
     def add_vectors(self, vectors: np.ndarray, ids: np.ndarray) -> None:
