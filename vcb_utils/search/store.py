@@ -342,6 +342,17 @@ def write_segment(
     return checksums
 
 
+def map_array(path: Path, mode: str) -> np.ndarray:
+    """A saved ``.npy`` memory-mapped (``mode``: ``r`` or ``c``); FileNotFoundError when it is
+    missing, ValueError naming it when it cannot be read."""
+    try:
+        return np.load(path, mmap_mode=mode, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"{path} is corrupt ({err}); {REBUILD}") from err
+
+
 def open_segment(
     directory: Path,
     name: str,
@@ -359,12 +370,7 @@ def open_segment(
         (MASK_FILE, np.bool_, (rows, width)),
     ):
         path = folder / file
-        try:
-            array = np.load(path, mmap_mode="c", allow_pickle=False)
-        except FileNotFoundError:
-            raise
-        except (ValueError, OSError, EOFError) as err:
-            raise ValueError(f"{path} is corrupt ({err}); {REBUILD}") from err
+        array = map_array(path, "c")
         expected = shape if dim is not None else shape[:2]
         if array.dtype != dtype or array.shape[: len(expected)] != expected:
             raise ValueError(
@@ -420,12 +426,7 @@ def read_ann_part(
     """Memory-mapped codes ``[count, code_size]`` of one segment; ValueError naming a damaged
     file."""
     path = ann_folder(directory, generation) / f"{segment}.codes.npy"
-    try:
-        codes = np.load(path, mmap_mode="r", allow_pickle=False)
-    except FileNotFoundError:
-        raise
-    except (ValueError, OSError, EOFError) as err:
-        raise ValueError(f"{path} is corrupt ({err}); {REBUILD}") from err
+    codes = map_array(path, "r")
     if codes.dtype != np.uint8 or codes.shape != (count, code_size):
         raise ValueError(
             f"{path} is corrupt (holds {codes.dtype} {codes.shape}, expected uint8 "
