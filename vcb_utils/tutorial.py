@@ -149,11 +149,11 @@ def launch_training(config: Config, processes: int, *, cpu: bool) -> None:
 
     A notebook kernel that has already run torch (and accelerate) itself trains this way as fast
     as the command line: the children start clean, with the library's thread settings. The
-    config goes to ``<output_dir>.json`` beside the run folder, which starts afresh.
+    config goes to ``launch.json`` inside the run folder, whose earlier run is replaced.
     """
     output_dir = Path(config.train.output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    config_file = output_dir.with_name(f"{output_dir.name}.json")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config_file = output_dir / "launch.json"  # nothing written outside the run folder
     config_file.write_text(json.dumps(config.to_dict(), indent=2))
     command = [sys.executable, "-m", "accelerate.commands.launch"]
     command += ["--num_processes", str(processes)] + (["--multi_gpu"] if processes > 1 else [])
