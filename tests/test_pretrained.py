@@ -14,7 +14,7 @@ import pytest
 from huggingface_hub import constants, hf_hub_download
 
 from vcb_utils import pretrained
-from vcb_utils.pretrained import PretrainedUnavailable, check_pretrained
+from vcb_utils.pretrained import PretrainedUnavailable, Weights, check_pretrained, parse_weights
 
 REPO = Path(__file__).resolve().parents[1]
 B32_REPO = "timm/vit_base_patch32_clip_224.openai"
@@ -67,7 +67,22 @@ def test_a_local_file_needs_no_hub(hub, tmp_path):
     weights = tmp_path / "weights.safetensors"
     weights.write_bytes(b"weights")
     check_pretrained("ViT-B-32", str(weights))
+    check_pretrained("ViT-B-32", f"openai={weights}")  # the tag's settings, the file's weights
     check_pretrained("ViT-B-32", None)
+    missing = tmp_path / "missing.safetensors"
+    with pytest.raises(PretrainedUnavailable, match=f"openai={missing}: no such file {missing}"):
+        check_pretrained("ViT-B-32", f"openai={missing}")
+
+
+def test_pretrained_reads_as_a_tag_a_file_or_a_tag_with_its_file():
+    assert parse_weights("ViT-B-32", None) == Weights()
+    assert parse_weights("ViT-B-32", "openai") == Weights(tag="openai")
+    assert parse_weights("ViT-B-32", "openai=/w/b32.bin") == Weights("openai", "/w/b32.bin")
+    assert parse_weights("ViT-B-16-SigLIP", "webli=w.bin").source == "w.bin"
+    assert parse_weights("ViT-B-32", "/runs/lr=1e-4/b32.bin") == Weights(
+        file="/runs/lr=1e-4/b32.bin"
+    )
+    assert parse_weights("vcb-tiny", "openai=w.bin") == Weights(file="openai=w.bin")  # no tags
 
 
 def test_an_offline_tag_fails_at_once_naming_the_flag_and_the_download(hub, monkeypatch):
@@ -76,11 +91,11 @@ def test_an_offline_tag_fails_at_once_naming_the_flag_and_the_download(hub, monk
         check_pretrained("ViT-B-32", "openai")
     message = str(raised.value)
     assert "HF_HUB_OFFLINE is set" in message
-    assert "--pretrained /path/to/weights" in message
+    assert "--pretrained openai=/path/to/weights" in message
     assert f"hf download {B32_REPO}" in message
     assert f"into {hub} here" in message  # where this machine's cache is
     assert "--tokenizer" not in message  # CLIP's tokenizer ships with open_clip
-    assert "A file does not bring the tag's QuickGELU" in message  # the cache route keeps it
+    assert "Naming the tag before the file keeps openai's QuickGELU" in message
 
 
 def test_offline_in_a_fresh_process_with_an_empty_hf_home(tmp_path):
@@ -107,7 +122,7 @@ def test_offline_in_a_fresh_process_with_an_empty_hf_home(tmp_path):
         timeout=180,
     )
     assert done.returncode == 0, done.stderr
-    assert "--pretrained /path/to/weights" in done.stdout
+    assert "--pretrained openai=/path/to/weights" in done.stdout
     assert f"{tmp_path / 'hf' / 'hub'}" in done.stdout
     assert float(done.stdout.split("seconds ")[-1]) < FAST_S
 
@@ -123,7 +138,7 @@ def test_an_unreachable_hub_fails_fast(hub):
     with pytest.raises(PretrainedUnavailable, match="accepted no connection") as raised:
         check_pretrained("ViT-B-32", "openai")
     assert time.monotonic() - start < FAST_S
-    assert "--pretrained /path/to/weights" in str(raised.value)
+    assert "--pretrained openai=/path/to/weights" in str(raised.value)
 
 
 def test_a_reachable_hub_may_download(hub, monkeypatch):
@@ -156,7 +171,8 @@ def test_siglip_needs_its_tokenizer_from_the_cache_or_a_folder(hub, monkeypatch,
     with pytest.raises(PretrainedUnavailable) as raised:
         check_pretrained("ViT-B-16-SigLIP", "webli")
     assert "tokenizer:" not in str(raised.value)  # only the weights are missing now
-    assert "does not bring the tag's frame preprocessing (mean, std, resize)" in str(raised.value)
+    assert "--pretrained webli=/path/to/weights" in str(raised.value)
+    assert "keeps webli's frame preprocessing (mean, std, resize)" in str(raised.value)
 
 
 def test_a_name_lookup_that_hangs_counts_as_unreachable(monkeypatch):

@@ -20,10 +20,12 @@ import torch
 from torch import nn
 
 from vcb_utils.config import ModelConfig
-from vcb_utils.pretrained import check_pretrained
+from vcb_utils.pretrained import FRAME_SETTINGS, check_pretrained, parse_weights, warn_untagged
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 """open_clip model configs of this repository (the tiny CPU backbones)."""
+CHECKPOINT_SUFFIXES = {".pt", ".pth", ".bin", ".safetensors"}
+"""Endings that make ``--pretrained`` surely a file (missing: FileNotFoundError, not a tag)."""
 
 
 @functools.cache
@@ -35,28 +37,33 @@ def register_model_configs() -> None:
 def create_backbone(cfg: ModelConfig, load_weights: bool = True) -> nn.Module:
     """The open_clip CLIP model named by ``cfg.backbone``.
 
-    ``cfg.pretrained`` is an open_clip tag (downloads), a local checkpoint file, or None
-    (random init). With ``load_weights=False`` nothing is loaded or downloaded: the
-    weights are about to come from a Video-ColBERT checkpoint.
+    ``cfg.pretrained`` is an open_clip tag (downloads), a local checkpoint file, ``TAG=FILE`` (the
+    file's weights with the tag's settings) or None (random init). With ``load_weights=False``
+    nothing is loaded or downloaded: the weights are about to come from a Video-ColBERT
+    checkpoint.
     """
     register_model_configs()
     if cfg.backbone not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {cfg.backbone!r} (see open_clip.list_models())")
-    pretrained = cfg.pretrained if load_weights else None
-    is_file_path = pretrained and Path(pretrained).suffix in {".pt", ".pth", ".bin", ".safetensors"}
-    if is_file_path and not Path(pretrained).is_file():
-        raise FileNotFoundError(f"backbone checkpoint not found: {pretrained}")
-    check_pretrained(cfg.backbone, pretrained, cfg.tokenizer)  # offline: fail fast, say how
-    # The tag's image mean/std (SigLIP's 0.5 differ from CLIP's) also when its weights are not
-    # loaded: a Video-ColBERT checkpoint trained from them must see frames normalised the same.
-    tag = open_clip.get_pretrained_cfg(cfg.backbone, cfg.pretrained) if cfg.pretrained else {}
-    preprocess = {k: tag[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag}
-    with _quiet_random_init() if pretrained is None else contextlib.nullcontext():
+    weights = parse_weights(cfg.backbone, cfg.pretrained)
+    file = weights.file if load_weights else None
+    if file and Path(file).suffix in CHECKPOINT_SUFFIXES and not Path(file).is_file():
+        raise FileNotFoundError(f"backbone checkpoint not found: {file}")
+    # offline: fail fast, say how
+    check_pretrained(cfg.backbone, cfg.pretrained if load_weights else None, cfg.tokenizer)
+    if file and not weights.tag:
+        warn_untagged(cfg.backbone, file)
+    # The tag's settings whether its weights download, come from a file or from a Video-ColBERT
+    # checkpoint next: QuickGELU (openai) and the frame mean/std/resize (SigLIP's 0.5 differ
+    # from CLIP's), so that the model computes and sees frames as the weights were trained.
+    tag = open_clip.get_pretrained_cfg(cfg.backbone, weights.tag) if weights.tag else {}
+    source = weights.source if load_weights else None
+    with _quiet_random_init() if source is None else contextlib.nullcontext():
         return open_clip.create_model(
             cfg.backbone,
-            pretrained=pretrained,
-            force_quick_gelu=cfg.pretrained == "openai",
-            force_preprocess_cfg=preprocess,
+            pretrained=source,
+            force_quick_gelu=tag.get("quick_gelu", False),
+            force_preprocess_cfg={key: tag[key] for key in FRAME_SETTINGS if key in tag},
         )
 
 
@@ -74,7 +81,6 @@ def _quiet_random_init() -> Iterator[None]:
         yield
     finally:
         root.removeFilter(keep)
-
 
 
 def text_tower(clip: nn.Module) -> nn.Module:
@@ -147,4 +153,3 @@ def pooled_positions(clip: nn.Module, ids: torch.Tensor) -> torch.Tensor:
         position = 0 if pool == "first" else length - 1
         return torch.full((rows,), position, dtype=torch.long, device=ids.device)
     raise ValueError(f"text pool_type {pool!r} has no single pooled position")
-

@@ -138,7 +138,8 @@ class ModelConfig(_Validated):
     backbone: str = "ViT-B-32"
     """Any open_clip model name (ViT-B-32, ViT-B-16, ViT-B-16-SigLIP, vcb-tiny; ViT-B/32 too)."""
     pretrained: str | None = None
-    """open_clip tag (openai, webli; downloads), a local .pt/.safetensors file, or none."""
+    """open_clip tag (openai, webli; downloads), a local .pt/.safetensors file, TAG=FILE (a file
+    holding the tag's weights: the tag's QuickGELU and frame settings apply), or none."""
     tokenizer: str | None = None
     """HF tokenizer name or local folder replacing the backbone's (vcb:synthetic: built offline)."""
     max_words: int = 32

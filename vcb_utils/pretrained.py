@@ -5,12 +5,19 @@ the hub client retries for up to a minute before open_clip gives up with a bare
 ``RuntimeError``. ``check_pretrained`` decides in a few seconds, before anything is loaded: a
 local file must exist; hub files are fine when they are in the local cache or the hub accepts
 a connection within ``HUB_PROBE_TIMEOUT_S``; otherwise one error names the missing files and
-how to bring them (``--pretrained /path/to/weights``, ``--tokenizer FOLDER``, or a copied
+how to bring them (``--pretrained TAG=/path/to/weights``, ``--tokenizer FOLDER``, or a copied
 cache).
+
+``--pretrained`` is read by ``parse_weights``: a tag, a file, or ``TAG=FILE``, a file that holds
+a tag's weights. A tag sets more than the weights (QuickGELU for ``openai``, SigLIP's frame
+mean, std and resize for ``webli``); named with its file, those settings apply exactly as when
+the tag downloads. A bare file gets open_clip's defaults, and ``warn_untagged`` says once what
+that leaves out.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -41,6 +48,64 @@ class PretrainedUnavailable(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Weights:
+    """Where a backbone's weights come from, as ``--pretrained`` names them."""
+
+    tag: str | None = None
+    """The open_clip weight tag whose settings apply (and whose weights download if no file)."""
+    file: str | None = None
+    """A local weights file."""
+
+    @property
+    def source(self) -> str | None:
+        """What open_clip loads: the file, else the tag, else nothing (random weights)."""
+        return self.file or self.tag
+
+
+def parse_weights(backbone: str, pretrained: str | None) -> Weights:
+    """``pretrained`` for ``backbone``: one of its tags, ``TAG=FILE`` with one of its tags, else
+    a file (that it exists is checked when it is loaded)."""
+    if not pretrained:
+        return Weights()
+    if open_clip.get_pretrained_cfg(backbone, pretrained):
+        return Weights(tag=pretrained)
+    tag, named, file = pretrained.partition("=")
+    if named and open_clip.get_pretrained_cfg(backbone, tag):
+        return Weights(tag=tag, file=file)
+    return Weights(file=pretrained)
+
+
+def tag_settings(tag_cfg: dict) -> tuple[str, ...]:
+    """What a weight tag sets besides the weights: QuickGELU, non-default frame preprocessing."""
+    settings = ("QuickGELU",) if tag_cfg.get("quick_gelu") else ()
+    default = PreprocessCfg()
+    if any(
+        tag_cfg.get(key, getattr(default, key)) != getattr(default, key) for key in FRAME_SETTINGS
+    ):
+        settings += ("frame preprocessing (mean, std, resize)",)
+    return settings
+
+
+@functools.cache
+def warn_untagged(backbone: str, file: str) -> None:
+    """Warn once per backbone and file that a file named without a tag gets open_clip's
+    defaults, naming the settings of the tags it could hold."""
+    lost: dict[str, list[str]] = {}
+    for tag in open_clip.list_pretrained_tags_by_model(backbone):
+        for setting in tag_settings(open_clip.get_pretrained_cfg(backbone, tag)):
+            lost.setdefault(setting, []).append(tag)
+    if not lost:
+        return
+    settings = "; ".join(f"{setting} of {', '.join(tags)}" for setting, tags in lost.items())
+    example = next(iter(lost.values()))[0]
+    log.warning(
+        f"--pretrained {file} names no weight tag, so {backbone} gets open_clip's defaults, not "
+        f"the settings of a tag the file may hold ({settings}). If it holds a tag's weights, "
+        f"name the tag: --pretrained TAG={file} (e.g. {example}={file})."
+    )
+
+
+@dataclass(frozen=True)
 class HubFiles:
     """What a backbone needs from one hub repository: any one of ``names``."""
 
@@ -48,8 +113,10 @@ class HubFiles:
     """``weights`` or ``tokenizer``."""
     repo: str
     names: tuple[str, ...]
+    tag: str = ""
+    """The weight tag these files are the weights of."""
     tag_settings: tuple[str, ...] = ()
-    """What the weight tag sets besides the weights, which a local file does not bring."""
+    """What the weight tag sets besides the weights, which a file keeps when the tag is named."""
 
     def cached(self) -> bool:
         """Whether one of the files is in the local Hugging Face cache."""
@@ -59,7 +126,8 @@ class HubFiles:
 def check_pretrained(backbone: str, pretrained: str | None, tokenizer: str | None = None) -> None:
     """Raise ``PretrainedUnavailable`` unless ``backbone`` can get its weights and tokenizer.
 
-    ``pretrained`` is an open_clip tag, a local file or None (random weights); ``tokenizer`` a
+    ``pretrained`` is an open_clip tag, a local file, ``TAG=FILE`` (``parse_weights``) or None
+    (random weights); ``tokenizer`` a
     local folder, a hub name or None (the backbone's own, from the hub for SigLIP). When every
     hub file is cached but the hub cannot be reached, huggingface_hub is switched to offline
     mode for this process, so that the loaders read the cache at once instead of retrying.
@@ -81,16 +149,18 @@ def check_pretrained(backbone: str, pretrained: str | None, tokenizer: str | Non
 def hub_files(backbone: str, pretrained: str | None, tokenizer: str | None) -> list[HubFiles]:
     """The hub files that ``backbone`` with these weights and this tokenizer will load."""
     needed = []
-    if pretrained:
-        tag = open_clip.get_pretrained_cfg(backbone, pretrained)
-        if tag.get("hf_hub"):
-            needed.append(weight_files(tag))
-        elif not Path(pretrained).is_file():
-            tags = ", ".join(open_clip.list_pretrained_tags_by_model(backbone)) or "none"
-            raise PretrainedUnavailable(
-                f"--pretrained {pretrained}: no such file, and not a weight tag of {backbone} "
-                f"(its tags: {tags})"
-            )
+    weights = parse_weights(backbone, pretrained)
+    if weights.file and not Path(weights.file).is_file():
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(backbone)) or "none"
+        raise PretrainedUnavailable(
+            f"--pretrained {pretrained}: no such file {weights.file}"
+            if weights.tag
+            else f"--pretrained {pretrained}: no such file, and not a weight tag of {backbone} "
+            f"(its tags: {tags}; a file holding a tag's weights: TAG=FILE)"
+        )
+    tag_cfg = open_clip.get_pretrained_cfg(backbone, weights.tag) if weights.tag else {}
+    if not weights.file and tag_cfg.get("hf_hub"):
+        needed.append(weight_files(weights.tag, tag_cfg))
     text_cfg = (open_clip.get_model_config(backbone) or {}).get("text_cfg", {})
     name = tokenizer or text_cfg.get("hf_tokenizer_name")
     if name and not Path(name).is_dir() and _is_repo_id(name):
@@ -107,10 +177,10 @@ def _is_repo_id(name: str) -> bool:
     return True
 
 
-def weight_files(tag: dict) -> HubFiles:
+def weight_files(tag: str, tag_cfg: dict) -> HubFiles:
     """The files open_clip asks the hub for, from a tag's ``org/repo/filename`` (no filename:
     its default weights file), after the ``.safetensors`` twin that it tries first."""
-    repo, name = os.path.split(tag["hf_hub"])
+    repo, name = os.path.split(tag_cfg["hf_hub"])
     name = name or HF_WEIGHTS_NAME
     if name == HF_WEIGHTS_NAME:
         names = (HF_SAFE_WEIGHTS_NAME, name)
@@ -118,11 +188,7 @@ def weight_files(tag: dict) -> HubFiles:
         names = (name[:-4] + ".safetensors", name)
     else:
         names = (name,)
-    settings = ("QuickGELU",) if tag.get("quick_gelu") else ()
-    default = PreprocessCfg()
-    if any(tag.get(key, getattr(default, key)) != getattr(default, key) for key in FRAME_SETTINGS):
-        settings += ("frame preprocessing (mean, std, resize)",)
-    return HubFiles("weights", repo, names, settings)
+    return HubFiles("weights", repo, names, tag, tag_settings(tag_cfg))
 
 
 def hub_unreachable() -> str | None:
@@ -173,8 +239,7 @@ def advice(backbone: str, missing: list[HubFiles], reason: str) -> str:
         f"{backbone} needs files from the Hugging Face hub that are not on this machine, "
         f"and the hub cannot be reached ({reason}):",
         *(f"  {f.kind}: {f.repo} ({' or '.join(f.names)})" for f in missing),
-        "Bring them from a machine with a network, either as its cache (exact: the weight "
-        "tag stays as it is):",
+        "Bring them from a machine with a network, either as its cache:",
         *(f"  {command}" for command in downloads.values()),
         f"  then copy {caches} from its ~/.cache/huggingface/hub into "
         f"{constants.HF_HUB_CACHE} here (HF_HOME or HF_HUB_CACHE move it) and set "
@@ -183,9 +248,12 @@ def advice(backbone: str, missing: list[HubFiles], reason: str) -> str:
         *(f"  {command} --local-dir {_folder(repo)}" for repo, command in downloads.items()),
         "  then copy them here and give " + " and ".join(map(_flag, missing)) + ".",
     ]
-    lost = [setting for files in missing for setting in files.tag_settings]
-    if lost:
-        lines.append(f"  A file does not bring the tag's {' and '.join(lost)}: prefer the cache.")
+    kept = [f"{f.tag}'s {' and '.join(f.tag_settings)}" for f in missing if f.tag_settings]
+    if kept:
+        lines.append(
+            f"  Naming the tag before the file keeps {', '.join(kept)}; a bare file path "
+            "gets open_clip's defaults."
+        )
     return "\n".join(lines)
 
 
@@ -200,5 +268,5 @@ def _folder(repo: str) -> str:
 
 def _flag(files: HubFiles) -> str:
     if files.kind == "weights":
-        return f"--pretrained /path/to/weights (the file in {_folder(files.repo)})"
+        return f"--pretrained {files.tag}=/path/to/weights (the file in {_folder(files.repo)})"
     return f"--tokenizer FOLDER (the folder {_folder(files.repo)})"
