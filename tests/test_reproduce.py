@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from vcb_utils import reproduce
+from vcb_utils import baselines, reproduce
 from vcb_utils.reproduce import (
     END,
     START,
@@ -132,3 +132,95 @@ def test_a_run_then_collect_without_training(tmp_path, monkeypatch):
 
 def test_the_readme_shows_the_table_the_results_file_gives():
     assert reproduction_table() in README.read_text()
+
+
+# ---- baselines ---------------------------------------------------------------------------------
+def write_baseline_run(folder: Path, scores: dict[str, float], epochs: int | None) -> None:
+    """A finished baseline run: ``metrics.json`` with these R@1 per score, and its last config."""
+    metrics = {
+        d: {s: {"R1": r1, "R5": r1 + 10, "R10": r1 + 20, "MdR": 3.0, "MnR": 9.0}
+            for s, r1 in scores.items()}
+        for d in ("t2v", "v2t")
+    }  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps({"metrics": metrics}))
+    if epochs is not None:
+        (folder / "last").mkdir()
+        (folder / "last" / "config.json").write_text(json.dumps({"train": {"epochs": epochs}}))
+
+
+def table_rows(table: str) -> dict[tuple[str, str], list[str]]:
+    """(backbone, baseline) -> the other cells of each row of a markdown table."""
+    rows = {}
+    for line in table.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if line.startswith("| `"):
+            rows[cells[0], cells[1]] = cells[2:]
+    return rows
+
+
+def test_baseline_table_from_the_runs_keeps_the_paper_runs(tmp_path):
+    root, results = tmp_path / "runs", tmp_path / "results.json"
+    results.write_text(json.dumps({"runs": {"msvd-clip-b16": {"0": "kept"}}}))
+    write_baseline_run(root / "tiny" / "zero-shot", {"mean": 1.0, "maxsim": 2.0}, None)
+    write_baseline_run(root / "tiny" / "F", {"both": 60.0}, 4)
+    write_baseline_run(root / "tiny-siglip" / "both", {"both": 70.5, "F": 1.0, "V": 2.0}, 10)
+    baselines.collect(["tiny", "tiny-siglip"], root, results)
+    assert read_results(results) == {"msvd-clip-b16": {"0": "kept"}}  # the other section stays
+    table = baselines.baseline_table(results)
+    rows = table_rows(table)
+    assert len(rows) == 10  # 2 backbones x 5 baselines
+    tiny, siglip = "`vcb-tiny`", "`vcb-tiny-siglip`"
+    mean = rows[tiny, "zero-shot, mean-pooled frames (CLIP4Clip's zero-shot)"]
+    assert mean == ["1.0 / 11.0 / 21.0", "3", "–", "`--preset msrvtt-clip-b16 --zero_shot`"]
+    maxsim = rows[tiny, "zero-shot, MeanMaxSim of the real tokens over frames"]
+    assert maxsim[:3] == ["2.0 / 12.0 / 22.0", "3", "–"]
+    f_only = rows[tiny, "F only (`--mode F`)"]
+    assert f_only == ["60.0 / 70.0 / 80.0", "3", "4", "`--preset msrvtt-clip-b16 --mode F`"]
+    v_only = rows[tiny, "V only (`--mode V`)"]
+    assert v_only == ["not measured", "–", "–", "`--preset msrvtt-clip-b16 --mode V`"]
+    both = rows[siglip, "both branches (the method)"]  # the model's total, not its branches
+    assert both == ["70.5 / 80.5 / 90.5", "3", "10", "`--preset msrvtt-siglip-b16`"]
+    assert "chance level" in table and "Synthetic test split (100 videos)" in table
+
+
+def test_baseline_runs_refuse_what_they_cannot_read(tmp_path):
+    root, results = tmp_path / "runs", tmp_path / "results.json"
+    write_baseline_run(root / "tiny" / "V", {"both": 50.0}, None)  # trained, but no config
+    with pytest.raises(ValueError, match="last/config.json"):
+        baselines.collect(["tiny"], root, results)
+    (root / "tiny" / "V" / "metrics.json").write_text('{"metrics": {"t2v": []}}')
+    with pytest.raises(ValueError, match="not a metrics file"):
+        baselines.collect(["tiny"], root, results)
+    assert not results.exists()
+
+
+def test_the_baseline_command_runs_what_is_missing_then_the_table(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(cmd, cwd):
+        calls.append(cmd)
+        out = Path(cmd[cmd.index("--output_dir") + 1])
+        zero = "--zero_shot" in cmd
+        scores = {"mean": 1.0, "maxsim": 1.0} if zero else {"both": 50.0}
+        write_baseline_run(out, scores, None if zero else int(cmd[cmd.index("--epochs") + 1]))
+        return type("Done", (), {"returncode": 0})()
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"top\n{baselines.START}\nold\n{baselines.END}\nend\n")
+    monkeypatch.setattr(baselines.subprocess, "run", fake_run)
+    monkeypatch.setattr(baselines, "RESULTS_FILE", tmp_path / "results.json")
+    monkeypatch.setattr(baselines, "README", readme)
+    args = ["--presets", "tiny", "--epochs", "2", "--root", str(tmp_path / "r")]
+    assert baselines.main(args) == 0 and baselines.main(args) == 0  # the second runs nothing
+    runs = [Path(c[c.index("--output_dir") + 1]).name for c in calls]
+    assert runs == ["zero-shot", "F", "V", "both"]
+    assert calls[1][4:6] == ["--mode", "F"] and "--mode" not in calls[3]
+    assert all(("--epochs" in c) != ("--zero_shot" in c) for c in calls)
+    text = readme.read_text()
+    assert text.startswith(f"top\n{baselines.START}\n| backbone |") and "old" not in text
+    assert "| `vcb-tiny` | V only (`--mode V`) | 50.0 / 60.0 / 70.0 | 3 | 2 |" in text
+
+
+def test_the_readme_shows_the_baseline_table_the_results_file_gives():
+    assert baselines.baseline_table() in README.read_text()

@@ -130,19 +130,26 @@ def collect(
             if metrics_file.is_file():
                 runs = results.setdefault(preset, {})
                 runs[str(seed)] = {**read_run(metrics_file), "metrics_file": str(metrics_file)}
-    results_file.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(results_file, {"runs": results})
+    update_results(results_file, "runs", results)
     return results
 
 
-def read_results(results_file: Path = RESULTS_FILE) -> dict:
-    """Preset -> seed -> ``{"t2v": {...}, "v2t": {...}}`` from the results file ({} if none)."""
+def read_results(results_file: Path = RESULTS_FILE, section: str = "runs") -> dict:
+    """One section of the results file ({} if none): ``runs`` maps preset -> seed ->
+    ``{"t2v": {...}, "v2t": {...}}``; ``baselines`` is ``vcb_utils.baselines``'."""
     if not results_file.is_file():
         return {}
-    runs = read_json(results_file, "restore it from git or delete it").get("runs")
+    runs = read_json(results_file, "restore it from git or delete it").get(section, {})
     if not isinstance(runs, dict):
-        raise ValueError(f"{results_file}: no 'runs' mapping; restore it from git or delete it")
+        raise ValueError(f"{results_file}: {section!r} is no mapping; restore it from git")
     return runs
+
+
+def update_results(results_file: Path, section: str, values: dict) -> None:
+    """Replace one section of the results file, keeping the others."""
+    whole = read_json(results_file, "restore it from git") if results_file.is_file() else {}
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(results_file, {**whole, section: values})
 
 
 # ---- the table ---------------------------------------------------------------------------------
@@ -191,12 +198,17 @@ def _disputed(row: Published, keys: dict[str, str]) -> str:
 
 def write_readme_table(readme: Path = README, results_file: Path = RESULTS_FILE) -> None:
     """Replace the README's table between the marker lines by ``reproduction_table()``."""
-    text = readme.read_text()
-    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
-        raise ValueError(f"{readme}: needs one line {START!r} and, after it, one {END!r}")
-    head, rest = text.split(START)
-    tail = rest.split(END)[1]
-    write_atomic(readme, f"{head}{START}\n{reproduction_table(results_file)}\n{END}{tail}")
+    replace_between(readme, START, END, reproduction_table(results_file))
+
+
+def replace_between(path: Path, start: str, end: str, body: str) -> None:
+    """Replace what lies between the lines ``start`` and ``end`` of a text file by ``body``."""
+    text = path.read_text()
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise ValueError(f"{path}: needs one line {start!r} and, after it, one {end!r}")
+    head, rest = text.split(start)
+    tail = rest.split(end)[1]
+    write_atomic(path, f"{head}{start}\n{body}\n{end}{tail}")
 
 
 # ---- command line ------------------------------------------------------------------------------
