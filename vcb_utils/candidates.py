@@ -14,21 +14,29 @@ in its top 128 for 99.8-100% of the queries of ``benchmarks/vectors_multiscene.p
 ``benchmarks/vectors_cliplike.py`` at 100k videos, where a video's mean vector reaches 79%
 (multi-scene) and PLAID-style centroid interaction (8,192 centroids) at most 21% (CLIP-like).
 
-It needs *precise* inner products: a 4-bit PQ code's error (about 0.1 here) is larger than the
-margins of CLIP-like vectors. Two steps, then:
+Three steps compute it cheaply:
 
-1. ``candidates``: every stored vector is an IVF-PQ code with 8-bit sub-quantizers (``D / 8``
-   bytes: 64 at 512 dimensions) in a faiss ``IndexIVFPQ`` (inner product); one search of
-   ``q_mean`` returns its ``hits`` best vectors (ids ``row * branches + branch``); each video
-   takes, per branch, its best hit, or the worst hit where it has none; the ``candidates``
-   best videos come back.
-2. ``refine``: the caller reads those videos' stored vectors (it needs them for the exact
+1. **lists**: every stored vector is in the coarse list of its nearest centroid ``c``. The
+   best inner product in a list is at most ``<q, c> + |q| r`` (``r``: the list's largest
+   residual ``|x - c|``); lists are probed best *bound* first. Ranking by ``<q, c>`` alone
+   (faiss's order) skips the loose lists that hold a query's best matches: a mean query is
+   far from every vector (cosine 0.3-0.6), and on multi-scene videos it found 56% of the
+   exact top-10 at 128 of 1,024 lists, the bound 95%. The bound's ``|q| r`` term is weighted
+   by ``LIST_RADIUS_WEIGHT`` (0.5: tuned on the multi-scene generator; 1 is the strict bound,
+   whose order is looser on every generator measured).
+2. **hits**: every stored vector is an IVF-PQ code of 4-bit sub-quantizers over 4 dimensions
+   each (``D / 8`` bytes: 64 at 512 dimensions) scanned with faiss's SIMD *fast-scan*
+   kernels; the ``nprobe`` lists give the ``hits`` best vectors for ``q_mean`` (ids
+   ``row * branches + branch``); each video takes, per branch, its best hit (or the worst hit
+   where it has none), and the ``candidates`` best videos come back.
+3. ``refine``: the caller reads those videos' stored vectors (it needs them for the exact
    rerank anyway) and ``refine`` keeps the ``exact`` best by the same score computed from
-   them; only those get the exact MeanMaxSim.
+   them: a code's error (about 0.03 here) is larger than the margins of CLIP-like vectors.
+   Only those get the exact MeanMaxSim.
 
-RAM: ``D / 8 + 8`` bytes per stored vector (code and id): 72 at 512 dimensions, 1.9 GB for a
-million videos of 26 vectors. On disk: faiss's own serialisation and a JSON header, each
-written aside and renamed.
+RAM: ``D / 8 + 8`` bytes per stored vector (code and id): 72 at 512 dimensions, 1.7 GB for a
+million videos of 24 valid vectors. On disk: faiss's own serialisation and a JSON header,
+each written aside and renamed.
 """
 
 from __future__ import annotations
@@ -36,18 +44,25 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 FORMAT = "vcb-mean-query-candidates"
-VERSION = 1
-SUBVECTOR_DIMS = 8
-"""Dimensions per 8-bit PQ sub-quantizer."""
-TRAIN_POINTS = 65536
-"""Training vectors (at least 256 per sub-quantizer code and 39 per coarse list)."""
+VERSION = 2
+SUBVECTOR_DIMS = 4
+"""Dimensions per 4-bit PQ sub-quantizer (one bit per dimension)."""
+CODE_BITS = 4
+"""Bits per sub-quantizer code: 4 is what faiss's fast-scan kernels scan."""
+TRAIN_POINTS_PER_LIST = 40
+"""Training vectors per coarse list (faiss wants at least 39)."""
+MIN_TRAIN_POINTS = 65536
+"""Training vectors however few the lists."""
+LIST_RADIUS_WEIGHT = 0.5
+"""Weight of ``|q| r`` in a list's bound (see the module docstring)."""
 ADD_BLOCK = 65536
 """Vectors encoded at once."""
 
@@ -56,8 +71,9 @@ ADD_BLOCK = 65536
 class CandidateSettings:
     """How much work the candidate stage does per query; more: higher recall, slower."""
 
-    nprobe: int = 128
-    """Coarse lists scanned for the mean query vector."""
+    nprobe: int = 512
+    """Coarse lists scanned for the mean query vector, best bound first (``default_settings``
+    of an index: an eighth of its lists; 512 is that of 100k videos)."""
     hits: int = 16384
     """Nearest stored vectors kept (each gives its video a score)."""
     candidates: int = 1024
@@ -71,23 +87,72 @@ class CandidateSettings:
                 raise ValueError(f"{name} must be a positive int, not {value!r}")
 
 
+PROBED_SHARE = 8
+"""``default_settings`` probes one list in this many."""
+
+
+def default_settings(nlist: int) -> CandidateSettings:
+    """The ``CandidateSettings`` defaults with an eighth of ``nlist`` lists probed."""
+    return CandidateSettings(nprobe=max(1, nlist // PROBED_SHARE))
+
+
 def default_nlist(n_vectors: int) -> int:
-    """Coarse lists: the power of two nearest ``sqrt(n) / 2``, with at least 39 training vectors
-    per list in ``TRAIN_POINTS``."""
-    target = 2 ** round(math.log2(max(math.sqrt(max(n_vectors, 1)) / 2, 1)))
-    return max(1, min(target, 2 ** int(math.log2(TRAIN_POINTS // 39))))
+    """Coarse lists: the power of two nearest ``2 sqrt(n)`` (4,096 for 100k videos of 24
+    vectors, 8,192 for a million), at most ``n / TRAIN_POINTS_PER_LIST``. Short lists keep
+    the bound of each tight."""
+    target = 2 ** round(math.log2(max(2 * math.sqrt(max(n_vectors, 1)), 1)))
+    most = 2 ** int(math.log2(max(n_vectors // TRAIN_POINTS_PER_LIST, 1)))
+    return max(1, min(target, most))
+
+
+def train_points(nlist: int) -> int:
+    """Training vectors for ``nlist`` lists."""
+    return max(MIN_TRAIN_POINTS, TRAIN_POINTS_PER_LIST * nlist)
+
+
+def train_index(sample: np.ndarray, nlist: int, seed: int = 0, m: int | None = None) -> bytes:
+    """A trained, empty faiss IVF-PQ (inner product) of ``nlist`` lists and ``m`` 4-bit
+    sub-quantizers (default ``D / SUBVECTOR_DIMS``; fewer bits for a sample under 16 vectors),
+    serialised."""
+    import faiss
+
+    sample = np.ascontiguousarray(sample, np.float32)
+    n, dim = sample.shape
+    m = m or max(2, dim // SUBVECTOR_DIMS)
+    if dim % m or m % 2:
+        raise ValueError(f"m={m} sub-quantizers must be even and divide the vector size {dim}")
+    nlist = min(nlist, n)
+    bits = min(CODE_BITS, int(math.log2(max(n, 2))))
+    index = faiss.IndexIVFPQ(
+        faiss.IndexFlatIP(dim), dim, nlist, m, bits, faiss.METRIC_INNER_PRODUCT
+    )
+    index.cp.seed = index.pq.cp.seed = seed
+    index.cp.min_points_per_centroid = index.pq.cp.min_points_per_centroid = 1
+    index.verbose = False
+    index.train(sample)
+    return faiss.serialize_index(index).tobytes()
 
 
 class MeanQueryCandidates:
-    """IVF-PQ (8-bit) codes of every stored vector, searched with the mean query vector.
+    """IVF-PQ codes of every stored vector, probed by bound and searched with the mean query.
 
-    Rows are numbered from 0 in the order they are added; each holds ``branches`` segments of
-    vectors (F, then V).
+    ``trained``: what ``train_index`` gave. Rows are numbered from 0 in the order they are
+    added; each holds ``branches`` segments of vectors (F, then V).
     """
 
-    def __init__(self, index, branches: int = 2) -> None:
-        self.index = index
+    def __init__(self, trained: bytes, branches: int = 2) -> None:
+        import faiss
+
+        self.trained = trained
         self.branches = branches
+        self.encoder = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
+        self.nlist = self.encoder.nlist
+        self.centroids = self.encoder.quantizer.reconstruct_n(0, self.nlist)
+        self.code_size = self.encoder.sa_code_size()
+        self.list_bytes = self.encoder.coarse_code_size()
+        self.radii = np.zeros(self.nlist, np.float32)
+        """Per list, the largest residual norm of its codes."""
+        self.index = _searchable(self.encoder)
         self.rows = 0
 
     # ---- building ------------------------------------------------------------------------------
@@ -95,24 +160,45 @@ class MeanQueryCandidates:
     def train(
         cls, sample: np.ndarray, nlist: int | None = None, branches: int = 2, seed: int = 0
     ) -> MeanQueryCandidates:
-        """Coarse centroids and PQ codebooks trained on ``sample`` (unit vectors ``[n, D]``)."""
+        """Coarse centroids and PQ codebooks trained on ``sample`` (unit vectors ``[n, D]``;
+        default lists for ``PROBED_SHARE`` times as many stored vectors)."""
+        nlist = nlist or default_nlist(len(sample) * PROBED_SHARE)
+        return cls(train_index(sample, nlist, seed), branches)
+
+    def encode(self, vectors: np.ndarray) -> np.ndarray:
+        """Standalone codes ``[n, code_size]`` uint8: each vector's list number, then its PQ
+        code."""
+        vectors = np.ascontiguousarray(vectors, np.float32)
+        codes = np.empty((len(vectors), self.code_size), dtype=np.uint8)
+        for lo in range(0, len(vectors), ADD_BLOCK):
+            codes[lo : lo + ADD_BLOCK] = self.encoder.sa_encode(vectors[lo : lo + ADD_BLOCK])
+        return codes
+
+    def rebuild(self, parts: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Hold exactly the ``(codes, ids)`` of ``parts`` (read once, in turn)."""
         import faiss
 
-        sample = np.ascontiguousarray(sample, np.float32)
-        n, dim = sample.shape
-        m = max(1, dim // SUBVECTOR_DIMS)
-        while dim % m:
-            m -= 1
-        nlist = nlist or default_nlist(n * 8)
-        if n < max(nlist, 256):
-            raise ValueError(f"{n} training vectors: need at least {max(nlist, 256)}")
-        index = faiss.IndexIVFPQ(
-            faiss.IndexFlatIP(dim), dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT
-        )
-        index.cp.seed = index.pq.cp.seed = seed
-        index.verbose = False
-        index.train(sample)
-        return cls(index, branches)
+        from vcb_utils.search.engine import add_codes
+
+        plain = faiss.deserialize_index(np.frombuffer(self.trained, dtype=np.uint8))
+        self.radii = np.zeros(self.nlist, np.float32)
+        add_codes(plain, self._measured(parts))
+        self.index = _searchable(plain)
+
+    def _measured(self, parts: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple]:
+        """``parts`` as they are, each widening the radii first."""
+        for codes, ids in parts:
+            self._widen(codes)
+            yield codes, ids
+
+    def add_vectors(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Encode and hold ``vectors`` ``[n, D]`` with their ids (``row * branches + branch``)."""
+        if len(vectors) != len(ids):
+            raise ValueError(f"{len(vectors)} vectors but {len(ids)} ids")
+        for lo in range(0, len(vectors), ADD_BLOCK):
+            block = np.ascontiguousarray(vectors[lo : lo + ADD_BLOCK], np.float32)
+            self.index.add_with_ids(block, np.ascontiguousarray(ids[lo : lo + ADD_BLOCK], np.int64))
+            self._widen(self.encoder.sa_encode(block))
 
     def add(self, vectors: np.ndarray, mask: np.ndarray, branches: Sequence[slice]) -> None:
         """Append rows: ``vectors`` ``[n, width, D]`` (any float type, e.g. a memory map) and
@@ -123,32 +209,52 @@ class MeanQueryCandidates:
         for b, columns in enumerate(branches):
             valid = mask[:, columns]
             rows = np.nonzero(valid)[0] + self.rows
-            stored = np.asarray(vectors[:, columns])[valid]
-            for lo in range(0, len(stored), ADD_BLOCK):
-                self.index.add_with_ids(
-                    np.ascontiguousarray(stored[lo : lo + ADD_BLOCK], np.float32),
-                    rows[lo : lo + ADD_BLOCK] * self.branches + b,
-                )
+            self.add_vectors(np.asarray(vectors[:, columns])[valid], rows * self.branches + b)
         self.rows += len(mask)
 
     def empty(self) -> MeanQueryCandidates:
         """The same trained stage without rows (to add to from the start)."""
-        import faiss
+        return MeanQueryCandidates(self.trained, self.branches)
 
-        index = faiss.clone_index(self.index)
-        index.reset()
-        return MeanQueryCandidates(index, self.branches)
+    def _widen(self, codes: np.ndarray) -> None:
+        """Raise the lists' radii to the residual norms that ``codes`` decode to."""
+        weights = 256 ** np.arange(self.list_bytes, dtype=np.int64)
+        for lo in range(0, len(codes), ADD_BLOCK):
+            block = np.ascontiguousarray(codes[lo : lo + ADD_BLOCK], np.uint8)
+            lists = block[:, : self.list_bytes].astype(np.int64) @ weights
+            residuals = self.encoder.pq.decode(np.ascontiguousarray(block[:, self.list_bytes :]))
+            np.maximum.at(self.radii, lists, np.linalg.norm(residuals, axis=1))
 
     def __len__(self) -> int:
         return self.rows
 
     @property
     def nbytes(self) -> int:
-        """Bytes of codes and ids in RAM (plus the centroids and codebooks)."""
-        code = self.index.code_size + 8
-        return self.index.ntotal * code + self.index.nlist * self.index.d * 4
+        """Bytes of codes and ids in RAM (plus the centroids and radii)."""
+        code = self.code_size - self.list_bytes + 8
+        return self.index.ntotal * code + self.nlist * (self.index.d + 1) * 4
 
     # ---- searching -----------------------------------------------------------------------------
+    def probe(self, mean: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``nprobe`` lists of the best bound for the query vector ``mean``, best first,
+        and their centroids' inner products with it."""
+        coarse = self.centroids @ mean
+        bound = coarse + LIST_RADIUS_WEIGHT * float(np.linalg.norm(mean)) * self.radii
+        lists = _top(np.arange(self.nlist), bound, min(nprobe, self.nlist))
+        return lists, coarse[lists]
+
+    def search(self, mean: np.ndarray, hits: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``hits`` best stored vectors for ``mean`` in its ``nprobe`` lists: approximate
+        inner products and ids (only those found)."""
+        mean = np.ascontiguousarray(mean, np.float32)
+        lists, coarse = self.probe(mean, nprobe)
+        self.index.nprobe = len(lists)
+        sims, ids = self.index.search_preassigned(
+            mean[None], int(hits), lists[None].astype(np.int64), coarse[None].astype(np.float32)
+        )
+        found = ids[0] >= 0
+        return sims[0][found], ids[0][found]
+
     def candidates(
         self,
         query_vectors: np.ndarray,
@@ -174,10 +280,7 @@ class MeanQueryCandidates:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Every row with a hit (ascending) and its approximate score."""
         mean = np.asarray(query_weights, np.float32) @ np.asarray(query_vectors, np.float32)
-        self.index.nprobe = min(settings.nprobe, self.index.nlist)
-        sims, ids = self.index.search(mean[None].astype(np.float32), settings.hits)
-        found = ids[0] >= 0
-        sims, ids = sims[0][found], ids[0][found]
+        sims, ids = self.search(mean, settings.hits, settings.nprobe)
         if len(ids) == 0:
             return np.empty(0, np.int64), np.empty(0, np.float32)
         rows, inverse = np.unique(ids // self.branches, return_inverse=True)
@@ -188,12 +291,13 @@ class MeanQueryCandidates:
 
     # ---- files ---------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
-        """Write to ``folder`` (made if needed): ``index.faiss``, then ``candidates.json``; each
-        written aside and renamed."""
+        """Write to ``folder`` (made if needed): ``trained.faiss``, ``index.faiss``, then
+        ``candidates.json``; each written aside and renamed."""
         import faiss
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        _replace(folder / "trained.faiss", lambda f: f.write(self.trained))
         data = faiss.serialize_index(self.index)
         _replace(folder / "index.faiss", lambda f: f.write(data.tobytes()))
         header = {
@@ -201,6 +305,7 @@ class MeanQueryCandidates:
             "version": VERSION,
             "rows": self.rows,
             "branches": self.branches,
+            "radii": self.radii.tolist(),
         }
         _replace(folder / "candidates.json", lambda f: f.write(json.dumps(header).encode()))
         return folder
@@ -221,12 +326,18 @@ class MeanQueryCandidates:
                 f"{header_path}: format {header.get('format')!r} "
                 f"version {header.get('version')!r}, not {FORMAT!r} {VERSION}"
             )
-        path = folder / "index.faiss"
-        try:
-            index = faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
-        except (OSError, RuntimeError) as error:
-            raise ValueError(f"{path}: unreadable ({error})") from error
-        stage = cls(index, header["branches"])
+        stage = None
+        for name in ("trained.faiss", "index.faiss"):
+            path = folder / name
+            try:
+                data = path.read_bytes()
+                if stage is None:
+                    stage = cls(data, header["branches"])
+                else:
+                    stage.index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+            except (OSError, RuntimeError) as error:
+                raise ValueError(f"{path}: unreadable ({error})") from error
+        stage.radii = np.asarray(header["radii"], np.float32)
         stage.rows = header["rows"]
         return stage
 
@@ -274,9 +385,9 @@ def calibrate(
 def default_grid() -> list[CandidateSettings]:
     return [
         CandidateSettings(nprobe=p, hits=h, candidates=c)
-        for p in (8, 16, 32, 64, 128)
-        for h in (1024, 4096, 16384)
-        for c in (64, 128, 256, 512)
+        for p in (128, 256, 512, 1024)
+        for h in (4096, 16384)
+        for c in (256, 512, 1024)
     ]
 
 
@@ -286,11 +397,11 @@ def work(
     vectors_per_video: float = 26.0,
     query_vectors: int = 32,
 ) -> float:
-    """Operations of one query, roughly: the codes scanned (one table lookup per byte), and the
-    multiply-adds of the exact rerank of the candidates."""
-    index = stage.index
-    scanned = index.ntotal * min(settings.nprobe, index.nlist) / index.nlist * index.code_size
-    rerank = settings.candidates * vectors_per_video * query_vectors * index.d
+    """Operations of one query, roughly: the bytes of code scanned, and the multiply-adds of
+    the exact rerank of the candidates."""
+    share = min(settings.nprobe, stage.nlist) / stage.nlist
+    scanned = stage.index.ntotal * share * (stage.code_size - stage.list_bytes)
+    rerank = settings.candidates * vectors_per_video * query_vectors * stage.index.d
     return scanned + rerank
 
 
@@ -303,11 +414,16 @@ def refine(
     keep: int,
 ) -> np.ndarray:
     """Positions of the ``keep`` best of ``n`` candidates by the mean-query score computed from
-    their stored vectors ``[n, width, D]`` (any float type) and ``mask`` ``[n, width]``, best
-    first: the precise version of the stage's score, before the exact rerank of the same
-    (already read) vectors. A branch with no valid vector adds nothing."""
+    their stored vectors ``[n, width, D]`` and ``mask`` ``[n, width]``, best first: the precise
+    version of the stage's score, before the exact rerank of the same (already read) vectors.
+    A branch with no valid vector adds nothing. The products are taken in the vectors' own
+    type (fp16 as stored: one pass, 20x faster than converting them to fp32 first)."""
     mean = np.asarray(query_weights, np.float32) @ np.asarray(query_vectors, np.float32)
-    sims = np.where(mask, np.asarray(vectors, np.float32) @ mean, -np.inf)
+    stored = torch.from_numpy(np.ascontiguousarray(vectors))
+    if not stored.dtype.is_floating_point:
+        stored = stored.float()
+    products = stored.reshape(-1, stored.shape[-1]) @ torch.from_numpy(mean).to(stored.dtype)
+    sims = np.where(mask, products.float().numpy().reshape(mask.shape), -np.inf)
     best = np.stack([sims[:, columns].max(axis=1) for columns in branches], axis=1)
     scores = np.where(np.isfinite(best), best, 0.0).sum(axis=1)
     return _top(np.arange(len(scores)), scores, keep)
@@ -328,3 +444,19 @@ def _replace(path: Path, write: Callable) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(aside, path)
+
+
+def _searchable(plain):
+    """The index to search: faiss's fast-scan layout of a 4-bit IVF-PQ ``plain`` (which can
+    then go), else ``plain`` itself (the 8-bit codes of indexes saved before fast-scan)."""
+    import faiss
+
+    if plain.pq.nbits != CODE_BITS or plain.pq.M % 2:
+        return plain
+    fast = faiss.IndexIVFPQFastScan(plain)
+    # the conversion shares the plain index's coarse quantizer: give it its own copy
+    quantizer = faiss.clone_index(plain.quantizer)
+    quantizer.this.disown()
+    fast.quantizer = quantizer
+    fast.own_fields = True
+    return fast

@@ -174,11 +174,11 @@ def top_rows(
     held_out: list[int] | None,
     settings: Settings | None,
 ) -> list[set[int]]:
-    """Each query's top-10 rows (without its held-out row): exact, or two-stage with
-    ``settings``."""
+    """Each query's top-10 rows (without its held-out row): exact, or as ``top_k`` searches
+    with ``settings`` (two-stage, or exact where the candidates cover every video)."""
     k = min(K + (held_out is not None), len(collection))
     names = list(collection.branches)
-    if settings is None:
+    if settings is None or settings.candidates >= len(collection):
         _, rows = searcher.scan(collection, text, k, names, searcher.DEFAULT_BLOCK_VIDEOS)
     else:
         _, rows = searcher.two_stage(
