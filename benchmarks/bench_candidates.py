@@ -10,8 +10,10 @@ memory is its own), one query at a time: the candidates, then the exact rerank o
 the memory-mapped vectors; median and p90 ms, recall@10 against the exact top-10, and the
 process's peak resident memory.
 
-Stages: ``current`` is ``vcb_utils.ann`` as ``VideoIndex._two_stage`` uses it (IVF-PQ fast-scan
-hits, ``approximate_scores``); ``meanquery`` is ``vcb_utils.candidates.MeanQueryCandidates``.
+Stages: ``meanquery`` is ``vcb_utils.candidates.MeanQueryCandidates``, the default engine's
+scoring, with its default settings for the size; ``current`` is ``vcb_utils.search.ivfpq``, the
+engine of indexes saved before it (IVF-PQ fast-scan hits of every query vector,
+``approximate_scores``), kept as the baseline.
 
     python benchmarks/bench_candidates.py --generators cliplike --sizes 100000
     python benchmarks/bench_candidates.py --cache /tmp/vcb_candidates --sizes 1000000 --queries 50
@@ -41,12 +43,13 @@ from vectors_cliplike import ClipLikeVideos  # noqa: E402
 from vectors_multiscene import MultiSceneVideos  # noqa: E402
 
 from vcb_utils.candidates import (  # noqa: E402
-    TRAIN_POINTS,
     CandidateSettings,
     MeanQueryCandidates,
     calibrate,
     default_nlist,
+    default_settings,
     refine,
+    train_points,
 )
 from vcb_utils.scoring import maxsim  # noqa: E402
 from vcb_utils.search import ivfpq  # noqa: E402
@@ -229,47 +232,56 @@ class MeanQueryStage:
 
     @classmethod
     def build(cls, vectors: np.ndarray, mask: np.ndarray) -> MeanQueryStage:
-        sample = sample_vectors(vectors, mask, TRAIN_POINTS)
-        stage = MeanQueryCandidates.train(sample, default_nlist(int(mask.sum())))
+        nlist = default_nlist(int(mask.sum()))
+        stage = MeanQueryCandidates.train(sample_vectors(vectors, mask, train_points(nlist)), nlist)
         for lo in range(0, len(vectors), CHUNK):
             stage.add(vectors[lo : lo + CHUNK], mask[lo : lo + CHUNK], BRANCHES)
-        return cls(stage, CandidateSettings())
+        return cls(stage, default_settings(nlist))
 
     def save(self, folder: Path) -> None:
         self.stage.save(folder)
 
     @classmethod
     def load(cls, folder: Path) -> MeanQueryStage:
-        return cls(MeanQueryCandidates.load(folder), CandidateSettings())
+        stage = MeanQueryCandidates.load(folder)
+        return cls(stage, default_settings(stage.nlist))
 
     def candidates(self, vectors: np.ndarray, weights: np.ndarray) -> np.ndarray:
         return self.stage.candidates(vectors, weights, self.settings)
 
     def calibrate(self, queries: np.ndarray, query_mask: np.ndarray, truth: np.ndarray) -> str:
-        """The cheapest settings of ``CALIBRATION_GRID`` reaching recall 0.95 on these queries
+        """The cheapest settings of ``calibration_grid`` reaching recall 0.95 on these queries
         (the same queries: an optimistic estimate)."""
         sample = [
             (q[m], np.full(int(m.sum()), 1 / m.sum(), np.float32))
             for q, m in zip(queries, query_mask, strict=True)
         ]
-        chosen = calibrate(self.stage, sample, list(truth), 0.95, CALIBRATION_GRID)
+        grid = calibration_grid(self.stage.nlist)
+        chosen = calibrate(self.stage, sample, list(truth), 0.95, grid)
         return f"{chosen.settings} -> recall {chosen.recall:.3f}"
 
     def describe(self) -> str:
-        index, s = self.stage.index, self.settings
+        encoder, s = self.stage.encoder, self.settings
         return (
-            f"IVF-PQ {index.nlist} lists x {index.pq.M} 8-bit codes; nprobe {s.nprobe}, "
+            f"IVF-PQ {encoder.nlist} lists x {encoder.pq.M} {encoder.pq.nbits}-bit codes; "
+            f"nprobe {s.nprobe} (by bound), "
             f"{s.hits} hits, {s.candidates} candidates, {s.exact} refined to the exact rerank"
         )
 
 
 STAGES = {"current": CurrentStage, "meanquery": MeanQueryStage}
-CALIBRATION_GRID = [
-    CandidateSettings(nprobe=p, hits=h, candidates=c)
-    for p in (32, 64, 128, 256)
-    for h in (4096, 16384)
-    for c in (256, 512, 1024)
-]
+
+
+def calibration_grid(nlist: int) -> list[CandidateSettings]:
+    """The standalone calibration's settings: a 32nd to a quarter of the lists probed."""
+    return [
+        CandidateSettings(nprobe=max(1, nlist // share), hits=h, candidates=c)
+        for share in (32, 16, 8, 4)
+        for h in (4096, 16384)
+        for c in (256, 512, 1024)
+    ]
+
+
 BRANCHES = [slice(0, FRAMES), slice(FRAMES, None)]
 
 
