@@ -169,7 +169,7 @@ def test_baseline_table_from_the_runs_keeps_the_paper_runs(tmp_path):
     assert read_results(results) == {"msvd-clip-b16": {"0": "kept"}}  # the other section stays
     table = baselines.baseline_table(results)
     rows = table_rows(table)
-    assert len(rows) == 10  # 2 backbones x 5 baselines
+    assert len(rows) == 14  # 2 backbones x 7 rows
     tiny, siglip = "`vcb-tiny`", "`vcb-tiny-siglip`"
     mean = rows[tiny, "zero-shot, mean-pooled frames (CLIP4Clip's zero-shot)"]
     assert mean == ["1.0 / 11.0 / 21.0", "3", "–", "`--preset msrvtt-clip-b16 --zero_shot`"]
@@ -179,8 +179,9 @@ def test_baseline_table_from_the_runs_keeps_the_paper_runs(tmp_path):
     assert f_only == ["60.0 / 70.0 / 80.0", "3", "4", "`--preset msrvtt-clip-b16 --mode F`"]
     v_only = rows[tiny, "V only (`--mode V`)"]
     assert v_only == ["not measured", "–", "–", "`--preset msrvtt-clip-b16 --mode V`"]
-    both = rows[siglip, "both branches (the method)"]  # the model's total, not its branches
+    both = rows[siglip, "both branches (the method)"]  # the model's total, then its branches
     assert both == ["70.5 / 80.5 / 90.5", "3", "10", "`--preset msrvtt-siglip-b16`"]
+    assert rows[siglip, "both, its V score alone"][0] == "2.0 / 12.0 / 22.0"
     assert "chance level" in table and "Synthetic test split (100 videos)" in table
 
 

@@ -54,6 +54,8 @@ ROWS = (
     ("F only (`--mode F`)", "F", "both"),
     ("V only (`--mode V`)", "V", "both"),
     ("both branches (the method)", "both", "both"),
+    ("both, its F score alone", "both", "F"),
+    ("both, its V score alone", "both", "V"),
 )
 """Table rows: label, run, and the score of the run's ``metrics.json`` they show."""
 METRICS = ("R1", "R5", "R10", "MdR")
@@ -151,7 +153,7 @@ def baseline_table(results_file: Path = RESULTS_FILE) -> str:
 
 
 def _cells(measured: dict | None, score: str) -> str:
-    if measured is None:
+    if measured is None or score not in measured["t2v"]:
         return "not measured | – | –"
     values = measured["t2v"][score]
     recall = " / ".join(f"{values[m]:.1f}" for m in ("R1", "R5", "R10"))
