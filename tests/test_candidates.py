@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from vcb_utils.candidates import (
-    LIST_RADIUS_WEIGHT,
     CandidateSettings,
     MeanQueryCandidates,
     calibrate,
@@ -215,12 +214,12 @@ def test_radii_are_the_largest_decoded_residual_of_each_list(built):
 
 
 def test_probe_orders_lists_by_bound_and_search_scans_only_those(built):
-    """``probe``: the lists of highest ``<q, c> + LIST_RADIUS_WEIGHT |q| r``; ``search``: the
-    best decoded vectors of those lists only."""
+    """``probe``: the lists of highest ``<q, c> + |q| r``; ``search``: the best decoded
+    vectors of those lists only, none above its list's bound."""
     stage, stored, mask, text = built
     vectors, weights = query(text, 3)
     mean = (weights @ vectors).astype(np.float32)
-    bound = stage.centroids @ mean + LIST_RADIUS_WEIGHT * np.linalg.norm(mean) * stage.radii
+    bound = stage.centroids @ mean + np.linalg.norm(mean) * stage.radii
     lists, coarse = stage.probe(mean, 5)
     np.testing.assert_array_equal(lists, np.argsort(-bound, kind="stable")[:5])
     np.testing.assert_allclose(coarse, stage.centroids[lists] @ mean, rtol=1e-6)
@@ -235,6 +234,8 @@ def test_probe_orders_lists_by_bound_and_search_scans_only_those(built):
     order = np.argsort(-decoded)[:20]
     assert set(ids.tolist()) <= set(want_ids.tolist())
     np.testing.assert_allclose(np.sort(sims)[::-1], decoded[order], atol=2e-3)
+    every = stage.encoder.sa_decode(stage.encode(valid)) @ mean
+    assert np.all(every <= bound[assigned[:, 0]] + 1e-5)  # a strict bound of what is scored
 
 
 def test_the_bound_finds_a_best_match_in_a_loose_list():
