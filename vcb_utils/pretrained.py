@@ -40,7 +40,7 @@ HUB_PROBE_TIMEOUT_S = 3.0
 TOKENIZER_FILE = "tokenizer_config.json"
 """The file a Hugging Face tokenizer reads first; cached, the tokenizer loads offline."""
 FRAME_SETTINGS = ("mean", "std", "interpolation", "resize_mode")
-"""Preprocessing a weight tag may set; a backbone loaded from a file gets open_clip's defaults."""
+"""Preprocessing a weight tag may set; a bare file (no TAG=) gets open_clip's defaults."""
 
 
 class PretrainedUnavailable(RuntimeError):
