@@ -448,14 +448,8 @@ def _replace(path: Path, write: Callable) -> None:
 def _searchable(plain):
     """The index to search: faiss's fast-scan layout of a 4-bit IVF-PQ ``plain`` (which can
     then go), else ``plain`` itself (the 8-bit codes of indexes saved before fast-scan)."""
-    import faiss
+    from vcb_utils.search.engine import fast_scan
 
     if plain.pq.nbits != CODE_BITS or plain.pq.M % 2:
         return plain
-    fast = faiss.IndexIVFPQFastScan(plain)
-    # the conversion shares the plain index's coarse quantizer: give it its own copy
-    quantizer = faiss.clone_index(plain.quantizer)
-    quantizer.this.disown()
-    fast.quantizer = quantizer
-    fast.own_fields = True
-    return fast
+    return fast_scan(plain)

@@ -172,6 +172,20 @@ def add_codes(index, parts: Iterable[tuple[np.ndarray, np.ndarray]], batch: int 
             )
 
 
+def fast_scan(plain):
+    """faiss's fast-scan layout of a 4-bit IVF-PQ index ``plain``, owning its own copy of the
+    coarse quantizer (the conversion shares ``plain``'s), so that ``plain`` and its copy of the
+    codes can go."""
+    import faiss
+
+    fast = faiss.IndexIVFPQFastScan(plain)
+    quantizer = faiss.clone_index(plain.quantizer)
+    quantizer.this.disown()
+    fast.quantizer = quantizer
+    fast.own_fields = True
+    return fast
+
+
 @contextmanager
 def faiss_threads(count: int) -> Iterator[None]:
     """faiss's OpenMP threads within the block (then as they were)."""

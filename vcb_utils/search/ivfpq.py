@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from vcb_utils.search.engine import BRANCH_IDS, add_codes, codes_name_lists
+from vcb_utils.search.engine import BRANCH_IDS, add_codes, codes_name_lists, fast_scan
 
 SUBVECTOR_DIMS = 8
 """Dimensions per PQ sub-quantizer: ``m = dim / 8`` (64 codes of 4 bits = 32 bytes at 512)."""
@@ -134,15 +134,7 @@ class IvfPqEngine:
 
         plain = faiss.deserialize_index(np.frombuffer(self._trained_bytes, dtype=np.uint8))
         add_codes(plain, parts)
-        fast = faiss.IndexIVFPQFastScan(plain)
-        # the conversion shares the plain index's coarse quantizer: give it its own copy, so
-        # that the plain index (and its copy of the codes) can go now
-        quantizer = faiss.clone_index(plain.quantizer)
-        quantizer.this.disown()
-        fast.quantizer = quantizer
-        fast.own_fields = True
-        del plain
-        self._fast = fast
+        self._fast = fast_scan(plain)
 
     @classmethod
     def open(cls, trained: bytes, generation: str) -> IvfPqEngine:
