@@ -149,6 +149,7 @@ class MeanQueryCandidates:
         self.centroids = self.encoder.quantizer.reconstruct_n(0, self.nlist)
         self.code_size = self.encoder.sa_code_size()
         self.list_bytes = self.encoder.coarse_code_size()
+        self._byte_norms = _byte_norms(self.encoder.pq)
         self.radii = np.zeros(self.nlist, np.float32)
         """Per list, the largest residual norm of its codes."""
         self.index = _searchable(self.encoder)
@@ -221,8 +222,17 @@ class MeanQueryCandidates:
         for lo in range(0, len(codes), ADD_BLOCK):
             block = np.ascontiguousarray(codes[lo : lo + ADD_BLOCK], np.uint8)
             lists = block[:, : self.list_bytes].astype(np.int64) @ weights
-            residuals = self.encoder.pq.decode(np.ascontiguousarray(block[:, self.list_bytes :]))
-            np.maximum.at(self.radii, lists, np.linalg.norm(residuals, axis=1))
+            np.maximum.at(self.radii, lists, self._residual_norms(block[:, self.list_bytes :]))
+
+    def _residual_norms(self, pq_codes: np.ndarray) -> np.ndarray:
+        """Norms of the residuals that PQ codes decode to: a table lookup per code byte (at a
+        million videos, 5 s instead of a minute of decoding at every load)."""
+        if self._byte_norms is None:
+            return np.linalg.norm(self.encoder.pq.decode(np.ascontiguousarray(pq_codes)), axis=1)
+        squared = np.zeros(len(pq_codes), np.float32)
+        for column, table in enumerate(self._byte_norms):
+            squared += table[pq_codes[:, column]]
+        return np.sqrt(squared)
 
     def __len__(self) -> int:
         return self.rows
@@ -453,3 +463,19 @@ def _searchable(plain):
     if plain.pq.nbits != CODE_BITS or plain.pq.M % 2:
         return plain
     return fast_scan(plain)
+
+
+def _byte_norms(pq) -> np.ndarray | None:
+    """``[code bytes, 256]``: the squared norm each value of each PQ code byte adds to a decoded
+    residual (the sub-vectors cover disjoint dimensions, so these add up), for 8-bit codes and
+    for pairs of 4-bit codes (low bits first); None for other widths."""
+    import faiss
+
+    centroids = faiss.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub)
+    squared = (centroids.astype(np.float64) ** 2).sum(axis=2)
+    if pq.nbits == 8:
+        return squared.astype(np.float32)
+    if pq.nbits != CODE_BITS or pq.M % 2:
+        return None
+    values = np.arange(256)
+    return (squared[0::2][:, values & 15] + squared[1::2][:, values >> 4]).astype(np.float32)
