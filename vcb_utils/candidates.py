@@ -335,17 +335,11 @@ class MeanQueryCandidates:
                 f"{header_path}: format {header.get('format')!r} "
                 f"version {header.get('version')!r}, not {FORMAT!r} {VERSION}"
             )
-        stage = None
-        for name in ("trained.faiss", "index.faiss"):
-            path = folder / name
-            try:
-                data = path.read_bytes()
-                if stage is None:
-                    stage = cls(data, header["branches"])
-                else:
-                    stage.index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
-            except (OSError, RuntimeError) as error:
-                raise ValueError(f"{path}: unreadable ({error})") from error
+        stage = _read(folder / "trained.faiss", lambda data: cls(data, header["branches"]))
+        stage.index = _read(
+            folder / "index.faiss",
+            lambda data: faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8)),
+        )
         stage.radii = np.asarray(header["radii"], np.float32)
         stage.rows = header["rows"]
         return stage
@@ -429,8 +423,6 @@ def refine(
     type (fp16 as stored: one pass, 20x faster than converting them to fp32 first)."""
     mean = np.asarray(query_weights, np.float32) @ np.asarray(query_vectors, np.float32)
     stored = torch.from_numpy(np.ascontiguousarray(vectors))
-    if not stored.dtype.is_floating_point:
-        stored = stored.float()
     products = stored.reshape(-1, stored.shape[-1]) @ torch.from_numpy(mean).to(stored.dtype)
     sims = np.where(mask, products.float().numpy().reshape(mask.shape), -np.inf)
     best = np.stack([sims[:, columns].max(axis=1) for columns in branches], axis=1)
@@ -453,6 +445,14 @@ def _replace(path: Path, write: Callable) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(aside, path)
+
+
+def _read(path: Path, make: Callable):
+    """``make(bytes of path)``; ValueError naming the file when it cannot be read or parsed."""
+    try:
+        return make(path.read_bytes())
+    except (OSError, RuntimeError) as error:
+        raise ValueError(f"{path}: unreadable ({error})") from error
 
 
 def _searchable(plain):
