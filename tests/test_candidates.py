@@ -198,7 +198,8 @@ def test_default_nlist():
 
 def test_radii_are_the_largest_decoded_residual_of_each_list(built):
     """Per list, the largest norm of (decoded vector - its list's centroid): after a build
-    from vectors, and after a rebuild from the codes alone."""
+    from vectors, after a rebuild from the codes alone, and after vectors added with the codes
+    already made of them."""
     stage, stored, mask, _ = built
     valid = stored[mask].astype(np.float32)
     codes = stage.encode(valid)
@@ -211,6 +212,12 @@ def test_radii_are_the_largest_decoded_residual_of_each_list(built):
     again = stage.empty()
     again.rebuild([(codes, np.arange(len(codes)))])
     np.testing.assert_allclose(again.radii, want, atol=1e-5)
+    given = stage.empty()
+    given.add_vectors(valid, np.arange(len(valid)), codes)
+    np.testing.assert_allclose(given.radii, want, atol=1e-5)
+    assert given.index.ntotal == len(valid)
+    with pytest.raises(ValueError, match="3 vectors, 3 ids and 2 codes"):
+        given.add_vectors(valid[:3], np.arange(3), codes[:2])
 
 
 def test_probe_orders_lists_by_bound_and_search_scans_only_those(built):

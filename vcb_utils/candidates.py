@@ -191,14 +191,18 @@ class MeanQueryCandidates:
             self._widen(codes)
             yield codes, ids
 
-    def add_vectors(self, vectors: np.ndarray, ids: np.ndarray) -> None:
-        """Encode and hold ``vectors`` ``[n, D]`` with their ids (``row * branches + branch``)."""
-        if len(vectors) != len(ids):
-            raise ValueError(f"{len(vectors)} vectors but {len(ids)} ids")
+    def add_vectors(
+        self, vectors: np.ndarray, ids: np.ndarray, codes: np.ndarray | None = None
+    ) -> None:
+        """Hold ``vectors`` ``[n, D]`` with their ids (``row * branches + branch``); ``codes``:
+        what ``encode`` gave for them, when at hand (the radii come from them)."""
+        codes = self.encode(vectors) if codes is None else codes
+        if not len(vectors) == len(ids) == len(codes):
+            raise ValueError(f"{len(vectors)} vectors, {len(ids)} ids and {len(codes)} codes")
         for lo in range(0, len(vectors), ADD_BLOCK):
             block = np.ascontiguousarray(vectors[lo : lo + ADD_BLOCK], np.float32)
             self.index.add_with_ids(block, np.ascontiguousarray(ids[lo : lo + ADD_BLOCK], np.int64))
-            self._widen(self.encoder.sa_encode(block))
+        self._widen(codes)
 
     def add(self, vectors: np.ndarray, mask: np.ndarray, branches: Sequence[slice]) -> None:
         """Append rows: ``vectors`` ``[n, width, D]`` (any float type, e.g. a memory map) and

@@ -99,8 +99,9 @@ class CandidateEngine(Protocol):
     def rebuild(self, parts: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
         """Hold exactly the ``(codes, ids)`` of ``parts``."""
 
-    def add_vectors(self, vectors: np.ndarray, ids: np.ndarray) -> None:
-        """Encode and hold more vectors."""
+    def add_vectors(self, vectors: np.ndarray, ids: np.ndarray, codes: np.ndarray) -> None:
+        """Hold more vectors; ``codes``: what ``encode`` gave for them (an engine may use them
+        instead of encoding again)."""
 
     def __len__(self) -> int: ...
 

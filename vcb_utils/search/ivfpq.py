@@ -210,9 +210,10 @@ class IvfPqEngine:
     def valid_codes(self, codes: np.ndarray) -> bool:
         return codes_name_lists(codes, self.list_bytes, self.nlist)
 
-    def add_vectors(self, vectors: np.ndarray, ids: np.ndarray) -> None:
-        """Append vectors with their ids (see ``vector_ids``); faiss encodes them as ``encode``
-        does."""
+    def add_vectors(self, vectors: np.ndarray, ids: np.ndarray, codes: np.ndarray) -> None:
+        """Append vectors with their ids (see ``vector_ids``); faiss encodes them again, in its
+        fast-scan layout (``codes`` are not used: faiss 1.15 cannot append fast-scan codes
+        safely, see ``rebuild``)."""
         if len(vectors) != len(ids):
             raise ValueError(f"{len(vectors)} vectors but {len(ids)} ids")
         if len(vectors):

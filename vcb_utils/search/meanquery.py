@@ -106,8 +106,8 @@ class MeanQueryEngine:
         """Hold exactly the ``(codes, ids)`` of ``parts`` (read once, in turn)."""
         self.mean_query.rebuild(parts)
 
-    def add_vectors(self, vectors: np.ndarray, ids: np.ndarray) -> None:
-        self.mean_query.add_vectors(vectors, ids)
+    def add_vectors(self, vectors: np.ndarray, ids: np.ndarray, codes: np.ndarray) -> None:
+        self.mean_query.add_vectors(vectors, ids, codes)
 
     def __len__(self) -> int:
         return int(self.mean_query.index.ntotal)
