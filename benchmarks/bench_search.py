@@ -29,6 +29,7 @@ scan's defaults rest on (fp16 vs fp32 blocks, block size, threads) on 10k random
     python benchmarks/bench_search.py --generator cliplike --sizes 100000  # an independent set
     python benchmarks/bench_search.py --sizes 20000 --queries 20         # a quick look
     python benchmarks/bench_search.py --sizes 100000 --lancedb           # + LanceDB's engine
+    python benchmarks/bench_search.py --reuse --recalibrate ...          # a built index again
     python benchmarks/bench_search.py --sizes 10000 --scan-choices       # the exact scan's choices
 
 Timings on a shared machine move with the other work on it: the load average is printed.
@@ -121,12 +122,6 @@ def build(n: int, folder: Path, generator: str) -> dict:
     index.build_ann()
     index.save(folder, auto_ann=False)
     ann = time.perf_counter() - began
-    began = time.perf_counter()
-    sample = torch.randperm(n, generator=torch.Generator().manual_seed(11))[:CALIBRATION_QUERIES]
-    calibration = index.calibrate(TARGET_RECALL, vectors.queries(sample, seed=7))
-    index.save(folder, auto_ann=False)
-    calibrate_s = time.perf_counter() - began
-    stats = index.stats()
     result = {
         "videos": n,
         "threads": torch.get_num_threads(),
@@ -134,7 +129,22 @@ def build(n: int, folder: Path, generator: str) -> dict:
         "store_s": stored,
         "ann_s": ann,
         "build_s": stored + ann,
-        "calibrate_s": calibrate_s,
+    }
+    return calibrated(index, folder, generator, result)
+
+
+def calibrated(index: VideoIndex, folder: Path, generator: str, result: dict) -> dict:
+    """``VideoIndex.calibrate`` on the generator's calibration queries, saved; ``result`` with
+    what it chose and the index's sizes, written to the folder's ``bench-build.json``."""
+    n = len(index)
+    began = time.perf_counter()
+    sample = torch.randperm(n, generator=torch.Generator().manual_seed(11))[:CALIBRATION_QUERIES]
+    calibration = index.calibrate(TARGET_RECALL, GENERATORS[generator](n).queries(sample, seed=7))
+    index.save(folder, auto_ann=False)
+    stats = index.stats()
+    result = {
+        **result,
+        "calibrate_s": time.perf_counter() - began,
         "calibration": calibration.to_json(),
         "disk_bytes": stats["disk_bytes"],
         "disk_per_video": stats["disk_bytes_per_video"],
@@ -550,6 +560,9 @@ def main() -> None:
     parser.add_argument(
         "--reuse", action="store_true", help="reuse an index (and exact top-10) computed before"
     )
+    parser.add_argument(
+        "--recalibrate", action="store_true", help="with --reuse: calibrate the index again"
+    )
     parser.add_argument("--lancedb", action="store_true", help="also measure LanceDB's index")
     parser.add_argument(
         "--lancedb-max", type=int, default=100_000, help="largest size LanceDB is measured at"
@@ -572,6 +585,8 @@ def main() -> None:
         exact_count = args.exact_queries if n < 1_000_000 else min(2, args.exact_queries)
         if args.reuse and (folder / "bench-build.json").is_file():
             built = json.loads((folder / "bench-build.json").read_text())
+            if args.recalibrate:
+                built = calibrated(VideoIndex.load(folder), folder, args.generator, built)
         else:
             built = build(n, folder, args.generator)
         targets, text = queries_for(n, count, args.generator)
