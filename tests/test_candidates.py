@@ -18,6 +18,7 @@ from vcb_utils.candidates import (
     work,
 )
 from vcb_utils.scoring import maxsim
+from vcb_utils.search.engine import index_of_codes
 from vcb_utils.synthetic_vectors import ClusteredVectors
 
 N, DIM, FRAMES = 1500, 32, 12
@@ -297,3 +298,45 @@ def test_eight_bit_codes_of_older_indexes_still_search(built):
 def test_settings_refuse_non_positive():
     with pytest.raises(ValueError, match="nprobe"):
         CandidateSettings(nprobe=0)
+
+
+def test_lists_packed_a_group_at_a_time_equal_one_conversion(built):
+    """``index_of_codes`` (the lists gathered a few at a time, packed by faiss's code packer)
+    holds the same lists, ids and packed codes in the same order, and searches alike, as
+    faiss's one conversion of one plain index of every code."""
+    import faiss
+
+    stage, stored, mask, _ = built
+    valid = stored[mask].astype(np.float32)
+    codes, ids = stage.encode(valid), np.arange(len(valid), dtype=np.int64) * 7 + 3
+    parts = [(codes[:700], ids[:700]), (codes[700:], ids[700:])]
+    grouped = index_of_codes(stage.trained, parts, group_codes=300, batch=256)
+    plain = faiss.deserialize_index(np.frombuffer(stage.trained, dtype=np.uint8))
+    plain.add_sa_codes(codes, ids)
+    whole = faiss.IndexIVFPQFastScan(plain)
+    assert grouped.ntotal == whole.ntotal == len(valid)
+    lists, expected = grouped.invlists, whole.invlists
+    block = faiss.downcast_InvertedLists(expected).block_size
+    for number in range(whole.nlist):
+        count = expected.list_size(number)
+        assert lists.list_size(number) == count
+        if count:
+            size = -(-count // 32) * block
+            for get, length in (("get_ids", count), ("get_codes", size)):
+                got = faiss.rev_swig_ptr(getattr(lists, get)(number), length).view(np.uint8)
+                want = faiss.rev_swig_ptr(getattr(expected, get)(number), length).view(np.uint8)
+                assert np.array_equal(got, want), (number, get)
+    queries = np.random.default_rng(0).standard_normal((5, DIM)).astype(np.float32)
+    grouped.nprobe = whole.nprobe = 16
+    for a, b in zip(grouped.search(queries, 20), whole.search(queries, 20), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_codes_read_only_once_are_refused(built):
+    """Parts that give their codes once (a generator) leave lists sized but unfilled: an error,
+    not an index of garbage."""
+    stage, stored, mask, _ = built
+    valid = stored[mask].astype(np.float32)
+    once = ((c, i) for c, i in [(stage.encode(valid), np.arange(len(valid)))])
+    with pytest.raises(ValueError, match="changed between two reads"):
+        index_of_codes(stage.trained, once)

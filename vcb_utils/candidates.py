@@ -45,12 +45,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from vcb_utils.search.engine import index_of_codes, list_numbers
 
 FORMAT = "vcb-mean-query-candidates"
 VERSION = 2
@@ -152,7 +154,7 @@ class MeanQueryCandidates:
         self._byte_norms = _byte_norms(self.encoder.pq)
         self.radii = np.zeros(self.nlist, np.float32)
         """Per list, the largest residual norm of its codes."""
-        self.index = _searchable(self.encoder)
+        self.index = index_of_codes(trained, ())
         self.rows = 0
 
     # ---- building ------------------------------------------------------------------------------
@@ -175,21 +177,10 @@ class MeanQueryCandidates:
         return codes
 
     def rebuild(self, parts: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
-        """Hold exactly the ``(codes, ids)`` of ``parts`` (read once, in turn)."""
-        import faiss
-
-        from vcb_utils.search.engine import add_codes
-
-        plain = faiss.deserialize_index(np.frombuffer(self.trained, dtype=np.uint8))
+        """Hold exactly the ``(codes, ids)`` of ``parts`` (read more than once), the radii
+        measured from them."""
         self.radii = np.zeros(self.nlist, np.float32)
-        add_codes(plain, self._measured(parts))
-        self.index = _searchable(plain)
-
-    def _measured(self, parts: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple]:
-        """``parts`` as they are, each widening the radii first."""
-        for codes, ids in parts:
-            self._widen(codes)
-            yield codes, ids
+        self.index = index_of_codes(self.trained, parts, seen=self._widen)
 
     def add_vectors(
         self, vectors: np.ndarray, ids: np.ndarray, codes: np.ndarray | None = None
@@ -222,10 +213,9 @@ class MeanQueryCandidates:
 
     def _widen(self, codes: np.ndarray) -> None:
         """Raise the lists' radii to the residual norms that ``codes`` decode to."""
-        weights = 256 ** np.arange(self.list_bytes, dtype=np.int64)
         for lo in range(0, len(codes), ADD_BLOCK):
             block = np.ascontiguousarray(codes[lo : lo + ADD_BLOCK], np.uint8)
-            lists = block[:, : self.list_bytes].astype(np.int64) @ weights
+            lists = list_numbers(block, self.list_bytes)
             np.maximum.at(self.radii, lists, self._residual_norms(block[:, self.list_bytes :]))
 
     def _residual_norms(self, pq_codes: np.ndarray) -> np.ndarray:
@@ -457,16 +447,6 @@ def _read(path: Path, make: Callable):
         return make(path.read_bytes())
     except (OSError, RuntimeError) as error:
         raise ValueError(f"{path}: unreadable ({error})") from error
-
-
-def _searchable(plain):
-    """The index to search: faiss's fast-scan layout of a 4-bit IVF-PQ ``plain`` (which can
-    then go), else ``plain`` itself (the 8-bit codes of indexes saved before fast-scan)."""
-    from vcb_utils.search.engine import fast_scan
-
-    if plain.pq.nbits != CODE_BITS or plain.pq.M % 2:
-        return plain
-    return fast_scan(plain)
 
 
 def _byte_norms(pq) -> np.ndarray | None:

@@ -10,9 +10,10 @@ candidate stage, write one module with a class that has these members and name i
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import importlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol
 
@@ -97,7 +98,8 @@ class CandidateEngine(Protocol):
         """Whether ``codes`` (e.g. read from disk) can be held without crashing the engine."""
 
     def rebuild(self, parts: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
-        """Hold exactly the ``(codes, ids)`` of ``parts``."""
+        """Hold exactly the ``(codes, ids)`` of ``parts`` (an iterable that may be read more
+        than once)."""
 
     def add_vectors(self, vectors: np.ndarray, ids: np.ndarray, codes: np.ndarray) -> None:
         """Hold more vectors; ``codes``: what ``encode`` gave for them (an engine may use them
@@ -149,34 +151,203 @@ def updated_settings(settings: Settings, **changes: int | None) -> Settings:
     return dataclasses.replace(settings, **values)
 
 
+def list_numbers(codes: np.ndarray, list_bytes: int) -> np.ndarray:
+    """The coarse list each standalone IVF code names: its first ``list_bytes`` bytes,
+    little-endian."""
+    numbers = np.zeros(len(codes), np.int64)
+    for byte in range(list_bytes):
+        numbers |= np.asarray(codes[:, byte], np.int64) << (8 * byte)
+    return numbers
+
+
 def codes_name_lists(codes: np.ndarray, list_bytes: int, nlist: int, batch: int = 1 << 20) -> bool:
-    """Whether every IVF code names one of the ``nlist`` lists (its first ``list_bytes`` bytes,
-    little-endian): faiss aborts the whole load on one that does not."""
-    weights = 256 ** np.arange(list_bytes, dtype=np.int64)
+    """Whether every IVF code names one of the ``nlist`` lists: faiss aborts the whole load on
+    one that does not."""
     for start in range(0, len(codes), batch):
-        lists = np.asarray(codes[start : start + batch, :list_bytes], np.int64) @ weights
+        lists = list_numbers(codes[start : start + batch], list_bytes)
         if len(lists) and int(lists.max()) >= nlist:
             return False
     return True
 
 
-def add_codes(index, parts: Iterable[tuple[np.ndarray, np.ndarray]], batch: int = 1 << 20) -> None:
-    """Add the standalone ``(codes, ids)`` of ``parts`` (read once, in turn) to a trained faiss
-    IVF index, ``batch`` at a time: bounded copies out of memory maps."""
+GROUP_CODES = 1 << 22
+"""``index_of_codes`` gathers the codes of at most about this many vectors at a time (300 MB)."""
+
+
+def index_of_codes(
+    trained: bytes,
+    parts: Iterable[tuple[np.ndarray, np.ndarray]],
+    seen: Callable[[np.ndarray], None] | None = None,
+    group_codes: int = GROUP_CODES,
+    batch: int = 1 << 20,
+):
+    """The searchable faiss index of the trained IVF-PQ ``trained`` holding the standalone
+    ``(codes, ids)`` of ``parts``, each list allocated once, at its size.
+
+    ``parts`` are read once for the list of every code (``seen``, if given, is shown every
+    block of ``batch`` codes then), and once per group of consecutive lists holding about
+    ``group_codes`` codes, to gather that group's codes: memory holds the index and one group,
+    never every code twice (faiss's conversion of a whole plain index held 3.3 GB at a million
+    videos for 1.6 GB of codes). 4-bit codes are packed into faiss's fast-scan blocks
+    (``block_packer``), and each list is written whole into an empty list (faiss 1.15 appends
+    to a fast-scan list safely only when it is empty: ``BlockInvertedLists::add_entries``
+    writes past the end of one that holds a multiple of its block). Other widths (the 8-bit
+    codes of older indexes) stay in a plain IVF-PQ index.
+    """
+    import faiss
+
+    plain = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
+    nlist, list_bytes = plain.nlist, plain.coarse_code_size()
+    scannable = plain.pq.nbits == 4 and plain.pq.M % 2 == 0
+    index = fast_scan(plain) if scannable else plain
+    numbers = _numbers_of(parts, list_bytes, seen, batch)
+    sizes = np.bincount(np.concatenate([np.zeros(0, np.int32), *numbers]), minlength=nlist)
+    pack = block_packer(index) if scannable and sizes.any() else None
+    group_of = np.cumsum(sizes) // max(group_codes, 1)
+    with mapped_allocations():
+        for group in np.unique(group_of).tolist():
+            lists = np.nonzero(group_of == group)[0]
+            starts = np.zeros(nlist, np.int64)
+            starts[lists] = np.cumsum(sizes[lists]) - sizes[lists]
+            codes, ids = _gathered(parts, numbers, group_of == group, starts, sizes, list_bytes)
+            for number in lists[sizes[lists] > 0].tolist():
+                span = slice(starts[number], starts[number] + sizes[number])
+                data = codes[span] if pack is None else pack(codes[span])
+                index.invlists.add_entries(
+                    number, int(sizes[number]), faiss.swig_ptr(ids[span]), faiss.swig_ptr(data)
+                )
+    index.ntotal = int(sizes.sum())
+    return index
+
+
+def _numbers_of(parts, list_bytes: int, seen, batch: int) -> list[np.ndarray]:
+    """The list number (int32) of every code of each of ``parts`` (``seen`` shown every block
+    of codes)."""
+    numbers = []
     for codes, ids in parts:
         if len(codes) != len(ids):
             raise ValueError(f"{len(codes)} codes but {len(ids)} ids")
+        blocks = [np.zeros(0, np.int32)]
         for lo in range(0, len(codes), batch):
-            index.add_sa_codes(
-                np.ascontiguousarray(codes[lo : lo + batch], dtype=np.uint8),
-                np.ascontiguousarray(ids[lo : lo + batch], dtype=np.int64),
-            )
+            block = np.ascontiguousarray(codes[lo : lo + batch], np.uint8)
+            if seen is not None:
+                seen(block)
+            blocks.append(list_numbers(block, list_bytes).astype(np.int32))
+        numbers.append(np.concatenate(blocks))
+    return numbers
+
+
+def _gathered(
+    parts: Iterable[tuple[np.ndarray, np.ndarray]],
+    numbers: list[np.ndarray],
+    wanted: np.ndarray,
+    starts: np.ndarray,
+    sizes: np.ndarray,
+    list_bytes: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The PQ codes and ids of the codes of ``parts`` whose list is ``wanted``, each list's at
+    ``starts[list]`` on, in the order read (``numbers``: each part's list numbers, as read
+    before); ValueError if ``parts`` do not give the same codes again."""
+    total = int(sizes[wanted].sum())
+    codes, ids, cursor = None, np.empty(total, np.int64), starts.copy()
+    read = 0
+    for (part_codes, part_ids), part_numbers in zip(parts, [*numbers, None], strict=False):
+        if part_numbers is None or len(part_codes) != len(part_numbers):
+            raise ValueError(_READ_AGAIN)
+        read += 1
+        rows = np.nonzero(wanted[part_numbers])[0]
+        order = np.argsort(part_numbers[rows], kind="stable")
+        lists, first, counts = np.unique(
+            part_numbers[rows][order], return_index=True, return_counts=True
+        )
+        places = np.empty(len(rows), np.int64)
+        places[order] = np.repeat(cursor[lists] - first, counts) + np.arange(len(rows))
+        chosen = np.asarray(part_codes[rows], np.uint8)
+        if not np.array_equal(list_numbers(chosen, list_bytes), part_numbers[rows]):
+            raise ValueError(_READ_AGAIN)
+        if codes is None:
+            codes = np.empty((total, chosen.shape[1] - list_bytes), np.uint8)
+        codes[places] = chosen[:, list_bytes:]
+        ids[places] = np.asarray(part_ids, np.int64)[rows]
+        cursor[lists] += counts
+    if read != len(numbers):
+        raise ValueError(_READ_AGAIN)
+    return codes, ids
+
+
+_READ_AGAIN = (
+    "the codes of the parts changed between two reads: pass a sequence or a re-iterable object "
+    "(read alike each time), not a generator"
+)
+
+
+@contextmanager
+def mapped_allocations() -> Iterator[None]:
+    """Allocations of 128 KB and more mapped straight from the OS within the block (glibc; a
+    no-op elsewhere), then from 32 MB on (glibc's own ceiling for them).
+
+    faiss rounds each fast-scan list's memory up to a power of two; mapped, only the pages it
+    writes are resident, where memory recycled from glibc's heap counts whole (0.6 GB more at a
+    million videos). Fixing the threshold ends glibc's own adjustment of it, hence the ceiling
+    after the block.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        yield
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, 128 << 10)
+    try:
+        yield
+    finally:
+        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+
+
+M_MMAP_THRESHOLD = -3
+"""glibc's ``mallopt`` parameter number of the size from which allocations are mapped."""
+
+
+def block_packer(fast) -> Callable[[np.ndarray], np.ndarray]:
+    """A function from one list's 4-bit PQ codes ``[n, code_size]`` to the fast-scan blocks of
+    the index ``fast`` that hold them (zero-padded to whole blocks), as faiss packs them.
+
+    faiss's packer places each 4-bit code of a block on its own (16 us a block: 12 s at a
+    million videos); so the place of every (vector, sub-quantizer) code in a block is learnt
+    once from it, one code at a time, and a list is then packed with one numpy gather.
+    """
+
+    packer = fast.get_CodePacker()
+    per_block, block_bytes, code_size = packer.nvec, packer.block_size, packer.code_size
+    width = 2 * code_size  # 4-bit codes per vector
+    source = np.full((block_bytes, 2), -1, np.int64)  # per byte, low and high: which code
+    flat, block = np.zeros(code_size, np.uint8), np.zeros((1, block_bytes), np.uint8)
+    for slot in range(per_block):
+        for code in range(width):
+            flat[:], block[:] = 0, 0
+            flat[code // 2] = 1 << (4 * (code % 2))
+            packer.pack_1(flat, slot, block)
+            (byte,) = np.flatnonzero(block)
+            source[byte, int(block[0, byte] > 15)] = slot * width + code
+    if (source < 0).any():
+        raise RuntimeError("faiss's fast-scan blocks are not a permutation of 4-bit codes")
+
+    def pack(codes: np.ndarray) -> np.ndarray:
+        blocks = -(-len(codes) // per_block)
+        split = np.zeros((blocks * per_block, code_size, 2), np.uint8)
+        split[: len(codes), :, 0] = codes & 15
+        split[: len(codes), :, 1] = codes >> 4
+        split = split.reshape(blocks, per_block * width)
+        low, high = (np.take(split, source[:, half], axis=1) for half in (0, 1))
+        return (low | (high << 4)).reshape(-1)
+
+    return pack
 
 
 def fast_scan(plain):
     """faiss's fast-scan layout of a 4-bit IVF-PQ index ``plain``, owning its own copy of the
     coarse quantizer (the conversion shares ``plain``'s), so that ``plain`` and its copy of the
-    codes can go."""
+    codes can go: faiss's Python constructor also keeps a reference to ``plain``, which is
+    dropped (kept, it held every code twice: 1.6 GB more at a million videos)."""
     import faiss
 
     fast = faiss.IndexIVFPQFastScan(plain)
@@ -184,6 +355,7 @@ def fast_scan(plain):
     quantizer.this.disown()
     fast.quantizer = quantizer
     fast.own_fields = True
+    fast.referenced_objects = []
     return fast
 
 

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from vcb_utils.search.engine import BRANCH_IDS, add_codes, codes_name_lists, fast_scan
+from vcb_utils.search.engine import BRANCH_IDS, codes_name_lists, index_of_codes
 
 SUBVECTOR_DIMS = 8
 """Dimensions per PQ sub-quantizer: ``m = dim / 8`` (64 codes of 4 bits = 32 bytes at 512)."""
@@ -123,18 +123,10 @@ class IvfPqEngine:
         self.rebuild(parts)
 
     def rebuild(self, parts: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
-        """Hold exactly the encoded vectors of ``parts`` (``(codes, ids)`` pairs, read once, in
-        turn).
-
-        The codes go into a plain IVF-PQ index, which faiss then converts to the fast-scan
-        layout in one go. (Appending fast-scan codes with ``merge_from`` is not used: in faiss
-        1.15 it can write past a list's end when the list holds a multiple of 1024 codes.)
+        """Hold exactly the encoded vectors of ``parts`` (``(codes, ids)`` pairs, read more than
+        once), packed into the fast-scan layout by ``vcb_utils.search.engine.index_of_codes``.
         """
-        import faiss
-
-        plain = faiss.deserialize_index(np.frombuffer(self._trained_bytes, dtype=np.uint8))
-        add_codes(plain, parts)
-        self._fast = fast_scan(plain)
+        self._fast = index_of_codes(self._trained_bytes, parts)
 
     @classmethod
     def open(cls, trained: bytes, generation: str) -> IvfPqEngine:

@@ -114,7 +114,7 @@ class MeanQueryEngine:
         return codes_name_lists(codes, self.mean_query.list_bytes, self.nlist)
 
     def rebuild(self, parts: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
-        """Hold exactly the ``(codes, ids)`` of ``parts`` (read once, in turn)."""
+        """Hold exactly the ``(codes, ids)`` of ``parts`` (read more than once)."""
         self.mean_query.rebuild(parts)
 
     def add_vectors(self, vectors: np.ndarray, ids: np.ndarray, codes: np.ndarray) -> None:

@@ -12,6 +12,7 @@ deletes what the replaced version used and the new one does not. The files are
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -357,7 +358,7 @@ def load_stage(index: VideoIndex, folder: Path, manifest: Manifest) -> None:
     stage = saved_stage(index.collection, folder, manifest.ann)
     engine = stage.engine
     try:
-        engine.rebuild(saved_codes(index.collection, folder, engine))
+        engine.rebuild(SavedCodes(index.collection, folder, engine))
     except RuntimeError as err:  # faiss refused the codes
         where = store.ann_folder(folder, engine.generation)
         raise ValueError(f"{where}: the saved codes are corrupt ({err}); {REBUILD}") from err
@@ -395,22 +396,28 @@ def saved_stage(collection: Collection, folder: Path, info: dict) -> CandidateSt
     return CandidateStage(collection, engine, info["trained_rows"], False, calibration)
 
 
-def saved_codes(collection: Collection, folder: Path, engine: CandidateEngine):
-    """``(codes, ids)`` of each segment, memory-mapped one at a time: a segment's pages leave
-    this process once the next one is read (peak memory at load)."""
-    start = 0
-    for part in collection.parts:
-        count = collection.vector_count(part)
-        codes = store.read_ann_part(
-            folder, engine.generation, part.segment, engine.code_size, count
-        )
-        if not engine.valid_codes(codes):
-            path = store.ann_folder(folder, engine.generation) / f"{part.segment}.codes.npy"
-            raise ValueError(
-                f"{path} is corrupt (codes name lists the candidate index lacks); {REBUILD}"
+class SavedCodes:
+    """``(codes, ids)`` of each segment, memory-mapped one at a time (a segment's pages leave
+    this process once the next one is read: peak memory at load); iterable more than once."""
+
+    def __init__(self, collection: Collection, folder: Path, engine: CandidateEngine) -> None:
+        self.collection, self.folder, self.engine = collection, folder, engine
+        self.counts = [collection.vector_count(part) for part in collection.parts]
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        start, engine = 0, self.engine
+        for part, count in zip(self.collection.parts, self.counts, strict=True):
+            codes = store.read_ann_part(
+                self.folder, engine.generation, part.segment, engine.code_size, count
             )
-        yield codes, collection.part_ids(part, start)
-        start += len(part)
+            if not engine.valid_codes(codes):
+                folder = store.ann_folder(self.folder, engine.generation)
+                raise ValueError(
+                    f"{folder / f'{part.segment}.codes.npy'} is corrupt (codes name lists the "
+                    f"candidate index lacks); {REBUILD}"
+                )
+            yield codes, self.collection.part_ids(part, start)
+            start += len(part)
 
 
 def verify(collection: Collection) -> tuple[int, int]:
