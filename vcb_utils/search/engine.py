@@ -312,10 +312,10 @@ def block_packer(fast) -> Callable[[np.ndarray], np.ndarray]:
     the index ``fast`` that hold them (zero-padded to whole blocks), as faiss packs them.
 
     faiss's packer places each 4-bit code of a block on its own (16 us a block: 12 s at a
-    million videos); so the place of every (vector, sub-quantizer) code in a block is learnt
-    once from it, one code at a time, and a list is then packed with one numpy gather.
+    million videos). So where each (vector, sub-quantizer) code of a block goes is learnt once
+    from it, one code at a time, and a list is then packed with two numpy gathers: the low and
+    the high half of every byte of its blocks.
     """
-
     packer = fast.get_CodePacker()
     per_block, block_bytes, code_size = packer.nvec, packer.block_size, packer.code_size
     width = 2 * code_size  # 4-bit codes per vector
@@ -326,19 +326,22 @@ def block_packer(fast) -> Callable[[np.ndarray], np.ndarray]:
             flat[:], block[:] = 0, 0
             flat[code // 2] = 1 << (4 * (code % 2))
             packer.pack_1(flat, slot, block)
-            (byte,) = np.flatnonzero(block)
-            source[byte, int(block[0, byte] > 15)] = slot * width + code
+            (position,) = np.flatnonzero(block)
+            source[position, int(block[0, position] > 15)] = slot * width + code
     if (source < 0).any():
         raise RuntimeError("faiss's fast-scan blocks are not a permutation of 4-bit codes")
+    slots, codes_at = np.divmod(source, width)
+    from_byte = slots * code_size + codes_at // 2  # in the block's codes, one vector after another
+    shift = (4 * (codes_at % 2)).astype(np.uint8)
 
     def pack(codes: np.ndarray) -> np.ndarray:
         blocks = -(-len(codes) // per_block)
-        split = np.zeros((blocks * per_block, code_size, 2), np.uint8)
-        split[: len(codes), :, 0] = codes & 15
-        split[: len(codes), :, 1] = codes >> 4
-        split = split.reshape(blocks, per_block * width)
-        low, high = (np.take(split, source[:, half], axis=1) for half in (0, 1))
-        return (low | (high << 4)).reshape(-1)
+        flat = np.zeros((blocks * per_block, code_size), np.uint8)
+        flat[: len(codes)] = codes
+        flat = flat.reshape(blocks, per_block * code_size)
+        low = (np.take(flat, from_byte[:, 0], axis=1) >> shift[:, 0]) & 15
+        high = (np.take(flat, from_byte[:, 1], axis=1) >> shift[:, 1]) << 4  # uint8: drops the rest
+        return (low | high).reshape(-1)
 
     return pack
 
