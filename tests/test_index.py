@@ -177,6 +177,35 @@ def test_save_load_round_trip_gives_identical_results(model, tmp_path):
             assert torch.equal(x.sim_f, y.sim_f) and torch.equal(x.sim_v, y.sim_v)
 
 
+def test_rows_read_from_saved_segments_are_the_stored_rows(model, tmp_path, monkeypatch):
+    """``read_rows`` of a loaded index (two saved segments, then rows in RAM) reads the
+    segments' vectors through the files (``pread``) and gives, for rows in any order and
+    repeated, exactly what was stored."""
+    from vcb_utils.search import collection
+
+    index = make_index(model, 10, seed=1)
+    index.save(tmp_path / "idx")
+    index.add_embeddings(random_embedding(model, 7, seed=2), [f"b{i}" for i in range(7)])
+    index.save(tmp_path / "idx")
+    loaded = VideoIndex.load(tmp_path / "idx")
+    loaded.add_embeddings(random_embedding(model, 4, seed=3), [f"c{i}" for i in range(4)])
+    read = []
+    original = collection.read_file_rows
+
+    def counted(array, rows, out, places) -> bool:
+        done = original(array, rows, out, places)
+        read.append(len(rows) if done else 0)
+        return done
+
+    monkeypatch.setattr(collection, "read_file_rows", counted)
+    rows = torch.tensor([20, 3, 12, 3, 0, 16, 9, 19, 10])
+    vectors, mask = loaded.vectors(rows)
+    every = torch.cat([loaded.F, loaded.V], dim=1)
+    every_mask = torch.cat([loaded.F_mask, loaded.V_mask], dim=1)
+    assert torch.equal(vectors, every[rows]) and torch.equal(mask, every_mask[rows])
+    assert sum(read) == 7  # the rows of the two segments, through the files
+
+
 def test_append_equals_building_in_one_go(model):
     first, second = random_embedding(model, 10, seed=1), random_embedding(model, 9, seed=2)
     index = VideoIndex(model.cfg, first, [f"a{i}" for i in range(10)])

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-import mmap
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,7 +52,7 @@ JOIN_ROWS = 4096
 (many tiny runs would slow the exact scan; copying long ones would slow every addition)."""
 PREFETCH = True
 """Before the rerank reads its candidates' vectors, ask the kernel for all of them at once
-(``madvise(MADV_WILLNEED)``): the disk serves them in parallel."""
+(``posix_fadvise`` or ``madvise`` ``WILLNEED``): the disk serves them in parallel."""
 
 
 @dataclass
@@ -271,9 +271,10 @@ class Collection:
     def read_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The stored vectors and mask of ``rows`` (any order), read from their parts.
 
-        The rows of each part are gathered in ascending order, straight into their places in
-        the result, with numpy: several times faster than torch's indexing and ``cat`` of fp16
-        (24 ms -> 5 ms for 1,024 candidates at 26 x 512)."""
+        The rows of each part are read in ascending order, straight into their places in the
+        result: a saved part's vectors with ``pread`` (``read_file_rows``), others gathered
+        with numpy (several times faster than torch's indexing and ``cat`` of fp16: 24 ms ->
+        5 ms for 1,024 candidates at 26 x 512)."""
         rows = np.asarray(rows, dtype=np.int64)
         order = np.argsort(rows, kind="stable")
         sorted_rows = rows[order]
@@ -286,10 +287,9 @@ class Collection:
             lo, hi = np.searchsorted(sorted_rows, [start, stop])
             if hi > lo:
                 local = sorted_rows[lo:hi] - start
-                if PREFETCH and part.arrays:
-                    prefetch(part.arrays[0], local.tolist())
                 stored, valid = part.arrays or (part.vectors.numpy(), part.mask.numpy())
-                vectors[order[lo:hi]] = stored[local]
+                if not read_file_rows(stored, local, vectors, order[lo:hi]):
+                    vectors[order[lo:hi]] = stored[local]
                 mask[order[lo:hi]] = valid[local]
             start = stop
         return torch.from_numpy(vectors), torch.from_numpy(mask)
@@ -337,21 +337,30 @@ def strings(values: Sequence[str | Path], what: str) -> list[str]:
     return [str(value) for value in values]
 
 
-def prefetch(array: np.ndarray, rows: list[int]) -> None:
-    """Ask the kernel to read these rows of a memory-mapped array now, all at once (so the
-    disk serves them in parallel rather than one page fault after another)."""
-    handle = getattr(array, "_mmap", None)
-    if handle is None or not hasattr(handle, "madvise"):
-        return
-    row_bytes = array[0].nbytes if len(array) else 0
-    first = array.offset % mmap.ALLOCATIONGRANULARITY  # where the data starts in the map
-    for row in rows:
-        begin = first + row * row_bytes
-        aligned = begin - begin % mmap.PAGESIZE
-        try:
-            handle.madvise(mmap.MADV_WILLNEED, aligned, begin + row_bytes - aligned)
-        except (OSError, ValueError):
-            return
+def read_file_rows(array: np.ndarray, rows: np.ndarray, out: np.ndarray, places) -> bool:
+    """Read ``rows`` (ascending) of the memory-mapped ``.npy`` ``array`` into ``out[places]``
+    with ``pread``, after asking for all of them at once (``PREFETCH``); False, reading
+    nothing, where ``array`` maps no file or the platform lacks ``preadv``.
+
+    Read through the file, not the map, the rows stay in the page cache and out of this
+    process: its resident memory does not grow with every video it has searched (a million
+    videos: 3.7 GB of mapped pages after 50 queries at 4,096 candidates)."""
+    filename = getattr(array, "filename", None)
+    if filename is None or not hasattr(os, "preadv") or not len(rows):
+        return False
+    row_bytes = array[0].nbytes
+    offsets = [array.offset + row * row_bytes for row in rows.tolist()]
+    descriptor = os.open(filename, os.O_RDONLY)
+    try:
+        if PREFETCH and hasattr(os, "posix_fadvise"):
+            for offset in offsets:
+                os.posix_fadvise(descriptor, offset, row_bytes, os.POSIX_FADV_WILLNEED)
+        for place, offset in zip(np.asarray(places).tolist(), offsets, strict=True):
+            if os.preadv(descriptor, [out[place]], offset) != row_bytes:
+                raise ValueError(f"{filename} is cut short: no whole row at byte {offset}")
+    finally:
+        os.close(descriptor)
+    return True
 
 
 def _pad(vectors: torch.Tensor, mask: torch.Tensor, width: int) -> tuple:
