@@ -52,7 +52,7 @@ JOIN_ROWS = 4096
 (many tiny runs would slow the exact scan; copying long ones would slow every addition)."""
 PREFETCH = True
 """Before the rerank reads its candidates' vectors, ask the kernel for all of them at once
-(``posix_fadvise`` or ``madvise`` ``WILLNEED``): the disk serves them in parallel."""
+(``posix_fadvise(WILLNEED)``): the disk serves them in parallel."""
 
 
 @dataclass
