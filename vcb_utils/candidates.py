@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vcb_utils.search.engine import index_of_codes, list_numbers
+from vcb_utils.search.engine import fast_scannable, index_of_codes, list_numbers
 
 FORMAT = "vcb-mean-query-candidates"
 VERSION = 2
@@ -459,7 +459,7 @@ def _byte_norms(pq) -> np.ndarray | None:
     squared = (centroids.astype(np.float64) ** 2).sum(axis=2)
     if pq.nbits == 8:
         return squared.astype(np.float32)
-    if pq.nbits != CODE_BITS or pq.M % 2:
+    if not fast_scannable(pq):
         return None
     values = np.arange(256)
     return (squared[0::2][:, values & 15] + squared[1::2][:, values >> 4]).astype(np.float32)

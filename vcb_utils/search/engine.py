@@ -198,7 +198,7 @@ def index_of_codes(
 
     plain = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
     nlist, list_bytes = plain.nlist, plain.coarse_code_size()
-    scannable = plain.pq.nbits == 4 and plain.pq.M % 2 == 0
+    scannable = fast_scannable(plain.pq)
     index = fast_scan(plain) if scannable else plain
     numbers = _numbers_of(parts, list_bytes, seen, batch)
     sizes = np.bincount(np.concatenate([np.zeros(0, np.int32), *numbers]), minlength=nlist)
@@ -344,6 +344,12 @@ def block_packer(fast) -> Callable[[np.ndarray], np.ndarray]:
         return (low | high).reshape(-1)
 
     return pack
+
+
+def fast_scannable(pq) -> bool:
+    """Whether faiss's fast-scan kernels take codes of the product quantizer ``pq``: 4-bit
+    codes, an even number of them."""
+    return pq.nbits == 4 and pq.M % 2 == 0
 
 
 def fast_scan(plain):

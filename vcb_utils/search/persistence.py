@@ -403,6 +403,8 @@ class SavedCodes:
     def __init__(self, collection: Collection, folder: Path, engine: CandidateEngine) -> None:
         self.collection, self.folder, self.engine = collection, folder, engine
         self.counts = [collection.vector_count(part) for part in collection.parts]
+        self.checked: set[str] = set()
+        """Segments whose codes were found to name the engine's lists (checked once)."""
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         start, engine = 0, self.engine
@@ -410,12 +412,13 @@ class SavedCodes:
             codes = store.read_ann_part(
                 self.folder, engine.generation, part.segment, engine.code_size, count
             )
-            if not engine.valid_codes(codes):
+            if part.segment not in self.checked and not engine.valid_codes(codes):
                 folder = store.ann_folder(self.folder, engine.generation)
                 raise ValueError(
                     f"{folder / f'{part.segment}.codes.npy'} is corrupt (codes name lists the "
                     f"candidate index lacks); {REBUILD}"
                 )
+            self.checked.add(part.segment)
             yield codes, self.collection.part_ids(part, start)
             start += len(part)
 
