@@ -1,0 +1,211 @@
+"""Where a two-stage query spends its time at scale, and what a second, finer code would buy.
+
+On an index that ``bench_search.py`` built and measured (its calibrated settings and exact
+top-10), this script prints three things:
+
+1. **stages**: one query at a time on one thread, the vector files evicted from the page cache
+   first (as ``bench_search.py`` times them), the median milliseconds of each step of
+   ``vcb_utils.search.searcher.two_stage``: the candidates (the scan of the probed lists' codes,
+   and their hits made videos), reading the candidates' stored vectors, ``narrow`` (the
+   mean-query score from those vectors) and the exact MeanMaxSim of the rest;
+2. **cold reads**: the milliseconds of reading ``n`` random rows of a given size from the
+   evicted segment files with ``collection.read_file_rows``' calls (``posix_fadvise`` for every
+   row, then ``pread``): whether a read costs its bytes or its count;
+3. **second codes**: the share of the exact top-10 within the first 32 ... 512 of the
+   candidates when they are ranked by the mean-query score from the stored vectors (what
+   ``narrow`` does now) or from a second code of each vector: an 8-bit product quantizer of the
+   vector (64 or 128 bytes), or of what the first code leaves (the residual of its residual,
+   32 or 64 bytes more). The quantizers are trained on the vectors of 4,000 random videos.
+
+    python benchmarks/bench_search.py --generator cliplike --sizes 1000000 --data /scratch/b
+    python benchmarks/bench_query_costs.py --generator cliplike --videos 1000000 --data /scratch/b
+
+At a million videos the third part encodes every candidate's vectors four times per query
+(about 15 s a query on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_search import GENERATORS, evict, one, queries_for
+
+from vcb_utils.index import VideoIndex
+from vcb_utils.search import searcher
+from vcb_utils.search.collection import branch_columns
+from vcb_utils.search.engine import faiss_threads
+from vcb_utils.threads import torch_threads
+
+SHORTLISTS = (32, 64, 128, 256, 512)
+READS = ((256, None), (1024, None), (4096, None), (4096, 26 * 128))
+"""(rows, bytes per row; None: a stored row) of the cold-read trials."""
+SECOND_CODES = {
+    "vector, 8-bit PQ, 64 B": ("vector", 64),
+    "vector, 8-bit PQ, 128 B": ("vector", 128),
+    "residual of the first code, 8-bit PQ, +32 B": ("residual", 32),
+    "residual of the first code, 8-bit PQ, +64 B": ("residual", 64),
+}
+TRAIN_VIDEOS = 4000
+
+
+def stage_times(index: VideoIndex, text, count: int) -> dict[str, list[float]]:
+    """Milliseconds of each step of a two-stage query, per query."""
+    collection, stage, settings = index.collection, index.stage, index.settings
+    mean_query = stage.engine.mean_query
+    names = list(collection.branches)
+    columns = [branch_columns(name, collection.frames) for name in names]
+    steps: dict[str, list[float]] = {}
+    for i in range(count):
+        query = text.vectors[i][text.mask[i]].float().numpy()
+        weights = np.full(len(query), 1 / len(query), np.float32)
+        with faiss_threads(1), torch_threads(1):
+            marks = [time.perf_counter()]
+            rows = mean_query.candidates(query, weights, settings)
+            marks.append(time.perf_counter())
+            vectors, mask = collection.read_rows(torch.from_numpy(rows))
+            marks.append(time.perf_counter())
+            keep = stage.engine.narrow(query, vectors.numpy(), mask.numpy(), columns, settings, 10)
+            marks.append(time.perf_counter())
+            keep = torch.from_numpy(np.asarray(keep, np.int64))
+            searcher.score(collection, one(text, i), vectors[keep], mask[keep], names).topk(10)
+            marks.append(time.perf_counter())
+        spans = np.diff(marks) * 1e3
+        for name, ms in zip(("candidates", "read", "narrow", "exact"), spans, strict=True):
+            steps.setdefault(name, []).append(float(ms))
+    return steps
+
+
+def cold_reads(folder: Path, repeats: int = 3) -> dict[tuple[int, int], list[float]]:
+    """Milliseconds of reading ``rows`` random rows of ``size`` bytes from evicted segment files
+    (each trial on another file, ``READS`` in turns)."""
+    files = sorted((folder / "segments").rglob("vectors.npy"))
+    stored = np.load(files[0], mmap_mode="r")[0].nbytes
+    times: dict[tuple[int, int], list[float]] = {}
+    trial = 0
+    for repeat in range(repeats):
+        for rows, size in READS:
+            path = files[trial % len(files)]
+            trial += 1
+            evict(folder)
+            size = size or stored
+            rng = np.random.default_rng([repeat, rows, size])
+            offsets = np.sort(rng.choice(os.path.getsize(path) // size, rows, replace=False)) * size
+            buffer = bytearray(size)
+            began = time.perf_counter()
+            descriptor = os.open(path, os.O_RDONLY)
+            try:
+                for offset in offsets.tolist():
+                    os.posix_fadvise(descriptor, offset, size, os.POSIX_FADV_WILLNEED)
+                for offset in offsets.tolist():
+                    os.preadv(descriptor, [buffer], offset)
+            finally:
+                os.close(descriptor)
+            times.setdefault((rows, size), []).append(1e3 * (time.perf_counter() - began))
+    return times
+
+
+def trained_codes(index: VideoIndex) -> dict[str, tuple[str, object]]:
+    """Each second code's kind and its product quantizer, trained on random videos' vectors."""
+    import faiss
+
+    collection = index.collection
+    rows = np.random.default_rng(0).choice(len(collection), TRAIN_VIDEOS, replace=False)
+    vectors, mask = collection.read_rows(torch.from_numpy(rows))
+    sample = np.ascontiguousarray(vectors[mask].float().numpy())
+    residual = sample - first_code(index, sample)
+    codes = {}
+    for name, (kind, size) in SECOND_CODES.items():
+        quantizer = faiss.ProductQuantizer(sample.shape[1], size, 8)
+        quantizer.train(sample if kind == "vector" else residual)
+        codes[name] = (kind, quantizer)
+    return codes
+
+
+def first_code(index: VideoIndex, vectors: np.ndarray) -> np.ndarray:
+    """``vectors`` as the candidate stage's codes give them back."""
+    encoder = index.stage.engine.mean_query.encoder
+    return encoder.sa_decode(encoder.sa_encode(np.ascontiguousarray(vectors, np.float32)))
+
+
+def video_scores(sims: np.ndarray, columns: list[slice]) -> np.ndarray:
+    """The mean-query score of each video from its vectors' inner products ``[n, width]``."""
+    best = np.stack([sims[:, c].max(axis=1) for c in columns], axis=1)
+    return np.where(np.isfinite(best), best, 0.0).sum(axis=1)
+
+
+def shares(order: np.ndarray, candidates: np.ndarray, truth: np.ndarray) -> list[float]:
+    """The share of ``truth`` within the first n of ``candidates[order]``, n in SHORTLISTS."""
+    place = {row: i for i, row in enumerate(candidates[order].tolist())}
+    return [float(np.mean([place.get(r, np.inf) < n for r in truth])) for n in SHORTLISTS]
+
+
+def second_code_shares(index: VideoIndex, text, truth: np.ndarray) -> dict[str, np.ndarray]:
+    """Per way of ranking the candidates, the share of the exact top-10 per shortlist length."""
+    collection, settings = index.collection, index.settings
+    mean_query = index.stage.engine.mean_query
+    columns = [branch_columns(name, collection.frames) for name in collection.branches]
+    codes = trained_codes(index)
+    found: dict[str, list[list[float]]] = {}
+    for i, exact_top in enumerate(truth):
+        query = text.vectors[i][text.mask[i]].float().numpy()
+        weights = np.full(len(query), 1 / len(query), np.float32)
+        mean = weights @ query
+        candidates = mean_query.candidates(query, weights, settings)
+        vectors, mask = collection.read_rows(torch.from_numpy(candidates))
+        valid = mask.numpy()
+        stored = vectors.numpy()[valid].astype(np.float32)
+        first = first_code(index, stored)
+        ways = {"first code (the candidates' order)": None, "stored fp16 vectors": stored}
+        for name, (kind, quantizer) in codes.items():
+            if kind == "vector":
+                ways[name] = quantizer.decode(quantizer.compute_codes(stored))
+            else:
+                ways[name] = first + quantizer.decode(quantizer.compute_codes(stored - first))
+        for name, approx in ways.items():
+            if approx is None:
+                order = np.arange(len(candidates))
+            else:
+                sims = np.full(valid.shape, -np.inf, np.float32)
+                sims[valid] = approx @ mean
+                order = np.argsort(-video_scores(sims, columns), kind="stable")
+            found.setdefault(name, []).append(shares(order, candidates, exact_top))
+    return {name: np.mean(rows, axis=0) for name, rows in found.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--generator", choices=sorted(GENERATORS), default="cliplike")
+    parser.add_argument("--videos", type=int, default=1_000_000)
+    parser.add_argument("--data", type=Path, default=Path("outputs/bench_search"))
+    parser.add_argument("--queries", type=int, default=50, help="as bench_search measured")
+    args = parser.parse_args()
+    folder = args.data / f"index-{args.generator}-{args.videos}"
+    truth = np.array(json.loads((folder / f"bench-truth-{args.queries}.json").read_text())["rows"])
+    _, text = queries_for(args.videos, args.queries, args.generator)
+    index = VideoIndex.load(folder)
+    print(f"{args.generator}, {args.videos:,} videos, settings {index.settings}")
+    evict(folder)
+    steps = stage_times(index, text, args.queries)
+    total = np.sum([steps[name] for name in steps], axis=0)
+    print(f"steps of one query, median ms of {args.queries} (cold vectors, 1 thread):")
+    for name, ms in [*steps.items(), ("total", total)]:
+        print(f"  {name:10s} {statistics.median(ms):7.1f}  (p90 {np.percentile(ms, 90):7.1f})")
+    print("cold reads of random rows from the evicted segments, ms per trial:")
+    for (rows, size), ms in cold_reads(folder).items():
+        print(f"  {rows:5d} rows of {size:6d} B: " + ", ".join(f"{t:.0f}" for t in ms))
+    print(f"share of the exact top-10 within the first {', '.join(map(str, SHORTLISTS))}")
+    print(f"of the {index.settings.candidates} candidates, ranked by:")
+    for name, row in second_code_shares(index, text, truth).items():
+        print(f"  {name:46s} " + " ".join(f"{v:.3f}" for v in row))
+    print(f"load average {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
