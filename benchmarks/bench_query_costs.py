@@ -7,7 +7,8 @@ top-10), this script prints three things:
    first (as ``bench_search.py`` times them), the median milliseconds of each step of
    ``vcb_utils.search.searcher.two_stage``: the candidates (the scan of the probed lists' codes,
    and their hits made videos), reading the candidates' stored vectors, ``narrow`` (the
-   mean-query score from those vectors) and the exact MeanMaxSim of the rest;
+   mean-query score from those vectors) and the exact MeanMaxSim of the rest; and how many
+   codes the probed lists hold (coarse lists are not even: a few large ones cost the most);
 2. **cold reads**: the milliseconds of reading ``n`` random rows of a given size from the
    evicted segment files with ``collection.read_file_rows``' calls (``posix_fadvise`` for every
    row, then ``pread``): whether a read costs its bytes or its count;
@@ -80,6 +81,19 @@ def stage_times(index: VideoIndex, text, count: int) -> dict[str, list[float]]:
         for name, ms in zip(("candidates", "read", "narrow", "exact"), spans, strict=True):
             steps.setdefault(name, []).append(float(ms))
     return steps
+
+
+def probed_codes(index: VideoIndex, text, count: int) -> tuple[np.ndarray, list[int]]:
+    """The codes in each coarse list, and in the lists each query probes."""
+    mean_query, settings = index.stage.engine.mean_query, index.settings
+    lists = mean_query.index.invlists
+    sizes = np.array([lists.list_size(i) for i in range(mean_query.nlist)], np.int64)
+    probed = []
+    for i in range(count):
+        mean = text.vectors[i][text.mask[i]].float().mean(dim=0).numpy()
+        chosen, _ = mean_query.probe(mean, settings.nprobe)
+        probed.append(int(sizes[chosen].sum()))
+    return sizes, probed
 
 
 def cold_reads(folder: Path, repeats: int = 3) -> dict[tuple[int, int], list[float]]:
@@ -197,6 +211,14 @@ def main() -> None:
     print(f"steps of one query, median ms of {args.queries} (cold vectors, 1 thread):")
     for name, ms in [*steps.items(), ("total", total)]:
         print(f"  {name:10s} {statistics.median(ms):7.1f}  (p90 {np.percentile(ms, 90):7.1f})")
+    sizes, probed = probed_codes(index, text, args.queries)
+    largest = ", ".join(f"{size:,}" for size in np.sort(sizes)[::-1][:3])
+    share = statistics.median(probed) / sizes.sum()
+    print(
+        f"coarse lists: {len(sizes):,} holding {sizes.sum():,} codes (largest {largest}, "
+        f"median {int(np.median(sizes)):,}); the {index.settings.nprobe:,} lists a query "
+        f"probes hold {share:.0%} of them (median)"
+    )
     print("cold reads of random rows from the evicted segments, ms per trial:")
     for (rows, size), ms in cold_reads(folder).items():
         print(f"  {rows:5d} rows of {size:6d} B: " + ", ".join(f"{t:.0f}" for t in ms))
