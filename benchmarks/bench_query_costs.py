@@ -27,8 +27,6 @@ At a million videos the third part encodes every candidate's vectors four times 
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import time
@@ -36,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_search import GENERATORS, evict, one, queries_for
+from bench_search import evict, measured_index, one
 
 from vcb_utils.index import VideoIndex
 from vcb_utils.search import searcher
@@ -194,24 +192,16 @@ def second_code_shares(index: VideoIndex, text, truth: np.ndarray) -> dict[str, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--generator", choices=sorted(GENERATORS), default="cliplike")
-    parser.add_argument("--videos", type=int, default=1_000_000)
-    parser.add_argument("--data", type=Path, default=Path("outputs/bench_search"))
-    parser.add_argument("--queries", type=int, default=50, help="as bench_search measured")
-    args = parser.parse_args()
-    folder = args.data / f"index-{args.generator}-{args.videos}"
-    truth = np.array(json.loads((folder / f"bench-truth-{args.queries}.json").read_text())["rows"])
-    _, text = queries_for(args.videos, args.queries, args.generator)
+    folder, truth, text = measured_index(__doc__.split("\n\n")[0])
     index = VideoIndex.load(folder)
-    print(f"{args.generator}, {args.videos:,} videos, settings {index.settings}")
+    print(f"{folder.name}: {len(index):,} videos, settings {index.settings}")
     evict(folder)
-    steps = stage_times(index, text, args.queries)
+    steps = stage_times(index, text, len(truth))
     total = np.sum([steps[name] for name in steps], axis=0)
-    print(f"steps of one query, median ms of {args.queries} (cold vectors, 1 thread):")
+    print(f"steps of one query, median ms of {len(truth)} (cold vectors, 1 thread):")
     for name, ms in [*steps.items(), ("total", total)]:
         print(f"  {name:10s} {statistics.median(ms):7.1f}  (p90 {np.percentile(ms, 90):7.1f})")
-    sizes, probed = probed_codes(index, text, args.queries)
+    sizes, probed = probed_codes(index, text, len(truth))
     largest = ", ".join(f"{size:,}" for size in np.sort(sizes)[::-1][:3])
     share = statistics.median(probed) / sizes.sum()
     print(

@@ -14,14 +14,11 @@ the codes' score of the exact top-10 videos, and of the others found, is from it
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from bench_search import GENERATORS, queries_for
+from bench_search import measured_index
 
 from vcb_utils.candidates import CandidateSettings
 from vcb_utils.index import VideoIndex
@@ -56,16 +53,8 @@ def exact_mean_scores(index: VideoIndex, means: np.ndarray, block: int = 8192) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--generator", choices=sorted(GENERATORS), default="cliplike")
-    parser.add_argument("--videos", type=int, default=1_000_000)
-    parser.add_argument("--data", type=Path, default=Path("outputs/bench_search"))
-    parser.add_argument("--queries", type=int, default=50, help="as bench_search measured")
-    args = parser.parse_args()
-    folder = args.data / f"index-{args.generator}-{args.videos}"
-    truth = np.array(json.loads((folder / f"bench-truth-{args.queries}.json").read_text())["rows"])
-    _, text = queries_for(args.videos, args.queries, args.generator)
-    queries = [text.vectors[i][text.mask[i]].float().numpy() for i in range(args.queries)]
+    folder, truth, text = measured_index(__doc__.split("\n\n")[0])
+    queries = [text.vectors[i][text.mask[i]].float().numpy() for i in range(len(truth))]
     means = np.stack([q.mean(axis=0) for q in queries])
     index = VideoIndex.load(folder)
     stage = index.stage.engine.mean_query

@@ -161,6 +161,22 @@ def queries_for(n: int, count: int, generator: str) -> tuple[torch.Tensor, TextE
     return targets, GENERATORS[generator](n).queries(targets)
 
 
+def measured_index(description: str) -> tuple[Path, np.ndarray, TextEmbedding]:
+    """For a script that studies an index this one built and measured, from its command line
+    (``--generator --videos --data --queries``): the index folder, the exact top-10 rows of
+    each query and the encoded queries."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--generator", choices=sorted(GENERATORS), default="cliplike")
+    parser.add_argument("--videos", type=int, default=1_000_000)
+    parser.add_argument("--data", type=Path, default=Path("outputs/bench_search"))
+    parser.add_argument("--queries", type=int, default=50, help="as bench_search measured")
+    args = parser.parse_args()
+    folder = args.data / f"index-{args.generator}-{args.videos}"
+    truth = json.loads((folder / f"bench-truth-{args.queries}.json").read_text())["rows"]
+    _, text = queries_for(args.videos, args.queries, args.generator)
+    return folder, np.array(truth), text
+
+
 def one(text: TextEmbedding, i: int) -> TextEmbedding:
     return TextEmbedding(text.vectors[i : i + 1], text.mask[i : i + 1], text.ids[i : i + 1])
 
