@@ -9,9 +9,9 @@ top-10), this script prints three things:
    and their hits made videos), reading the candidates' stored vectors, ``narrow`` (the
    mean-query score from those vectors) and the exact MeanMaxSim of the rest; and how many
    codes the probed lists hold (coarse lists are not even: a few large ones cost the most);
-2. **cold reads**: the milliseconds of reading ``n`` random rows of a given size from the
-   evicted segment files with ``collection.read_file_rows``' calls (``posix_fadvise`` for every
-   row, then ``pread``): whether a read costs its bytes or its count;
+2. **cold reads**: the milliseconds of ``collection.read_file_rows`` (``posix_fadvise`` for
+   every row, then ``pread``) reading ``n`` random rows of a given size from the evicted
+   segment files: whether a read costs its bytes or its count;
 3. **second codes**: the share of the exact top-10 within the first 32 ... 512 of the
    candidates when they are ranked by the mean-query score from the stored vectors (what
    ``narrow`` does now) or from a second code of each vector: an 8-bit product quantizer of the
@@ -34,11 +34,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_ranking import shares
 from bench_search import evict, measured_index, one
 
 from vcb_utils.index import VideoIndex
 from vcb_utils.search import searcher
-from vcb_utils.search.collection import branch_columns
+from vcb_utils.search.collection import branch_columns, read_file_rows
 from vcb_utils.search.engine import faiss_threads
 from vcb_utils.threads import torch_threads
 
@@ -95,30 +96,24 @@ def probed_codes(index: VideoIndex, text, count: int) -> tuple[np.ndarray, list[
 
 
 def cold_reads(folder: Path, repeats: int = 3) -> dict[tuple[int, int], list[float]]:
-    """Milliseconds of reading ``rows`` random rows of ``size`` bytes from evicted segment files
-    (each trial on another file, ``READS`` in turns)."""
+    """Milliseconds of ``collection.read_file_rows`` reading ``rows`` random rows of ``size``
+    bytes from evicted segment files (each trial on another file, ``READS`` in turns)."""
     files = sorted((folder / "segments").rglob("vectors.npy"))
-    stored = np.load(files[0], mmap_mode="r")[0].nbytes
     times: dict[tuple[int, int], list[float]] = {}
     trial = 0
     for repeat in range(repeats):
         for rows, size in READS:
-            path = files[trial % len(files)]
+            stored = np.load(files[trial % len(files)], mmap_mode="r")
             trial += 1
+            size = size or stored[0].nbytes
+            count = (stored.size * stored.itemsize) // size
+            array = np.memmap(stored.filename, np.uint8, "r", stored.offset, (count, size))
+            chosen = np.sort(np.random.default_rng([repeat, rows, size]).choice(count, rows, False))
+            out = np.empty((rows, size), np.uint8)
             evict(folder)
-            size = size or stored
-            rng = np.random.default_rng([repeat, rows, size])
-            offsets = np.sort(rng.choice(os.path.getsize(path) // size, rows, replace=False)) * size
-            buffer = bytearray(size)
             began = time.perf_counter()
-            descriptor = os.open(path, os.O_RDONLY)
-            try:
-                for offset in offsets.tolist():
-                    os.posix_fadvise(descriptor, offset, size, os.POSIX_FADV_WILLNEED)
-                for offset in offsets.tolist():
-                    os.preadv(descriptor, [buffer], offset)
-            finally:
-                os.close(descriptor)
+            if not read_file_rows(array, chosen, out, np.arange(rows)):
+                raise RuntimeError("this platform has no pread: cold reads not measured")
             times.setdefault((rows, size), []).append(1e3 * (time.perf_counter() - began))
     return times
 
@@ -152,12 +147,6 @@ def video_scores(sims: np.ndarray, columns: list[slice]) -> np.ndarray:
     return np.where(np.isfinite(best), best, 0.0).sum(axis=1)
 
 
-def shares(order: np.ndarray, candidates: np.ndarray, truth: np.ndarray) -> list[float]:
-    """The share of ``truth`` within the first n of ``candidates[order]``, n in SHORTLISTS."""
-    place = {row: i for i, row in enumerate(candidates[order].tolist())}
-    return [float(np.mean([place.get(r, np.inf) < n for r in truth])) for n in SHORTLISTS]
-
-
 def second_code_shares(index: VideoIndex, text, truth: np.ndarray) -> dict[str, np.ndarray]:
     """Per way of ranking the candidates, the share of the exact top-10 per shortlist length."""
     collection, settings = index.collection, index.settings
@@ -187,7 +176,7 @@ def second_code_shares(index: VideoIndex, text, truth: np.ndarray) -> dict[str, 
                 sims = np.full(valid.shape, -np.inf, np.float32)
                 sims[valid] = approx @ mean
                 order = np.argsort(-video_scores(sims, columns), kind="stable")
-            found.setdefault(name, []).append(shares(order, candidates, exact_top))
+            found.setdefault(name, []).append(shares(candidates[order], exact_top, SHORTLISTS))
     return {name: np.mean(rows, axis=0) for name, rows in found.items()}
 
 

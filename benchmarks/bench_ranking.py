@@ -29,10 +29,10 @@ SETTINGS = [(1024, 16384), (1024, 65536), (2048, 65536)]
 """(nprobe, hits) of the codes' rankings."""
 
 
-def shares(ranked: np.ndarray, truth: np.ndarray) -> list[float]:
-    """The share of ``truth`` within the first n of ``ranked``, for each n of ``CUTS``."""
+def shares(ranked: np.ndarray, truth: np.ndarray, cuts: tuple[int, ...] = CUTS) -> list[float]:
+    """The share of ``truth`` within the first n of ``ranked``, for each n of ``cuts``."""
     place = {row: i for i, row in enumerate(ranked.tolist())}
-    return [float(np.mean([place.get(r, np.inf) < n for r in truth])) for n in CUTS]
+    return [float(np.mean([place.get(r, np.inf) < n for r in truth])) for n in cuts]
 
 
 def exact_mean_scores(index: VideoIndex, means: np.ndarray, block: int = 8192) -> np.ndarray:
