@@ -23,6 +23,7 @@ BRANCH_IDS = {"F": 0, "V": 1}
 """A stored vector's id in an engine is ``row * 2 + BRANCH_IDS[branch]``."""
 ENGINES = {
     "mean-query": "vcb_utils.search.meanquery:MeanQueryEngine",
+    "mean-query-rescored": "vcb_utils.search.rescored:RescoredEngine",
     "ivfpq-fastscan": "vcb_utils.search.ivfpq:IvfPqEngine",
 }
 """Every candidate engine by the name a manifest records: ``module:class``."""
@@ -91,8 +92,9 @@ class CandidateEngine(Protocol):
     def describe(self) -> dict:
         """What ``stats`` and the manifest show of it (``nlist``, sizes, ...)."""
 
-    def encode(self, vectors: np.ndarray) -> np.ndarray:
-        """Codes ``[n, code_size]`` uint8 of ``vectors``."""
+    def encode(self, vectors: np.ndarray, videos: np.ndarray | None = None) -> np.ndarray:
+        """Codes ``[n, code_size]`` uint8 of ``vectors``; ``videos`` ``[n]`` (if given)
+        numbers the video of each, one video's vectors consecutive, in frame order."""
 
     def valid_codes(self, codes: np.ndarray) -> bool:
         """Whether ``codes`` (e.g. read from disk) can be held without crashing the engine."""

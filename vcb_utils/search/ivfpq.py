@@ -191,8 +191,11 @@ class IvfPqEngine:
         """The trained, empty index (what ``IvfPqEngine(trained)`` needs to encode and add)."""
         return self._trained_bytes
 
-    def encode(self, vectors: np.ndarray, batch: int = 65536) -> np.ndarray:
-        """Codes ``[n, code_size]`` uint8: each vector's list number, then its PQ code."""
+    def encode(
+        self, vectors: np.ndarray, videos: np.ndarray | None = None, batch: int = 65536
+    ) -> np.ndarray:
+        """Codes ``[n, code_size]`` uint8: each vector's list number, then its PQ code (every
+        vector alike, whatever its video)."""
         vectors = _float32(vectors)
         codes = np.empty((len(vectors), self.code_size), dtype=np.uint8)
         for start in range(0, len(vectors), batch):

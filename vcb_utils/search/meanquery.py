@@ -106,8 +106,9 @@ class MeanQueryEngine:
         return {"nlist": self.nlist, "m": self.m, "bits": self.bits}
 
     # ---- codes ---------------------------------------------------------------------------------
-    def encode(self, vectors: np.ndarray) -> np.ndarray:
-        """Codes ``[n, code_size]`` uint8: each vector's list number, then its PQ code."""
+    def encode(self, vectors: np.ndarray, videos: np.ndarray | None = None) -> np.ndarray:
+        """Codes ``[n, code_size]`` uint8: each vector's list number, then its PQ code (every
+        vector alike, whatever its video)."""
         return self.mean_query.encode(vectors)
 
     def valid_codes(self, codes: np.ndarray) -> bool:

@@ -105,10 +105,11 @@ class CandidateStage:
             for lo in range(0, len(part), ENCODE_BLOCK_VIDEOS):
                 mask = part.mask[lo : lo + ENCODE_BLOCK_VIDEOS, columns]
                 vectors = part.vectors[lo : lo + ENCODE_BLOCK_VIDEOS, columns][mask].float().numpy()
-                codes = self.engine.encode(vectors)
+                videos = np.nonzero(mask.numpy())[0]
+                codes = self.engine.encode(vectors, videos=videos)
                 runs.append(codes)
                 if first_row is not None:
-                    rows = np.nonzero(mask.numpy())[0] + first_row + lo
+                    rows = videos + first_row + lo
                     self.engine.add_vectors(vectors, vector_ids(rows, branch), codes)
         if not runs:
             return np.empty((0, self.engine.code_size), np.uint8)

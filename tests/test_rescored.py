@@ -1,0 +1,145 @@
+"""The rescored mean-query engine: distinct vectors, two codes, candidates rescored in RAM."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_search_scale import clustered, recall
+
+from vcb_utils.index import VideoIndex
+from vcb_utils.search.rescored import RescoredEngine, RescoredSettings, distinct, pack, unpack
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def kept_naively(vectors: np.ndarray, groups: np.ndarray, cosine: float) -> np.ndarray:
+    """Keep a vector unless an earlier kept vector of its group is this similar: one at a time."""
+    kept: list[bool] = []
+    for i in range(len(vectors)):
+        earlier = [j for j in range(i) if groups[j] == groups[i] and kept[j]]
+        kept.append(all(vectors[j] @ vectors[i] < cosine for j in earlier))
+    return np.array(kept)
+
+
+@pytest.mark.parametrize("cosine", [0.5, 0.8, 0.9, 0.97])
+def test_distinct_keeps_what_a_one_at_a_time_loop_keeps(cosine):
+    rng = np.random.default_rng(0)
+    scenes = rng.normal(size=(40, 16))
+    vectors = unit(np.repeat(scenes, 5, axis=0) + 0.3 * rng.normal(size=(200, 16)))
+    groups = np.sort(rng.integers(0, 30, 200))
+    got = distinct(vectors, groups, cosine)
+    assert np.array_equal(got, kept_naively(vectors, groups, cosine))
+    assert 0 < got.sum() < len(got)  # the cases cut some and keep some
+
+
+def test_distinct_keeps_every_group_first_vector_and_copies_once():
+    vector = unit(np.ones((1, 8)))
+    copies = np.repeat(vector, 4, axis=0)
+    assert distinct(copies, np.array([0, 0, 1, 1])).tolist() == [True, False, True, False]
+    assert distinct(np.zeros((0, 8), np.float32), np.zeros(0, np.int64)).shape == (0,)
+
+
+@pytest.fixture(scope="module")
+def engine() -> tuple[RescoredEngine, np.ndarray]:
+    rng = np.random.default_rng(1)
+    sample = unit(rng.normal(size=(4000, 32)))
+    return RescoredEngine.train(sample, nlist=16), sample
+
+
+def test_codes_flag_near_copies_and_the_second_code_refines_the_first(engine):
+    engine, sample = engine
+    vectors = sample[:300]
+    videos = np.repeat(np.arange(100), 3)
+    vectors[1::3] = vectors[0::3]  # the second vector of each video copies the first
+    codes = engine.encode(vectors, videos)
+    assert codes.shape == (300, engine.code_size)
+    assert codes[:, -1].tolist() == [1, 0, 1] * 100
+    assert not codes[1::3, :-1].any()
+    kept = codes[codes[:, -1] == 1]
+    first = engine.mean_query.encoder.sa_decode(np.ascontiguousarray(kept[:, : engine.first_size]))
+    both = first + engine.second.sa_decode(np.ascontiguousarray(kept[:, engine.first_size : -1]))
+    truth = vectors[codes[:, -1] == 1]
+    first_error = np.linalg.norm(first - truth, axis=1).mean()
+    both_error = np.linalg.norm(both - truth, axis=1).mean()
+    assert both_error < 0.6 * first_error
+    assert engine.encode(vectors)[:, -1].all()  # without videos, every vector is kept
+
+
+def test_rescore_ranks_rows_by_the_decoded_codes_best_vector(engine):
+    engine, sample = engine
+    engine = RescoredEngine(engine.trained)
+    rng = np.random.default_rng(2)
+    rows = np.repeat(np.arange(60), 4)
+    branches = np.tile([0, 0, 1, 1], 60)
+    ids = rows * 2 + branches
+    codes = engine.encode(sample[:240], ids)  # one group per (row, branch)
+    order = rng.permutation(240)  # added in any order: held sorted by id
+    engine.rebuild([(codes[order], ids[order])])
+    kept = codes[:, -1] == 1
+    decoded = engine.mean_query.encoder.sa_decode(
+        np.ascontiguousarray(codes[kept, : engine.first_size])
+    ) + engine.second.sa_decode(np.ascontiguousarray(codes[kept, engine.first_size : -1]))
+    mean = unit(rng.normal(size=(1, 32)))[0]
+    sims = decoded @ mean
+    for wanted in ([0, 1], [1]):
+        best = {}
+        for row, branch, sim in zip(rows[kept], branches[kept], sims, strict=True):
+            if branch in wanted:
+                best[(row, branch)] = max(best.get((row, branch), -np.inf), sim)
+        score = {r: sum(v for (row, _), v in best.items() if row == r) for r in range(60)}
+        chosen = np.array([5, 17, 30, 41, 59, 0, 12])
+        expected = sorted(chosen.tolist(), key=lambda r: -score[r])[:4]
+        assert engine.rescore(mean, chosen, wanted, 4).tolist() == expected
+
+
+def test_trained_bytes_round_trip_and_damage_is_refused(engine):
+    engine, _ = engine
+    header, first, second = unpack(engine.trained)
+    assert pack(header, first, second) == engine.trained
+    for damaged in (engine.trained[:-5], b"other" + engine.trained, engine.trained + b"x"):
+        with pytest.raises(RuntimeError):
+            RescoredEngine.open(damaged, "g0")
+
+
+@pytest.mark.filterwarnings("ignore:.*never calibrated")
+def test_recall_holds_with_few_reads_and_the_index_saves_and_loads(tmp_path):
+    vectors, index = clustered(3000, dim=128, seed=1)
+    engine = index.build_ann(engine="mean-query-rescored")
+    kept, stored = len(engine), index.stats()["vectors"]
+    assert kept < stored  # near copies are not coded
+    queries = vectors.queries(range(0, 3000, 75), seed=2)
+    _, want = index.top_k(queries, 10, exact=True)
+    index.settings = RescoredSettings(nprobe=engine.nlist // 4, candidates=64, exact=32)
+    _, got = index.top_k(queries, 10)
+    assert recall(got, want) >= 0.95
+    index.save(tmp_path / "index")
+    loaded = VideoIndex.load(tmp_path / "index")
+    assert loaded.ann.name == "mean-query-rescored" and len(loaded.ann) == kept
+    assert np.array_equal(loaded.ann.ids, engine.ids)
+    assert torch.equal(loaded.top_k(queries, 10)[1], got)
+
+
+@pytest.mark.filterwarnings("ignore:.*never calibrated")
+def test_videos_added_after_training_are_found():
+    _, index = clustered(3000, dim=128, seed=3)
+    index.build_ann(engine="mean-query-rescored")
+    more = clustered(3200, dim=128, seed=3)[0]
+    index.add_embeddings(
+        more.videos(3000, 3200),
+        [f"new{i}" for i in range(200)],
+        [f"/videos/new{i}.mp4" for i in range(200)],
+    )
+    ids = index.ann.ids
+    assert (ids[1:] >= ids[:-1]).all() and ids[-1] >> 1 == 3199  # held in row order
+    queries = more.queries(range(3000, 3200, 20), seed=4)
+    _, want = index.top_k(queries, 10, exact=True)
+    _, got = index.top_k(queries, 10)
+    assert recall(got, want) >= 0.9
+
+
+def test_training_on_too_few_vectors_is_a_clear_error():
+    with pytest.raises(ValueError, match="256"):
+        RescoredEngine.train(unit(np.random.default_rng(0).normal(size=(100, 32))), nlist=4)
