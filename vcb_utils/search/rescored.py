@@ -233,14 +233,22 @@ class RescoredEngine:
         )
 
     def rebuild(self, parts: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
-        """Hold exactly the kept codes of ``parts`` (``(codes, ids)`` pairs)."""
-        codes, ids = [], []
-        for part_codes, part_ids in parts:
+        """Hold exactly the kept codes of ``parts`` (``(codes, ids)`` pairs, read twice: the
+        ids, then the codes straight into their place in id order, so that RAM never holds
+        them twice)."""
+        ids = [np.asarray(i, np.int64)[np.asarray(c[:, -1]) == 1] for c, i in parts]
+        self.ids = np.concatenate([np.empty(0, np.int64), *ids])
+        order = np.argsort(self.ids, kind="stable")
+        self.ids = self.ids[order]
+        place = np.empty_like(order)
+        place[order] = np.arange(len(order))
+        self.codes = np.empty((len(self.ids), self.codes.shape[1]), np.uint8)
+        start = 0
+        for (part_codes, _), part_ids in zip(parts, ids, strict=True):
             kept = np.asarray(part_codes[:, -1]) == 1
-            codes.append(np.asarray(part_codes[kept, :-1], np.uint8))
-            ids.append(np.asarray(part_ids, np.int64)[kept])
-        self.ids, self.codes = np.empty(0, np.int64), self.codes[:0]
-        self._hold(codes, ids)
+            self.codes[place[start : start + len(part_ids)]] = part_codes[kept, :-1]
+            start += len(part_ids)
+        self.videos = _videos(self.ids)
         self.mean_query.rebuild([(self.codes[:, : self.first_size], self.ids)])
 
     def add_vectors(self, vectors: np.ndarray, ids: np.ndarray, codes: np.ndarray) -> None:
@@ -259,8 +267,7 @@ class RescoredEngine:
         if len(self.ids) > 1 and (self.ids[1:] < self.ids[:-1]).any():
             order = np.argsort(self.ids, kind="stable")
             self.ids, self.codes = self.ids[order], self.codes[order]
-        rows = self.ids >> 1
-        self.videos = int((rows[1:] != rows[:-1]).sum()) + 1 if len(rows) else 0
+        self.videos = _videos(self.ids)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -368,6 +375,12 @@ def unpack(trained: bytes) -> tuple[dict, bytes, bytes]:
     if first < 0 or second < 0 or first + second != len(rest):
         raise RuntimeError("a rescored engine's trained bytes are cut short or too long")
     return header, rest[:first], rest[first:]
+
+
+def _videos(ids: np.ndarray) -> int:
+    """How many rows the ascending vector ``ids`` name."""
+    rows = ids >> 1
+    return int((rows[1:] != rows[:-1]).sum()) + 1 if len(rows) else 0
 
 
 def _uniform(vectors: np.ndarray) -> np.ndarray:
