@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_search_scale import clustered, recall
+from test_search_scale import cli, clustered, recall
 
 from vcb_utils.index import VideoIndex
 from vcb_utils.search.rescored import RescoredEngine, RescoredSettings, distinct, pack, unpack
@@ -143,3 +143,12 @@ def test_videos_added_after_training_are_found():
 def test_training_on_too_few_vectors_is_a_clear_error():
     with pytest.raises(ValueError, match="256"):
         RescoredEngine.train(unit(np.random.default_rng(0).normal(size=(100, 32))), nlist=4)
+
+
+def test_reindex_trains_the_engine_named_and_refuses_an_unknown_one(tmp_path, capsys):
+    _, index = clustered(300, dim=32)
+    index.save(tmp_path / "index", auto_ann=False)
+    assert cli("reindex", "--index", tmp_path / "index", "--engine", "mean-query-rescored") == 0
+    assert VideoIndex.load(tmp_path / "index").ann.name == "mean-query-rescored"
+    assert cli("reindex", "--index", tmp_path / "index", "--engine", "other") == 2
+    assert "candidate engine 'other' is unknown" in capsys.readouterr().err
