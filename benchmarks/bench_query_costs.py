@@ -5,14 +5,16 @@ top-10), this script prints three things:
 
 1. **stages**: one query at a time on one thread, the vector files evicted from the page cache
    first (as ``bench_search.py`` times them), the median milliseconds of each step of
-   ``vcb_utils.search.searcher.two_stage``: the candidates (the scan of the probed lists' codes,
-   and their hits made videos), reading the candidates' stored vectors, ``narrow`` (the
-   mean-query score from those vectors) and the exact MeanMaxSim of the rest; and how many
+   ``vcb_utils.search.searcher.two_stage``: the candidates (the engine's ``find``: for the
+   mean-query engine the scan of the probed lists' codes and their hits made videos, for the
+   rescored one also the rescoring of its pool), reading the candidates' stored vectors,
+   ``narrow`` (the mean-query score from those vectors) and the exact MeanMaxSim of the rest;
+   and how many
    codes the probed lists hold (coarse lists are not even: a few large ones cost the most);
 2. **cold reads**: the milliseconds of ``collection.read_file_rows`` (``posix_fadvise`` for
    every row, then ``pread``) reading ``n`` random rows of a given size from the evicted
    segment files: whether a read costs its bytes or its count;
-3. **second codes**: the share of the exact top-10 within the first 32 ... 512 of the
+3. **second codes** (mean-query engine only): the share of the exact top-10 within the first 32 ... 512 of the
    candidates when they are ranked by the mean-query score from the stored vectors (what
    ``narrow`` does now) or from a second code of each vector: an 8-bit product quantizer of the
    vector (64 or 128 bytes), or of what the first code leaves (the residual of its residual,
@@ -58,16 +60,14 @@ TRAIN_VIDEOS = 4000
 def stage_times(index: VideoIndex, text, count: int) -> dict[str, list[float]]:
     """Milliseconds of each step of a two-stage query, per query."""
     collection, stage, settings = index.collection, index.stage, index.settings
-    mean_query = stage.engine.mean_query
     names = list(collection.branches)
     columns = [branch_columns(name, collection.frames) for name in names]
     steps: dict[str, list[float]] = {}
     for i in range(count):
         query = text.vectors[i][text.mask[i]].float().numpy()
-        weights = np.full(len(query), 1 / len(query), np.float32)
         with faiss_threads(1), torch_threads(1):
             marks = [time.perf_counter()]
-            rows = mean_query.candidates(query, weights, settings)
+            (rows,) = stage.find([query], names, settings, 10)
             marks.append(time.perf_counter())
             vectors, mask = collection.read_rows(torch.from_numpy(rows))
             marks.append(time.perf_counter())
@@ -201,10 +201,13 @@ def main() -> None:
     print("cold reads of random rows from the evicted segments, ms per trial:")
     for (rows, size), ms in cold_reads(folder).items():
         print(f"  {rows:5d} rows of {size:6d} B: " + ", ".join(f"{t:.0f}" for t in ms))
-    print(f"share of the exact top-10 within the first {', '.join(map(str, SHORTLISTS))}")
-    print(f"of the {index.settings.candidates} candidates, ranked by:")
-    for name, row in second_code_shares(index, text, truth).items():
-        print(f"  {name:46s} " + " ".join(f"{v:.3f}" for v in row))
+    if index.ann.name != "mean-query":
+        print(f"second codes: measured for the mean-query engine only, not {index.ann.name}")
+    else:
+        print(f"share of the exact top-10 within the first {', '.join(map(str, SHORTLISTS))}")
+        print(f"of the {index.settings.candidates} candidates, ranked by:")
+        for name, row in second_code_shares(index, text, truth).items():
+            print(f"  {name:46s} " + " ".join(f"{v:.3f}" for v in row))
     print(f"load average {os.getloadavg()[0]:.1f}")
 
 

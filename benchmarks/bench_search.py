@@ -584,8 +584,8 @@ def main() -> None:
     parser.add_argument(
         "--engine",
         choices=sorted(ENGINES),
-        default=DEFAULT_ENGINE,
-        help="candidate engine (with --reuse: retrained where the index has another)",
+        help=f"candidate engine of a new index (default {DEFAULT_ENGINE}); with --reuse: "
+        "retrained where the index has another",
     )
     parser.add_argument("--lancedb", action="store_true", help="also measure LanceDB's index")
     parser.add_argument(
@@ -610,13 +610,13 @@ def main() -> None:
         if args.reuse and (folder / "bench-build.json").is_file():
             built = json.loads((folder / "bench-build.json").read_text())
             index = VideoIndex.load(folder)
-            if index.ann.name != args.engine:
+            if args.engine and index.ann.name != args.engine:
                 built = retrained(index, folder, args.generator, args.engine, built)
             elif args.recalibrate:
                 built = calibrated(index, folder, args.generator, built)
             del index
         else:
-            built = build(n, folder, args.generator, args.engine)
+            built = build(n, folder, args.generator, args.engine or DEFAULT_ENGINE)
         targets, text = queries_for(n, count, args.generator)
         truth, truth_s = cached_ground_truth(folder, text, args.reuse)
         r1 = float((truth[:, 0] == targets).float().mean())
