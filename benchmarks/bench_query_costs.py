@@ -9,16 +9,17 @@ top-10), this script prints three things:
    mean-query engine the scan of the probed lists' codes and their hits made videos, for the
    rescored one also the rescoring of its pool), reading the candidates' stored vectors,
    ``narrow`` (the mean-query score from those vectors) and the exact MeanMaxSim of the rest;
-   and how many
-   codes the probed lists hold (coarse lists are not even: a few large ones cost the most);
+   and how many codes the probed lists hold (coarse lists are not even: a few large ones cost
+   the most);
 2. **cold reads**: the milliseconds of ``collection.read_file_rows`` (``posix_fadvise`` for
    every row, then ``pread``) reading ``n`` random rows of a given size from the evicted
    segment files: whether a read costs its bytes or its count;
-3. **second codes** (mean-query engine only): the share of the exact top-10 within the first 32 ... 512 of the
-   candidates when they are ranked by the mean-query score from the stored vectors (what
-   ``narrow`` does now) or from a second code of each vector: an 8-bit product quantizer of the
-   vector (64 or 128 bytes), or of what the first code leaves (the residual of its residual,
-   32 or 64 bytes more). The quantizers are trained on the vectors of 4,000 random videos.
+3. **second codes** (of the mean-query engine): the share of the exact top-10 within the
+   first 32 ... 512 of the candidates when they are ranked by the mean-query score from the
+   stored vectors (what ``narrow`` does now) or from a second code of each vector: an 8-bit
+   product quantizer of the vector (64 or 128 bytes), or of what the first code leaves (the
+   residual of its residual, 32 or 64 bytes more). The quantizers are trained on the vectors
+   of 4,000 random videos.
 
     python benchmarks/bench_search.py --generator cliplike --sizes 1000000 --data /scratch/b
     python benchmarks/bench_query_costs.py --generator cliplike --videos 1000000 --data /scratch/b
