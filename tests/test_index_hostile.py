@@ -274,6 +274,24 @@ def test_a_save_that_cannot_fit_is_refused_before_writing(tmp_path, monkeypatch)
     assert sorted(p.name for p in (directory / "segments").iterdir()) == ["s000001"]
 
 
+
+def test_a_save_after_calibrate_needs_no_room_for_the_codes_already_saved(tmp_path, monkeypatch):
+    directory = tmp_path / "idx"
+    _, index = clustered(300)
+    index.build_ann(nlist=8)
+    index.save(directory)
+    codes = index.stats()["vectors"] * index.ann.code_size
+    index = VideoIndex.load(directory)
+    index.calibrate(0.9, sample=8)
+    usage = shutil.disk_usage(directory)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=codes // 2))
+    index.save(directory)  # a manifest: the codes of this generation are on disk
+    assert VideoIndex.load(directory).stage.calibration.queries == 8
+    index.build_ann(nlist=8)  # a new generation: every code again
+    with pytest.raises(OSError, match="the save needs about"):
+        index.save(directory)
+
+
 # ---- 7. a fork after using an index ---------------------------------------------------------
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # LanceDB's own note on fork
 def test_a_process_forked_after_using_an_index_is_refused_clearly(tmp_path):

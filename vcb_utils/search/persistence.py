@@ -144,8 +144,7 @@ def write_version(
     return its manifest, its parts and whether the index's candidate stage is its."""
     collection = index.collection
     needed = sum(p.nbytes for _, group in planned for p in group)
-    if index.stage is not None:
-        needed += collection.vector_count() * index.stage.engine.code_size
+    needed += code_bytes(index, planned, base if append else None)
     with store.disk_space(directory, needed):
         manifest = write_rows(collection, directory, planned, base if append else None, base)
         kept_stage = write_stage(
@@ -191,6 +190,19 @@ def write_rows(
     )
     config, framerate = collection.config, collection.framerate
     return Manifest(config, framerate, segments, version, checksums=checksums)
+
+
+def code_bytes(index: VideoIndex, planned: Plan, base: Manifest | None) -> int:
+    """Bytes of the codes ``write_stage`` writes: every vector's for a new generation, else
+    those of the new segments only (a save after ``calibrate`` writes no code)."""
+    stage = index.stage
+    if stage is None:
+        return 0
+    if stage.fresh or base is None or base.ann is None:
+        coded = index.collection.vector_count()
+    else:
+        coded = sum(index.collection.vector_count(p) for _, group in planned for p in group)
+    return coded * stage.engine.code_size
 
 
 def write_stage(
