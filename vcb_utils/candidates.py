@@ -83,9 +83,14 @@ class CandidateSettings:
     """Videos ``refine`` keeps for the exact MeanMaxSim rerank."""
 
     def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, not {value!r}")
+        check_positive(self)
+
+
+def check_positive(settings) -> None:
+    """ValueError unless every field of the dataclass ``settings`` is a positive int."""
+    for name, value in asdict(settings).items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, not {value!r}")
 
 
 PROBED_SHARE = 8
@@ -243,7 +248,7 @@ class MeanQueryCandidates:
         and their centroids' inner products with it."""
         coarse = self.centroids @ mean
         bound = coarse + float(np.linalg.norm(mean)) * self.radii
-        lists = _top(np.arange(self.nlist), bound, min(nprobe, self.nlist))
+        lists = best_first(np.arange(self.nlist), bound, min(nprobe, self.nlist))
         return lists, coarse[lists]
 
     def search(self, mean: np.ndarray, hits: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
@@ -272,7 +277,7 @@ class MeanQueryCandidates:
         that count (default all: F + V).
         """
         rows, scores = self.scored(query_vectors, query_weights, settings, branches)
-        return _top(rows, scores, settings.candidates)
+        return best_first(rows, scores, settings.candidates)
 
     def scored(
         self,
@@ -421,10 +426,11 @@ def refine(
     sims = np.where(mask, products.float().numpy().reshape(mask.shape), -np.inf)
     best = np.stack([sims[:, columns].max(axis=1) for columns in branches], axis=1)
     scores = np.where(np.isfinite(best), best, 0.0).sum(axis=1)
-    return _top(np.arange(len(scores)), scores, keep)
+    return best_first(np.arange(len(scores)), scores, keep)
 
 
-def _top(rows: np.ndarray, scores: np.ndarray, count: int) -> np.ndarray:
+def best_first(rows: np.ndarray, scores: np.ndarray, count: int) -> np.ndarray:
+    """The ``count`` of ``rows`` with the highest ``scores``, best first (ties: in order)."""
     top = min(count, len(rows))
     if top == 0:
         return rows

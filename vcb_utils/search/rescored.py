@@ -31,13 +31,16 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
 from vcb_utils.candidates import (
+    PROBED_SHARE,
     CandidateSettings,
     MeanQueryCandidates,
+    best_first,
+    check_positive,
     default_nlist,
     refine,
     train_index,
@@ -75,14 +78,12 @@ class RescoredSettings:
     """Videos ``refine`` keeps (by their stored vectors) for the exact MeanMaxSim."""
 
     def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, not {value!r}")
+        check_positive(self)
 
 
 def default_settings(nlist: int) -> RescoredSettings:
     """The ``RescoredSettings`` defaults with an eighth of ``nlist`` lists probed."""
-    return RescoredSettings(nprobe=max(1, nlist // 8))
+    return RescoredSettings(nprobe=max(1, nlist // PROBED_SHARE))
 
 
 def distinct(
@@ -313,11 +314,7 @@ class RescoredEngine:
         video = np.repeat(np.arange(len(rows)), counts)
         np.maximum.at(best, (video, self.ids[at] & 1), sims)
         scores = np.where(np.isfinite(best[:, branches]), best[:, branches], 0.0).sum(axis=1)
-        top = min(keep, len(rows))
-        if top == 0:
-            return rows
-        order = np.argpartition(-scores, top - 1)[:top]
-        return rows[order[np.argsort(-scores[order], kind="stable")]]
+        return best_first(rows, scores, keep)
 
     def _tables(self, mean: np.ndarray) -> np.ndarray:
         """``[code bytes, 256]``: what each value of each byte of both PQ codes adds to a
