@@ -198,11 +198,16 @@ def code_bytes(index: VideoIndex, planned: Plan, base: Manifest | None) -> int:
     stage = index.stage
     if stage is None:
         return 0
-    if stage.fresh or base is None or base.ann is None:
+    if writes_every_code(stage, base):
         coded = index.collection.vector_count()
     else:
         coded = sum(index.collection.vector_count(p) for _, group in planned for p in group)
     return coded * stage.engine.code_size
+
+
+def writes_every_code(stage: CandidateStage, base: Manifest | None) -> bool:
+    """Whether a save writes a new generation of codes (a stage built here, or none on disk)."""
+    return stage.fresh or base is None or base.ann is None
 
 
 def write_stage(
@@ -217,7 +222,7 @@ def write_stage(
     return whether the index's candidate stage is the new version's as it is."""
     disk = base.ann if base else None
     ours = index.stage
-    if ours is not None and (ours.fresh or disk is None):
+    if ours is not None and writes_every_code(ours, base):
         stage = ours
         store.write_ann_trained(directory, stage.generation, stage.engine.trained)
         needed = manifest.segments  # a new generation: codes for every segment
