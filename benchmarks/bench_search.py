@@ -582,6 +582,11 @@ def main() -> None:
         "--recalibrate", action="store_true", help="with --reuse: calibrate the index again"
     )
     parser.add_argument(
+        "--retrain",
+        action="store_true",
+        help="with --reuse: train the candidate stage again (after a change to its engine)",
+    )
+    parser.add_argument(
         "--engine",
         choices=sorted(ENGINES),
         help=f"candidate engine of a new index (default {DEFAULT_ENGINE}); with --reuse: "
@@ -610,8 +615,9 @@ def main() -> None:
         if args.reuse and (folder / "bench-build.json").is_file():
             built = json.loads((folder / "bench-build.json").read_text())
             index = VideoIndex.load(folder)
-            if args.engine and index.ann.name != args.engine:
-                built = retrained(index, folder, args.generator, args.engine, built)
+            engine = args.engine or index.ann.name
+            if args.retrain or engine != index.ann.name:
+                built = retrained(index, folder, args.generator, engine, built)
             elif args.recalibrate:
                 built = calibrated(index, folder, args.generator, built)
             del index

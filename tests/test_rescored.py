@@ -1,4 +1,4 @@
-"""The rescored mean-query engine: distinct vectors, two codes, candidates rescored in RAM."""
+"""The rescored mean-query engine: merged near copies, two codes, candidates rescored in RAM."""
 
 from __future__ import annotations
 
@@ -8,38 +8,58 @@ import torch
 from test_search_scale import cli, clustered, recall
 
 from vcb_utils.index import VideoIndex
-from vcb_utils.search.rescored import RescoredEngine, RescoredSettings, distinct, pack, unpack
+from vcb_utils.search.rescored import (
+    RescoredEngine,
+    RescoredSettings,
+    merged,
+    near_copies,
+    pack,
+    unpack,
+)
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
     return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
 
 
-def kept_naively(vectors: np.ndarray, groups: np.ndarray, cosine: float) -> np.ndarray:
-    """Keep a vector unless an earlier kept vector of its group is this similar: one at a time."""
-    kept: list[bool] = []
+def owners_naively(vectors: np.ndarray, groups: np.ndarray, cosine: float) -> np.ndarray:
+    """Keep a vector unless an earlier kept vector of its group is this similar, else join the
+    most similar of those: one at a time."""
+    owner: list[int] = []
     for i in range(len(vectors)):
-        earlier = [j for j in range(i) if groups[j] == groups[i] and kept[j]]
-        kept.append(all(vectors[j] @ vectors[i] < cosine for j in earlier))
-    return np.array(kept)
+        earlier = [j for j in range(i) if groups[j] == groups[i] and owner[j] == j]
+        sims = [float(vectors[j] @ vectors[i]) for j in earlier]
+        near = [s >= cosine for s in sims]
+        owner.append(earlier[int(np.argmax(sims))] if any(near) else i)
+    return np.array(owner)
 
 
 @pytest.mark.parametrize("cosine", [0.5, 0.8, 0.9, 0.97])
-def test_distinct_keeps_what_a_one_at_a_time_loop_keeps(cosine):
+def test_near_copies_match_a_one_at_a_time_loop(cosine):
     rng = np.random.default_rng(0)
     scenes = rng.normal(size=(40, 16))
     vectors = unit(np.repeat(scenes, 5, axis=0) + 0.3 * rng.normal(size=(200, 16)))
     groups = np.sort(rng.integers(0, 30, 200))
-    got = distinct(vectors, groups, cosine)
-    assert np.array_equal(got, kept_naively(vectors, groups, cosine))
-    assert 0 < got.sum() < len(got)  # the cases cut some and keep some
+    got = near_copies(vectors, groups, cosine)
+    assert np.array_equal(got, owners_naively(vectors, groups, cosine))
+    kept = got == np.arange(200)
+    assert 0 < kept.sum() < len(got)  # the cases cut some and keep some
+    assert (got[~kept] < np.flatnonzero(~kept)).all()  # a copy joins an earlier vector
 
 
-def test_distinct_keeps_every_group_first_vector_and_copies_once():
+def test_near_copies_keep_every_group_first_vector_and_copies_once():
     vector = unit(np.ones((1, 8)))
     copies = np.repeat(vector, 4, axis=0)
-    assert distinct(copies, np.array([0, 0, 1, 1])).tolist() == [True, False, True, False]
-    assert distinct(np.zeros((0, 8), np.float32), np.zeros(0, np.int64)).shape == (0,)
+    assert near_copies(copies, np.array([0, 0, 1, 1])).tolist() == [0, 0, 2, 2]
+    assert near_copies(np.zeros((0, 8), np.float32), np.zeros(0, np.int64)).shape == (0,)
+
+
+def test_merged_gives_each_kept_vector_the_unit_mean_of_its_copies():
+    vectors = unit(np.array([[1.0, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0.8, 0, 0.2]]))
+    owner = np.array([0, 0, 2, 0])
+    expected = np.stack([vectors[[0, 1, 3]].sum(axis=0), vectors[2]])
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    assert np.allclose(merged(vectors, owner), expected, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +73,8 @@ def test_codes_flag_near_copies_and_the_second_code_refines_the_first(engine):
     engine, sample = engine
     vectors = sample[:300]
     videos = np.repeat(np.arange(100), 3)
-    vectors[1::3] = vectors[0::3]  # the second vector of each video copies the first
+    noise = np.random.default_rng(3).normal(size=(100, 32)) * 0.01
+    vectors[1::3] = unit(vectors[0::3] + noise)  # the second vector: a near copy of the first
     codes = engine.encode(vectors, videos)
     assert codes.shape == (300, engine.code_size)
     assert codes[:, -1].tolist() == [1, 0, 1] * 100
@@ -61,7 +82,7 @@ def test_codes_flag_near_copies_and_the_second_code_refines_the_first(engine):
     kept = codes[codes[:, -1] == 1]
     first = engine.mean_query.encoder.sa_decode(np.ascontiguousarray(kept[:, : engine.first_size]))
     both = first + engine.second.sa_decode(np.ascontiguousarray(kept[:, engine.first_size : -1]))
-    truth = vectors[codes[:, -1] == 1]
+    truth = merged(vectors, np.repeat(np.arange(0, 300, 3), 3) + np.tile([0, 0, 2], 100))
     first_error = np.linalg.norm(first - truth, axis=1).mean()
     both_error = np.linalg.norm(both - truth, axis=1).mean()
     assert both_error < 0.6 * first_error
