@@ -212,7 +212,7 @@ class RescoredEngine:
             RescoredSettings(nprobe=p, hits=h, pool=pool, candidates=c, exact=e)
             for p in sorted({max(1, nlist // share) for share in (32, 16, 8, 4)})
             for h, pool in ((4096, 1024), (16384, 4096), (65536, 4096))
-            for c in (64, 128, 256, 512)
+            for c in (32, 64, 128, 256, 512)
             for e in (32, 128)
             if e <= c <= pool
         ]
