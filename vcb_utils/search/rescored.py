@@ -327,11 +327,11 @@ class RescoredEngine:
         first = np.searchsorted(self.ids, rows * 2)
         counts = np.searchsorted(self.ids, rows * 2 + 2) - first
         at = np.repeat(first - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
-        codes = self.codes[at]
+        columns = np.ascontiguousarray(self.codes[at].T)  # one code byte per row: contiguous
         list_bytes = self.mean_query.list_bytes
-        sims = (self.mean_query.centroids @ mean)[list_numbers(codes, list_bytes)]
+        sims = (self.mean_query.centroids @ mean)[list_numbers(columns.T, list_bytes)]
         for column, table in enumerate(self._tables(mean), start=list_bytes):
-            sims += table[codes[:, column]]
+            sims += np.take(table, columns[column])
         best = np.full((len(rows), len(BRANCH_IDS)), -np.inf, np.float32)
         video = np.repeat(np.arange(len(rows)), counts)
         np.maximum.at(best, (video, self.ids[at] & 1), sims)
