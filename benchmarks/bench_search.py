@@ -235,9 +235,10 @@ def recall(rows: torch.Tensor, truth: torch.Tensor) -> float:
     return len(set(rows.tolist()) & set(truth.tolist())) / len(truth)
 
 
-def measure_two_stage(folder: str, n: int, generator: str, truth: list, out) -> None:
+def measure_two_stage(folder: str, text: TextEmbedding, truth: list, out) -> None:
+    """Load the index and time ``text``'s queries (drawn by the parent: a generator's draw is
+    no part of a search process's memory)."""
     folder = Path(folder)
-    _, text = queries_for(n, len(truth), generator)
     count = len(truth)
     truth = torch.tensor(truth)
     began = time.perf_counter()
@@ -274,10 +275,10 @@ def measure_two_stage(folder: str, n: int, generator: str, truth: list, out) -> 
     out.send(result)
 
 
-def measure_exact(folder: str, n: int, generator: str, count: int, threads: int, out) -> None:
+def measure_exact(folder: str, text: TextEmbedding, threads: int, out) -> None:
     folder = Path(folder)
     torch.set_num_threads(threads)
-    _, text = queries_for(n, count, generator)
+    count = len(text.vectors)
     index = VideoIndex.load(folder, ann=False)  # the exact scan needs no codes in RAM
     evict(folder)
     times = []
@@ -636,10 +637,9 @@ def main() -> None:
         targets, text = queries_for(n, count, args.generator)
         truth, truth_s = cached_ground_truth(folder, text, args.reuse)
         r1 = float((truth[:, 0] == targets).float().mean())
-        exact = in_fresh_process(
-            measure_exact, str(folder), n, args.generator, exact_count, exact_threads
-        )
-        two = in_fresh_process(measure_two_stage, str(folder), n, args.generator, truth.tolist())
+        first = TextEmbedding(*(t[:exact_count] for t in (text.vectors, text.mask, text.ids)))
+        exact = in_fresh_process(measure_exact, str(folder), first, exact_threads)
+        two = in_fresh_process(measure_two_stage, str(folder), text, truth.tolist())
         report(n, built, truth_s, r1, exact, two)
         if args.lancedb and args.generator != "clustered":
             print("LanceDB's index is measured on the clustered generator only")
