@@ -53,11 +53,10 @@ from vcb_utils.search.engine import BRANCH_IDS, codes_name_lists, list_numbers
 DISTINCT_COSINE = 0.9
 """A stored vector at this cosine or more to a vector its video kept before in the same
 branch is merged into the most similar of those. Ranking a pool of 1,024 videos by the
-mean-query score of the kept vectors (stored, not coded; 40 queries, 100k videos), the first
-16 hold, of the exact top-10, on multi-scene videos 0.815 with the kept vectors as they are,
-0.910 with the merged means, 0.938 with every stored vector (0.93: 16% more kept, 0.925);
-then on CLIP-like ones 0.747, 0.872 and 0.930, and the first 32 all that the pool holds
-(``benchmarks/bench_near_copies.py``)."""
+mean-query score of the kept vectors (stored, not coded; 40 queries, 100k videos,
+``benchmarks/bench_near_copies.py``), the first 16 hold, of the exact top-10, on multi-scene
+videos 0.830 with the kept vectors as they are, 0.927 with the merged means, 0.952 with every
+stored vector (0.93: 16% more kept, 0.942); on CLIP-like ones 0.747, 0.872 and 0.930."""
 SECOND_SUBVECTOR_DIMS = 4
 """Dimensions per 8-bit sub-quantizer of the second code (``D / 4`` bytes: 128 at 512)."""
 READ_COST = 1.6e6
