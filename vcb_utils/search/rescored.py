@@ -121,7 +121,7 @@ def near_copies(
 def merged(vectors: np.ndarray, owner: np.ndarray) -> np.ndarray:
     """The kept vectors of ``near_copies`` (``owner[i] == i``), each replaced by the unit mean
     of the vectors it stands for ``[kept, D]``: the mean-query score of near copies is their
-    best, and their mean predicts it better than any one of them does."""
+    best, which their mean predicts far better than the first of them (``DISTINCT_COSINE``)."""
     import torch
 
     sums = torch.zeros(vectors.shape, dtype=torch.float32)
@@ -237,11 +237,11 @@ class RescoredEngine:
         (``videos``: each one's video; None: every vector kept as it is), the rest zeros and
         ``kept = 0``."""
         vectors = np.ascontiguousarray(vectors, np.float32)
-        owner = np.arange(len(vectors))
-        if videos is not None:
+        if videos is None:
+            kept, chosen = np.ones(len(vectors), bool), vectors
+        else:
             owner = near_copies(vectors, np.asarray(videos), self.cosine)
-        kept = owner == np.arange(len(vectors))
-        chosen = merged(vectors, owner) if videos is not None else vectors
+            kept, chosen = owner == np.arange(len(vectors)), merged(vectors, owner)
         codes = np.zeros((len(vectors), self.code_size), np.uint8)
         first = self.mean_query.encode(chosen)
         residual = chosen - self.mean_query.encoder.sa_decode(first)
