@@ -184,7 +184,12 @@ def measured_index(description: str) -> tuple[Path, np.ndarray, TextEmbedding]:
 
 
 def one(text: TextEmbedding, i: int) -> TextEmbedding:
-    return TextEmbedding(text.vectors[i : i + 1], text.mask[i : i + 1], text.ids[i : i + 1])
+    return queries_in(text, i, i + 1)
+
+
+def queries_in(text: TextEmbedding, start: int, stop: int) -> TextEmbedding:
+    """Queries ``start:stop`` of ``text``."""
+    return TextEmbedding(*(t[start:stop] for t in (text.vectors, text.mask, text.ids)))
 
 
 def ground_truth(folder: Path, text: TextEmbedding, batch: int = 50) -> tuple[torch.Tensor, float]:
@@ -193,7 +198,7 @@ def ground_truth(folder: Path, text: TextEmbedding, batch: int = 50) -> tuple[to
     began = time.perf_counter()
     rows = []
     for lo in range(0, len(text.vectors), batch):
-        part = TextEmbedding(*(t[lo : lo + batch] for t in (text.vectors, text.mask, text.ids)))
+        part = queries_in(text, lo, lo + batch)
         rows.append(index.top_k(part, K, exact=True, block_videos=512)[1])
     return torch.cat(rows), time.perf_counter() - began
 
@@ -637,7 +642,7 @@ def main() -> None:
         targets, text = queries_for(n, count, args.generator)
         truth, truth_s = cached_ground_truth(folder, text, args.reuse)
         r1 = float((truth[:, 0] == targets).float().mean())
-        first = TextEmbedding(*(t[:exact_count] for t in (text.vectors, text.mask, text.ids)))
+        first = queries_in(text, 0, exact_count)
         exact = in_fresh_process(measure_exact, str(folder), first, exact_threads)
         two = in_fresh_process(measure_two_stage, str(folder), text, truth.tolist())
         report(n, built, truth_s, r1, exact, two)
