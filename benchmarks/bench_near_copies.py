@@ -9,6 +9,8 @@ the choice of vectors differs, not the codes' error:
 - ``kept``: the kept vectors as they are (the engine's first version);
 - ``merged``: each kept vector replaced by the unit mean of its copies (``merged``, used now).
 
+The score is the engine's own ``refine`` (a branch without a kept vector adds nothing).
+
 It prints, per choice and cosine, the share of vectors coded and the recall@10 of the pool's
 first 16 / 32 / 64 (mean over queries, +- its standard error) against the exact top-10 that
 ``bench_search.py`` computed for the same index and queries::
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 from bench_search import measured_index
 
-from vcb_utils.candidates import CandidateSettings
+from vcb_utils.candidates import CandidateSettings, refine
 from vcb_utils.index import VideoIndex
 from vcb_utils.search.collection import branch_columns
 from vcb_utils.search.rescored import merged, near_copies
@@ -54,29 +56,30 @@ def main() -> None:
     recalls = {name: {c: [] for c in FIRST} for name, _ in CHOICES}
     coded = dict.fromkeys(recalls, 0)
     total = 0
+    columns = [branch_columns(branch, collection.frames) for branch in collection.branches]
     for i in range(min(QUERIES, len(truth))):
         query = text.vectors[i][text.mask[i]].float().numpy()
         weights = np.full(len(query), 1 / len(query), np.float32)
-        mean = weights @ query
         pool = engine.mean_query.candidates(query, weights, POOL, [0, 1])
         vectors, mask = (t.numpy() for t in collection.read_rows(torch.from_numpy(pool)))
-        scores = {name: np.zeros(len(pool)) for name in recalls}
-        for branch in collection.branches:
-            columns = branch_columns(branch, collection.frames)
-            block, valid = vectors[:, columns].astype(np.float32), mask[:, columns]
-            videos = np.nonzero(valid)[0]
-            total += valid.sum()
-            for name, cosine in CHOICES:
-                kept, stand_ins = chosen(block[valid], videos, name, cosine)
-                coded[name] += kept.sum()
-                best = np.full(len(pool), -np.inf, np.float32)
-                np.maximum.at(best, videos[kept], stand_ins @ mean)
-                scores[name] += np.where(np.isfinite(best), best, 0.0)
+        vectors = vectors.astype(np.float32)
+        total += mask.sum()
         top = set(truth[i].tolist())
-        for name, by_first in recalls.items():
-            order = pool[np.argsort(-scores[name], kind="stable")]
+        for name, cosine in CHOICES:
+            stand_ins, kept = vectors.copy(), np.zeros_like(mask)
+            for branch in columns:
+                valid = mask[:, branch]
+                chosen_ones, chosen_vectors = chosen(
+                    vectors[:, branch][valid], np.nonzero(valid)[0], name, cosine
+                )
+                kept_here = np.zeros_like(valid)
+                kept_here[valid] = chosen_ones
+                stand_ins[:, branch][kept_here] = chosen_vectors
+                kept[:, branch] = kept_here
+            coded[name] += kept.sum()
+            order = pool[refine(query, weights, stand_ins, kept, columns, len(pool))]
             for count in FIRST:
-                by_first[count].append(len(top & set(order[:count].tolist())) / len(top))
+                recalls[name][count].append(len(top & set(order[:count].tolist())) / len(top))
     print(f"{folder.name}: {len(recalls['every'][16])} queries, a pool of {POOL.candidates}")
     for name, by_first in recalls.items():
         cells = "  ".join(

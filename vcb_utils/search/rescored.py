@@ -56,7 +56,7 @@ branch is merged into the most similar of those. Ranking a pool of 1,024 videos 
 mean-query score of the kept vectors (stored, not coded; 40 queries, 100k videos,
 ``benchmarks/bench_near_copies.py``), the first 16 hold, of the exact top-10, on multi-scene
 videos 0.830 with the kept vectors as they are, 0.927 with the merged means, 0.952 with every
-stored vector (0.93: 16% more kept, 0.942); on CLIP-like ones 0.747, 0.872 and 0.930."""
+stored vector (0.93: 16% more kept, 0.942); on CLIP-like ones 0.760, 0.882 and 0.945."""
 SECOND_SUBVECTOR_DIMS = 4
 """Dimensions per 8-bit sub-quantizer of the second code (``D / 4`` bytes: 128 at 512)."""
 READ_COST = 1.6e6
