@@ -6,8 +6,9 @@ top-10), this script prints three things:
 1. **stages**: one query at a time on one thread, the vector files evicted from the page cache
    first (as ``bench_search.py`` times them), the median milliseconds of each step of
    ``vcb_utils.search.searcher.two_stage``: the candidates (the engine's ``find``: for the
-   mean-query engine the scan of the probed lists' codes and their hits made videos, for the
-   rescored one also the rescoring of its pool), reading the candidates' stored vectors,
+   mean-query engine the scan of the probed lists' codes and their hits made videos; for the
+   rescored one two steps, its ``pool`` (that scan) and its ``rescore``, and apart from the
+   total the scan for the hits alone), reading the candidates' stored vectors,
    ``narrow`` (the mean-query score from those vectors) and the exact MeanMaxSim of the rest;
    and how many codes the probed lists hold (coarse lists are not even: a few large ones cost
    the most);
@@ -43,7 +44,7 @@ from bench_search import evict, measured_index, one
 from vcb_utils.index import VideoIndex
 from vcb_utils.search import searcher
 from vcb_utils.search.collection import branch_columns, read_file_rows
-from vcb_utils.search.engine import faiss_threads
+from vcb_utils.search.engine import BRANCH_IDS, faiss_threads
 from vcb_utils.threads import torch_threads
 
 SHORTLISTS = (32, 64, 128, 256, 512)
@@ -68,8 +69,7 @@ def stage_times(index: VideoIndex, text, count: int) -> dict[str, list[float]]:
         query = text.vectors[i][text.mask[i]].float().numpy()
         with faiss_threads(1), torch_threads(1):
             marks = [time.perf_counter()]
-            (rows,) = stage.find([query], names, settings, 10)
-            marks.append(time.perf_counter())
+            rows = candidates(stage, query, names, settings, marks)
             vectors, mask = collection.read_rows(torch.from_numpy(rows))
             marks.append(time.perf_counter())
             keep = stage.engine.narrow(query, vectors.numpy(), mask.numpy(), columns, settings, 10)
@@ -78,9 +78,41 @@ def stage_times(index: VideoIndex, text, count: int) -> dict[str, list[float]]:
             searcher.score(collection, one(text, i), vectors[keep], mask[keep], names).topk(10)
             marks.append(time.perf_counter())
         spans = np.diff(marks) * 1e3
-        for name, ms in zip(("candidates", "read", "narrow", "exact"), spans, strict=True):
+        found = ("pool", "rescore") if len(spans) == 5 else ("candidates",)
+        for name, ms in zip((*found, "read", "narrow", "exact"), spans, strict=True):
             steps.setdefault(name, []).append(float(ms))
     return steps
+
+
+def candidates(stage, query: np.ndarray, names: list[str], settings, marks: list[float]):
+    """The engine's candidates for one query, a time mark after each step: for the rescored
+    engine its ``pool`` (the first codes' scan and the hits made videos) and its ``rescore``,
+    for others the whole ``find``."""
+    engine = stage.engine
+    if not hasattr(engine, "rescore"):
+        (rows,) = stage.find([query], names, settings, 10)
+        marks.append(time.perf_counter())
+        return rows
+    wanted = [BRANCH_IDS[name] for name in names]
+    pool = engine.pool(query, settings, wanted)
+    marks.append(time.perf_counter())
+    rows = engine.rescore(query.mean(axis=0), pool, wanted, max(settings.candidates, 10))
+    marks.append(time.perf_counter())
+    return rows
+
+
+def search_times(index: VideoIndex, text, count: int) -> list[float]:
+    """Milliseconds of the first codes' scan alone (faiss's ``search_preassigned`` for the
+    ``hits``), per query: the part of the pool step that is not making videos of the hits."""
+    settings, times = index.settings, []
+    mean_query = index.stage.engine.mean_query
+    for i in range(count):
+        mean = text.vectors[i][text.mask[i]].float().mean(dim=0).numpy()
+        with faiss_threads(1):
+            began = time.perf_counter()
+            mean_query.search(mean, settings.hits, settings.nprobe)
+            times.append(1e3 * (time.perf_counter() - began))
+    return times
 
 
 def probed_codes(index: VideoIndex, text, count: int) -> tuple[np.ndarray, list[int]]:
@@ -191,6 +223,12 @@ def main() -> None:
     print(f"steps of one query, median ms of {len(truth)} (cold vectors, 1 thread):")
     for name, ms in [*steps.items(), ("total", total)]:
         print(f"  {name:10s} {statistics.median(ms):7.1f}  (p90 {np.percentile(ms, 90):7.1f})")
+    if "pool" in steps:
+        searched = search_times(index, text, len(truth))
+        print(
+            f"  of the pool step, the scan for {index.settings.hits:,} hits alone: "
+            f"{statistics.median(searched):.1f} (p90 {np.percentile(searched, 90):.1f})"
+        )
     sizes, probed = probed_codes(index, text, len(truth))
     largest = ", ".join(f"{size:,}" for size in np.sort(sizes)[::-1][:3])
     share = statistics.median(probed) / sizes.sum()

@@ -11,6 +11,7 @@ from vcb_utils.index import VideoIndex
 from vcb_utils.search.rescored import (
     RescoredEngine,
     RescoredSettings,
+    code_columns,
     merged,
     near_copies,
     pack,
@@ -32,6 +33,16 @@ def owners_naively(vectors: np.ndarray, groups: np.ndarray, cosine: float) -> np
         near = [s >= cosine for s in sims]
         owner.append(earlier[int(np.argmax(sims))] if any(near) else i)
     return np.array(owner)
+
+
+@pytest.mark.parametrize("block", [1, 7, 512])
+def test_code_columns_are_the_gathered_codes_transposed(block):
+    codes = np.random.default_rng(0).integers(0, 256, (300, 13), dtype=np.uint8)
+    at = np.array([5, 6, 7, 0, 299, 150, 151, 152, 153, 2] * 3)
+    columns = code_columns(codes, at, block)
+    assert columns.shape == (13, 30) and columns.flags.c_contiguous
+    for i, row in enumerate(at):
+        assert columns[:, i].tolist() == codes[row].tolist()
 
 
 @pytest.mark.parametrize("cosine", [0.5, 0.8, 0.9, 0.97])

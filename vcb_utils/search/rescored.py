@@ -64,6 +64,10 @@ READ_COST = 1.6e6
 this project's machines) takes as long as scanning this many bytes of codes (8 GB/s)."""
 RESCORE_COST = 6e3
 """What ``cost`` counts for rescoring one kept vector (0.7 us: a table lookup per code byte)."""
+GATHER_BLOCK = 512
+"""Rows ``code_columns`` gathers and transposes at a time: the codes of a pool of 4,096 videos
+(53,248 codes of 193 bytes) took 7.1 ms on one thread, against 24.0 ms to gather them all and
+then transpose; 128 rows: 11.0 ms, 2,048: 8.7 ms (``benchmarks/bench_code_gather.py``)."""
 MAGIC = b"vcb-rescored-engine\n"
 
 
@@ -310,17 +314,20 @@ class RescoredEngine:
     ) -> list[np.ndarray]:
         """Per query, the rows of the best ``max(candidates, limit)`` videos of the pool by
         the mean-query score of both codes."""
+        wanted = [BRANCH_IDS[b] for b in branches]
+        keep = max(settings.candidates, limit)
+        pools = [(np.mean(v, axis=0), self.pool(v, settings, wanted)) for v in queries]
+        return [self.rescore(mean, rows, wanted, keep) for mean, rows in pools]
+
+    def pool(
+        self, vectors: np.ndarray, settings: RescoredSettings, branches: list[int]
+    ) -> np.ndarray:
+        """Rows of the ``pool`` best videos of one query (``[L, D]``) by its mean vector's
+        ``hits`` best kept vectors in the first codes of the ``nprobe`` probed lists."""
         first = CandidateSettings(
             nprobe=settings.nprobe, hits=settings.hits, candidates=settings.pool
         )
-        wanted = [BRANCH_IDS[b] for b in branches]
-        found = []
-        for vectors in queries:
-            weights = _uniform(vectors)
-            pool = self.mean_query.candidates(vectors, weights, first, wanted)
-            mean = weights @ np.asarray(vectors, np.float32)
-            found.append(self.rescore(mean, pool, wanted, max(settings.candidates, limit)))
-        return found
+        return self.mean_query.candidates(vectors, _uniform(vectors), first, branches)
 
     def rescore(self, mean: np.ndarray, rows: np.ndarray, branches: list[int], keep: int):
         """The ``keep`` best of ``rows`` by the mean-query score of their kept vectors'
@@ -328,7 +335,7 @@ class RescoredEngine:
         first = np.searchsorted(self.ids, rows * 2)
         counts = np.searchsorted(self.ids, rows * 2 + 2) - first
         at = np.repeat(first - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
-        columns = np.ascontiguousarray(self.codes[at].T)  # one code byte per row: contiguous
+        columns = code_columns(self.codes, at)
         list_bytes = self.mean_query.list_bytes
         sims = (self.mean_query.centroids @ mean)[list_numbers(columns.T, list_bytes)]
         for column, table in enumerate(self._tables(mean), start=list_bytes):
@@ -351,6 +358,16 @@ class RescoredEngine:
         """Positions of the ``max(exact, want)`` best candidates by the mean-query score of
         their stored vectors."""
         return refine(query, _uniform(query), vectors, mask, columns, max(settings.exact, want))
+
+
+def code_columns(codes: np.ndarray, at: np.ndarray, block: int = GATHER_BLOCK) -> np.ndarray:
+    """``codes[at].T`` as a contiguous array ``[code bytes, len(at)]`` (one row per code byte:
+    what ``np.take`` reads fastest), gathered ``block`` rows at a time so that each block is
+    transposed in cache (``GATHER_BLOCK``)."""
+    columns = np.empty((codes.shape[1], len(at)), codes.dtype)
+    for start in range(0, len(at), block):
+        columns[:, start : start + block] = codes[at[start : start + block]].T
+    return columns
 
 
 def pq_centroids(pq) -> np.ndarray:
