@@ -20,7 +20,9 @@ top-10), this script prints three things:
    stored vectors (what ``narrow`` does now) or from a second code of each vector: an 8-bit
    product quantizer of the vector (64 or 128 bytes), or of what the first code leaves (the
    residual of its residual, 32 or 64 bytes more). The quantizers are trained on the vectors
-   of 4,000 random videos.
+   of 4,000 random videos. For the rescored engine instead, where its steps lose the exact
+   top-10: the share within the first 32 ... 4,096 of its pool ranked by the best hit's
+   first code and by both codes, and within the ``exact`` that ``narrow`` keeps.
 
     python benchmarks/bench_search.py --generator cliplike --sizes 1000000 --data /scratch/b
     python benchmarks/bench_query_costs.py --generator cliplike --videos 1000000 --data /scratch/b
@@ -48,6 +50,7 @@ from vcb_utils.search.engine import BRANCH_IDS, faiss_threads
 from vcb_utils.threads import torch_threads
 
 SHORTLISTS = (32, 64, 128, 256, 512)
+POOL_CUTS = (*SHORTLISTS, 1024, 2048, 4096)
 READS = ((256, None), (1024, None), (4096, None), (4096, 26 * 128))
 """(rows, bytes per row; None: a stored row) of the cold-read trials."""
 SECOND_CODES = {
@@ -113,6 +116,36 @@ def search_times(index: VideoIndex, text, count: int) -> list[float]:
             mean_query.search(mean, settings.hits, settings.nprobe)
             times.append(1e3 * (time.perf_counter() - began))
     return times
+
+
+def rescored_shares(
+    index: VideoIndex, text, truth: np.ndarray
+) -> tuple[dict[str, list[float]], float]:
+    """For the rescored engine under the index's settings, the share of the exact top-10 within
+    the first n (``POOL_CUTS``) of its pool ranked by the best hits' first codes and by both
+    codes (``rescore``), and within what ``narrow`` keeps of the candidates."""
+    collection, stage, settings = index.collection, index.stage, index.settings
+    engine, names = stage.engine, list(collection.branches)
+    wanted = [BRANCH_IDS[name] for name in names]
+    columns = [branch_columns(name, collection.frames) for name in names]
+    found: dict[str, list[list[float]]] = {}
+    narrowed: list[float] = []
+    for i, exact_top in enumerate(truth):
+        query = text.vectors[i][text.mask[i]].float().numpy()
+        pool = engine.pool(query, settings, wanted)
+        ranked = engine.rescore(query.mean(axis=0), pool, wanted, len(pool))
+        chosen = ranked[: settings.candidates]
+        vectors, mask = collection.read_rows(torch.from_numpy(chosen))
+        keep = engine.narrow(query, vectors.numpy(), mask.numpy(), columns, settings, 10)
+        found.setdefault("pool, by the best hit (first code)", []).append(
+            shares(pool, exact_top, POOL_CUTS)
+        )
+        found.setdefault("pool, rescored (both codes)", []).append(
+            shares(ranked, exact_top, POOL_CUTS)
+        )
+        narrowed.append(shares(chosen[np.asarray(keep)], exact_top, (len(keep),))[0])
+    shares_by_way = {name: np.mean(rows, axis=0).tolist() for name, rows in found.items()}
+    return shares_by_way, float(np.mean(narrowed))
 
 
 def probed_codes(index: VideoIndex, text, count: int) -> tuple[np.ndarray, list[int]]:
@@ -240,6 +273,16 @@ def main() -> None:
     print("cold reads of random rows from the evicted segments, ms per trial:")
     for (rows, size), ms in cold_reads(folder).items():
         print(f"  {rows:5d} rows of {size:6d} B: " + ", ".join(f"{t:.0f}" for t in ms))
+    if "pool" in steps:
+        print(f"share of the exact top-10 within the first {', '.join(map(str, POOL_CUTS))}:")
+        ways, narrowed = rescored_shares(index, text, truth)
+        for name, row in ways.items():
+            print(f"  {name:38s} " + " ".join(f"{v:.3f}" for v in row))
+        settings = index.settings
+        print(
+            f"  and of the first {settings.candidates}, within the {settings.exact} that "
+            f"narrow keeps: {narrowed:.3f}"
+        )
     if index.ann.name != "mean-query":
         print(f"second codes: measured for the mean-query engine only, not {index.ann.name}")
     else:
