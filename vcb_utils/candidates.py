@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vcb_utils.search.engine import fast_scannable, index_of_codes, list_numbers
+from vcb_utils.search.engine import GROUP_CODES, fast_scannable, index_of_codes, list_numbers
 
 FORMAT = "vcb-mean-query-candidates"
 VERSION = 2
@@ -181,11 +181,13 @@ class MeanQueryCandidates:
             codes[lo : lo + ADD_BLOCK] = self.encoder.sa_encode(vectors[lo : lo + ADD_BLOCK])
         return codes
 
-    def rebuild(self, parts: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
-        """Hold exactly the ``(codes, ids)`` of ``parts`` (read more than once), the radii
-        measured from them."""
+    def rebuild(
+        self, parts: Iterable[tuple[np.ndarray, np.ndarray]], group_codes: int = GROUP_CODES
+    ) -> None:
+        """Hold exactly the ``(codes, ids)`` of ``parts`` (read more than once, once per
+        ``group_codes`` codes: ``index_of_codes``), the radii measured from them."""
         self.radii = np.zeros(self.nlist, np.float32)
-        self.index = index_of_codes(self.trained, parts, seen=self._widen)
+        self.index = index_of_codes(self.trained, parts, seen=self._widen, group_codes=group_codes)
 
     def add_vectors(
         self, vectors: np.ndarray, ids: np.ndarray, codes: np.ndarray | None = None
