@@ -59,6 +59,8 @@ videos 0.830 with the kept vectors as they are, 0.927 with the merged means, 0.9
 stored vector (0.93: 16% more kept, 0.942); on CLIP-like ones 0.760, 0.882 and 0.945."""
 SECOND_SUBVECTOR_DIMS = 4
 """Dimensions per 8-bit sub-quantizer of the second code (``D / 4`` bytes: 128 at 512)."""
+HITS_POOLS = ((4096, 1024), (16384, 2048), (16384, 4096), (65536, 4096))
+"""The (hits, pool) pairs of ``grid``: a larger pool needs more hits to rank it."""
 READ_COST = 1.6e6
 """What ``cost`` counts for reading one candidate's stored vectors: a cold read (0.2 ms on
 this project's machines) takes as long as scanning this many bytes of codes (8 GB/s)."""
@@ -221,7 +223,7 @@ class RescoredEngine:
         return [
             RescoredSettings(nprobe=p, hits=h, pool=pool, candidates=c, exact=e)
             for p in sorted({max(1, nlist // share) for share in (32, 16, 8, 4)})
-            for h, pool in ((4096, 1024), (16384, 4096), (65536, 4096))
+            for h, pool in HITS_POOLS
             for c in (32, 64, 128, 256, 512)
             for e in (32, 128)
             if e <= c <= pool
