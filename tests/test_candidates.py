@@ -340,3 +340,16 @@ def test_codes_read_only_once_are_refused(built):
     once = ((c, i) for c, i in [(stage.encode(valid), np.arange(len(valid)))])
     with pytest.raises(ValueError, match="changed between two reads"):
         index_of_codes(stage.trained, once)
+
+
+def test_probed_codes_are_those_a_query_orthogonal_to_the_centroids_probes(built):
+    """A query's bound is its centroid score plus its norm times a list's radius: for a query
+    at right angles to every centroid (16 in 32 dimensions), the lists of widest radius come
+    first, and ``probed_codes`` counts theirs."""
+    stage, stored, mask, _ = built
+    far = np.linalg.svd(stage.centroids)[2][-1]  # orthogonal to every centroid: radii decide
+    lists = stage.index.invlists
+    for nprobe in (1, 4, 16):
+        probed, _ = stage.probe(far, nprobe)
+        assert stage.probed_codes(nprobe) == sum(lists.list_size(int(i)) for i in probed)
+    assert stage.probed_codes(16) == int(mask.sum())  # every list: every stored vector

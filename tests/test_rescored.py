@@ -121,10 +121,11 @@ def test_rescore_ranks_rows_by_the_decoded_codes_best_vector(engine):
         for row, branch, sim in zip(rows[kept], branches[kept], sims, strict=True):
             if branch in wanted:
                 best[(row, branch)] = max(best.get((row, branch), -np.inf), sim)
-        score = {r: sum(v for (row, _), v in best.items() if row == r) for r in range(60)}
-        chosen = np.array([5, 17, 30, 41, 59, 0, 12])
-        expected = sorted(chosen.tolist(), key=lambda r: -score[r])[:4]
-        assert engine.rescore(mean, chosen, wanted, 4).tolist() == expected
+        score = {r: sum(v for (row, _), v in best.items() if row == r) for r in range(80)}
+        chosen = np.array([5, 17, 30, 41, 59, 0, 12, 75])  # 75: past the last row, no codes
+        for keep in (4, 8):
+            expected = sorted(chosen.tolist(), key=lambda r: -score[r])[:keep]
+            assert engine.rescore(mean, chosen, wanted, keep).tolist() == expected
 
 
 def test_trained_bytes_round_trip_and_damage_is_refused(engine):

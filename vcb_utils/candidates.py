@@ -244,6 +244,16 @@ class MeanQueryCandidates:
         code = self.code_size - self.list_bytes + 8
         return self.index.ntotal * code + self.nlist * (self.index.d + 1) * 4
 
+    def probed_codes(self, nprobe: int) -> int:
+        """About how many codes ``nprobe`` lists probed for a query hold: those of the widest
+        radius. Lists are probed best bound first, and a wide list's bound is high for every
+        query, so on uneven lists ``nprobe / nlist`` of the codes is far too few (at a million
+        multi-scene videos of the rescored engine, 512 of 8,192 lists held 63% of its codes)."""
+        lists = self.index.invlists
+        sizes = np.array([lists.list_size(i) for i in range(self.nlist)], np.int64)
+        widest = np.argsort(-self.radii, kind="stable")[: min(nprobe, self.nlist)]
+        return int(sizes[widest].sum())
+
     # ---- searching -----------------------------------------------------------------------------
     def probe(self, mean: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``nprobe`` lists of the best bound for the query vector ``mean``, best first,

@@ -90,10 +90,10 @@ class MeanQueryEngine:
         ]
 
     def cost(self, settings: CandidateSettings, query_vectors: int, per_video: float) -> float:
-        """Operations of one query, roughly: the code bytes scanned, the candidates' vectors
-        read and refined, and the multiply-adds of the exact rerank."""
+        """Operations of one query, roughly: the code bytes scanned (``probed_codes``), the
+        candidates' vectors read and refined, and the multiply-adds of the exact rerank."""
         pq_bytes = self.code_size - self.mean_query.list_bytes
-        scanned = len(self) * min(settings.nprobe, self.nlist) / self.nlist * pq_bytes
+        scanned = self.mean_query.probed_codes(settings.nprobe) * pq_bytes
         refined = settings.candidates * per_video * self.dim * 3  # read (fp16) and one product
         exact = min(settings.exact, settings.candidates) * per_video * query_vectors * self.dim
         return scanned + refined + exact

@@ -61,11 +61,16 @@ SECOND_SUBVECTOR_DIMS = 4
 """Dimensions per 8-bit sub-quantizer of the second code (``D / 4`` bytes: 128 at 512)."""
 HITS_POOLS = ((4096, 1024), (16384, 2048), (16384, 4096), (65536, 4096))
 """The (hits, pool) pairs of ``grid``: a larger pool needs more hits to rank it."""
-READ_COST = 1.6e6
-"""What ``cost`` counts for reading one candidate's stored vectors: a cold read (0.2 ms on
-this project's machines) takes as long as scanning this many bytes of codes (8 GB/s)."""
-RESCORE_COST = 6e3
-"""What ``cost`` counts for rescoring one kept vector (0.7 us: a table lookup per code byte)."""
+READ_COST = 2.4e5
+"""What ``cost`` counts for reading one candidate's stored vectors: a cold read (0.03 ms: 512
+rows in 14.3 ms at a million multi-scene videos, ``benchmarks/bench_query_costs.py``; four to
+eight times that on a slower day of the same disk) takes as long as scanning this many bytes
+of codes (8 GB/s)."""
+RESCORE_COST = 3.6e3
+"""What ``cost`` counts for rescoring one kept vector (0.45 us: a pool of 4,096 videos, 31,790
+kept vectors, in 14.2 ms at a million multi-scene videos)."""
+HIT_COST = 5e2
+"""What ``cost`` counts for one hit made a video's score (0.07 us: 65,536 in 4.4 ms)."""
 IN_RAM_GROUP = 1 << 20
 """``rebuild`` hands the first codes (already in RAM) to faiss's lists in chunks of this many,
 a group of lists of about as many codes at a time: each pass over RAM is cheap, and what a
@@ -177,6 +182,9 @@ class RescoredEngine:
         """Both codes of each of ``ids``."""
         self.videos = 0
         """Rows with a kept vector."""
+        self.row_starts = np.zeros(1, np.int64)
+        """``[last row + 2]``: where each row's kept vectors start in ``ids`` (a binary search
+        per row in the ids of a million videos took 10 ms of a 4,096-video pool's rescore)."""
 
     @classmethod
     def open(cls, trained: bytes, generation: str) -> RescoredEngine:
@@ -231,12 +239,13 @@ class RescoredEngine:
 
     def cost(self, settings: RescoredSettings, query_vectors: int, per_video: float) -> float:
         """Work of one query, roughly, in bytes of code scanned: the first codes of the
-        probed lists, the pool's kept vectors rescored (``RESCORE_COST`` each), the candidates
-        read (``READ_COST`` each) and refined, and the multiply-adds of the exact rerank."""
+        probed lists (``probed_codes``), the hits (``HIT_COST`` each), the pool's kept vectors
+        rescored (``RESCORE_COST`` each), the candidates read (``READ_COST`` each) and
+        refined, and the multiply-adds of the exact rerank."""
         kept = len(self.ids) / max(self.videos, 1)
         pq_bytes = self.first_size - self.mean_query.list_bytes
-        scanned = len(self.ids) * min(settings.nprobe, self.nlist) / self.nlist * pq_bytes
-        rescored = settings.pool * kept * RESCORE_COST
+        scanned = self.mean_query.probed_codes(settings.nprobe) * pq_bytes
+        rescored = settings.hits * HIT_COST + settings.pool * kept * RESCORE_COST
         read = settings.candidates * (READ_COST + per_video * self.dim * 3)
         exact = min(settings.exact, settings.candidates) * per_video * query_vectors * self.dim
         return scanned + rescored + read + exact
@@ -283,7 +292,7 @@ class RescoredEngine:
             kept = np.asarray(part_codes[:, -1]) == 1
             self.codes[place[start : start + len(part_ids)]] = part_codes[kept, :-1]
             start += len(part_ids)
-        self.videos = _videos(self.ids)
+        self._index_rows()
         first = self.codes[:, : self.first_size]
         chunks = range(0, len(first), IN_RAM_GROUP)
         chunked = [(first[i : i + IN_RAM_GROUP], self.ids[i : i + IN_RAM_GROUP]) for i in chunks]
@@ -305,14 +314,20 @@ class RescoredEngine:
         if len(self.ids) > 1 and (self.ids[1:] < self.ids[:-1]).any():
             order = np.argsort(self.ids, kind="stable")
             self.ids, self.codes = self.ids[order], self.codes[order]
+        self._index_rows()
+
+    def _index_rows(self) -> None:
+        """``videos`` and ``row_starts`` of the current ``ids``."""
         self.videos = _videos(self.ids)
+        rows = int(self.ids[-1] >> 1) + 1 if len(self.ids) else 0
+        self.row_starts = np.searchsorted(self.ids, np.arange(rows + 1) * 2)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     @property
     def nbytes(self) -> int:
-        return self.mean_query.nbytes + self.codes.nbytes + self.ids.nbytes
+        return self.mean_query.nbytes + self.codes.nbytes + self.ids.nbytes + self.row_starts.nbytes
 
     # ---- search --------------------------------------------------------------------------------
     def find(
@@ -342,8 +357,9 @@ class RescoredEngine:
     def rescore(self, mean: np.ndarray, rows: np.ndarray, branches: list[int], keep: int):
         """The ``keep`` best of ``rows`` by the mean-query score of their kept vectors'
         decoded codes, best first (a branch without a kept vector adds nothing)."""
-        first = np.searchsorted(self.ids, rows * 2)
-        counts = np.searchsorted(self.ids, rows * 2 + 2) - first
+        last = len(self.row_starts) - 1
+        first = self.row_starts[np.minimum(rows, last)]
+        counts = self.row_starts[np.minimum(rows + 1, last)] - first
         at = np.repeat(first - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
         columns = code_columns(self.codes, at)
         list_bytes = self.mean_query.list_bytes
