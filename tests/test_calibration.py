@@ -57,7 +57,6 @@ def test_calibrate_estimates_the_recall_a_brute_force_count_finds(built):
     assert np.mean(counted) == pytest.approx(measured.recall)
     point = next(p for p in measured.curve if p["settings"] == chosen)
     assert point["stderr"] == pytest.approx(np.std(counted) / np.sqrt(len(counted)))
-    assert point["recalls"] == pytest.approx(counted, abs=1e-4)  # per query, in sample order
     costs = {json.dumps(p["settings"]): p["cost"] for p in measured.curve}
     reaching = [p for p in measured.curve if p["recall"] - p["stderr"] >= 0.9]
     assert costs[json.dumps(chosen)] == min(p["cost"] for p in reaching)  # the cheapest
@@ -75,28 +74,6 @@ def test_a_point_reaches_a_recall_only_by_its_lower_bound():
     assert calibration.settings_for(0.95) == ({"nprobe": 3}, 0.95)
     assert calibration.settings_for(0.955) == ({"nprobe": 2}, 0.97)
     assert calibration.settings_for(0.99) == ({"nprobe": 2}, 0.97)  # none: the best measured
-
-
-def test_out_of_reach_the_cheapest_point_that_ties_the_best_on_the_same_queries_is_kept():
-    """No point reaches 0.99: the best (cost 4) is kept unless a cheaper one finds as many of
-    the exact top-10 on the same queries, losses on some made up by gains on others."""
-    best = [1.0, 1.0, 1.0, 1.0, 0.8, 1.0]
-
-    def point(nprobe: int, cost: float, recalls: list[float], paired: bool = True) -> dict:
-        measured = {"settings": {"nprobe": nprobe}, "recall": float(np.mean(recalls))}
-        measured |= {"stderr": float(np.std(recalls) / np.sqrt(len(recalls))), "cost": cost}
-        return measured | ({"recalls": recalls} if paired else {})
-
-    only_losses = point(1, 1.0, [1.0, 1.0, 0.9, 1.0, 0.8, 1.0])  # one query worse, none better
-    swapped = point(2, 2.0, [1.0, 0.8, 1.0, 1.0, 0.9, 1.0])  # one worse, one better
-    unpaired = point(3, 0.5, [1.0, 1.0, 1.0, 0.8, 0.8, 1.0], paired=False)  # an older save
-    top = point(4, 4.0, best)
-    calibration = Calibration(0.99, 0.95, {"nprobe": 4}, 6, "captions", 100, [])
-    curve = [only_losses, swapped, unpaired, top]
-    chosen = dataclasses.replace(calibration, curve=curve).settings_for(0.99)
-    assert chosen == ({"nprobe": 2}, pytest.approx(0.95))
-    without_swap = dataclasses.replace(calibration, curve=[only_losses, unpaired, top])
-    assert without_swap.settings_for(0.99)[0] == {"nprobe": 4}
 
 
 def test_an_unreachable_target_keeps_the_best_measured_settings(built):

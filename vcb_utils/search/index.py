@@ -295,8 +295,7 @@ class VideoIndex:
         seed: int = 0,
     ) -> Calibration:
         """Estimate the two stages' recall@10 against the exact scan, and keep the cheapest
-        settings that reach ``target_recall`` (or, if none does, the cheapest that recall as
-        much as those of highest recall on the same queries).
+        settings that reach ``target_recall`` (or, if none does, those of highest recall).
 
         The sample: ``queries`` (text, encoded by ``model``, or encoded), else ``sample`` of the
         index's captions (with ``model``), else held-out stored videos (settings only grow).
@@ -324,10 +323,9 @@ class VideoIndex:
         return self.stage.calibration if self.stage is not None else None
 
     def settings_for(self, recall: float) -> Settings | None:
-        """The cheapest calibrated settings whose estimated recall@10 reaches ``recall`` (where
-        none does, the cheapest as good as the best measured); None (the exact scan) for a
-        recall of 1 or an index without a candidate stage. ValueError if the stage was never
-        calibrated."""
+        """The cheapest calibrated settings whose estimated recall@10 reaches ``recall`` (the
+        best measured where none does); None (the exact scan) for a recall of 1 or an index
+        without a candidate stage. ValueError if the stage was never calibrated."""
         if not 0 < recall <= 1:
             raise ValueError(f"recall must be in (0, 1], not {recall!r}")
         if recall >= 1 or self.stage is None:
