@@ -248,7 +248,8 @@ class MeanQueryCandidates:
         """About how many codes ``nprobe`` lists probed for a query hold: those of the widest
         radius. Lists are probed best bound first, and a wide list's bound is high for every
         query, so on uneven lists ``nprobe / nlist`` of the codes is far too few (at a million
-        multi-scene videos of the rescored engine, 512 of 8,192 lists held 63% of its codes)."""
+        multi-scene videos of the rescored engine, the 512 widest of 8,192 lists hold 66% of
+        its codes, and the 512 a query probed held 63%, median of 50 queries)."""
         lists = self.index.invlists
         sizes = np.array([lists.list_size(i) for i in range(self.nlist)], np.int64)
         widest = np.argsort(-self.radii, kind="stable")[: min(nprobe, self.nlist)]
