@@ -151,8 +151,7 @@ def rescored_shares(
 def probed_codes(index: VideoIndex, text, count: int) -> tuple[np.ndarray, list[int]]:
     """The codes in each coarse list, and in the lists each query probes."""
     mean_query, settings = index.stage.engine.mean_query, index.settings
-    lists = mean_query.index.invlists
-    sizes = np.array([lists.list_size(i) for i in range(mean_query.nlist)], np.int64)
+    sizes = mean_query.list_sizes()
     probed = []
     for i in range(count):
         mean = text.vectors[i][text.mask[i]].float().mean(dim=0).numpy()

@@ -318,9 +318,9 @@ class RescoredEngine:
 
     def _index_rows(self) -> None:
         """``videos`` and ``row_starts`` of the current ``ids``."""
-        self.videos = _videos(self.ids)
         rows = int(self.ids[-1] >> 1) + 1 if len(self.ids) else 0
         self.row_starts = np.searchsorted(self.ids, np.arange(rows + 1) * 2)
+        self.videos = int(np.count_nonzero(np.diff(self.row_starts)))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -438,12 +438,6 @@ def unpack(trained: bytes) -> tuple[dict, bytes, bytes]:
     if first < 0 or second < 0 or first + second != len(rest):
         raise RuntimeError("a rescored engine's trained bytes are cut short or too long")
     return header, rest[:first], rest[first:]
-
-
-def _videos(ids: np.ndarray) -> int:
-    """How many rows the ascending vector ``ids`` name."""
-    rows = ids >> 1
-    return int((rows[1:] != rows[:-1]).sum()) + 1 if len(rows) else 0
 
 
 def _uniform(vectors: np.ndarray) -> np.ndarray:
