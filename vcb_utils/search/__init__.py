@@ -8,9 +8,10 @@ One module per job:
   (pointer, manifests, segments, codes), ``catalogue``'s (LanceDB), ``cleanup``'s (deleting
   only what a save wrote) and ``guard``'s (what a save refuses);
 - ``stage`` and ``engine``: the candidate stage, a trained engine over the collection
-  (``meanquery``, the default; ``rescored``, which reads fewer candidates, for a million
-  videos; or ``ivfpq``, that of older indexes); a new engine is one module
-  named in ``engine.ENGINES``; ``calibration``: its measured recall and the settings chosen;
+  (``rescored``, the default, which rescores its candidates in RAM and reads few;
+  ``meanquery``, the previous default; or ``ivfpq``, that of older indexes); a new engine is
+  one module named in ``engine.ENGINES``; ``calibration``: its measured recall and the
+  settings chosen;
 - ``searcher`` (exact scan, two stages) and ``hits`` (results and heatmap data);
 - ``encoding``, ``build`` (resumable multi-process indexing) and ``cli`` (the command line).
 

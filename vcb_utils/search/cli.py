@@ -32,6 +32,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from vcb_utils.search.engine import DEFAULT_ENGINE, ENGINES
+
 
 def positive_int(text: str) -> int:
     """An argparse type: an int >= 1."""
@@ -161,8 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     reindex.add_argument(
         "--engine",
         metavar="NAME",
-        help="candidate engine (default: the library's; mean-query-rescored reads fewer "
-        "candidates, for a million videos)",
+        help=f"candidate engine: {', '.join(ENGINES)} (default {DEFAULT_ENGINE})",
     )
     calibrate = commands.add_parser(
         "calibrate", help="estimate recall@10 and keep the cheapest settings reaching a target"

@@ -27,7 +27,7 @@ ENGINES = {
     "ivfpq-fastscan": "vcb_utils.search.ivfpq:IvfPqEngine",
 }
 """Every candidate engine by the name a manifest records: ``module:class``."""
-DEFAULT_ENGINE = "mean-query"
+DEFAULT_ENGINE = "mean-query-rescored"
 """The engine ``build_ann`` trains unless told otherwise."""
 LEGACY_ENGINE = "ivfpq-fastscan"
 """The engine of a manifest that names none (saved before engines had names)."""

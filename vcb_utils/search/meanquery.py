@@ -1,4 +1,4 @@
-"""The mean-query candidate engine (the default): videos whose best vector matches the mean query.
+"""The mean-query candidate engine: videos whose best vector matches the mean query.
 
 The scoring is ``vcb_utils.candidates``' (read its docstring for why and how well it ranks):
 every stored vector is a 4-bit IVF-PQ code scanned with faiss's fast-scan kernels; the

@@ -18,9 +18,10 @@ that only a few are read:
    the probed lists give the ``hits`` best vectors for the query's mean vector, and the
    ``pool`` videos of the best hits go on.
 3. **second code, rescored**: an 8-bit product quantizer of what the first code leaves of the
-   vector (``D / 4`` bytes more), kept per video in RAM. The pool's videos are scored by the
-   same mean-query score from both codes, and only the ``candidates`` best are read, narrowed
-   (``refine``, from their stored vectors) to the ``exact`` best and scored exactly.
+   vector (``D / 4`` bytes more; 4-bit for a small index, ``second_code_bits``), kept per video
+   in RAM. The pool's videos are scored by the same mean-query score from both codes, and
+   only the ``candidates`` best are read, narrowed (``refine``, from their stored vectors) to
+   the ``exact`` best and scored exactly.
 
 A code is ``[list number | first code | second code | kept]``, one per valid stored vector
 (so it is stored like every engine's); a vector dropped as a near copy is all zeros but for
@@ -58,7 +59,7 @@ mean-query score of the kept vectors (stored, not coded; 40 queries, 100k videos
 videos 0.830 with the kept vectors as they are, 0.927 with the merged means, 0.952 with every
 stored vector (0.93: 16% more kept, 0.942); on CLIP-like ones 0.760, 0.882 and 0.945."""
 SECOND_SUBVECTOR_DIMS = 4
-"""Dimensions per 8-bit sub-quantizer of the second code (``D / 4`` bytes: 128 at 512)."""
+"""Dimensions per sub-quantizer of the second code (8 bits: ``D / 4`` bytes, 128 at 512)."""
 HITS_POOLS = ((4096, 1024), (16384, 2048), (16384, 4096), (65536, 4096))
 """The (hits, pool) pairs of ``grid``: a larger pool needs more hits to rank it."""
 READ_COST = 2.4e5
@@ -105,6 +106,15 @@ class RescoredSettings:
 def default_settings(nlist: int) -> RescoredSettings:
     """The ``RescoredSettings`` defaults with an eighth of ``nlist`` lists probed."""
     return RescoredSettings(nprobe=max(1, nlist // PROBED_SHARE))
+
+
+def second_code_bits(sample_size: int) -> int:
+    """Bits per sub-quantizer of the second code: 8, or 4 for a sample under 256 vectors (a
+    small index; its second code is then half as long); ValueError under 16, where the first
+    code has fewer than 4 bits."""
+    if sample_size < 16:
+        raise ValueError(f"{sample_size} vectors to train on: the rescored engine needs 16")
+    return 8 if sample_size >= 256 else 4
 
 
 def near_copies(
@@ -200,14 +210,13 @@ class RescoredEngine:
         import faiss
 
         sample = np.ascontiguousarray(sample, np.float32)
-        if len(sample) < 256:
-            raise ValueError(f"{len(sample)} vectors to train on: the 8-bit second code needs 256")
+        bits = second_code_bits(len(sample))
         first = train_index(sample, nlist or default_nlist(len(sample)), seed, m)
         encoder = faiss.deserialize_index(np.frombuffer(first, dtype=np.uint8))
         residual = sample - encoder.sa_decode(encoder.sa_encode(sample))
         dim = sample.shape[1]
         second = faiss.IndexPQ(
-            dim, max(1, dim // SECOND_SUBVECTOR_DIMS), 8, faiss.METRIC_INNER_PRODUCT
+            dim, max(1, dim // SECOND_SUBVECTOR_DIMS), bits, faiss.METRIC_INNER_PRODUCT
         )
         second.pq.cp.seed = seed
         second.pq.cp.min_points_per_centroid = 1  # few training vectors: no warning
