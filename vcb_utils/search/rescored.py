@@ -180,7 +180,8 @@ class RescoredEngine:
         self.mean_query = MeanQueryCandidates(first, branches=len(BRANCH_IDS))
         self.second = faiss.deserialize_index(np.frombuffer(second, dtype=np.uint8))
         encoder = self.mean_query.encoder
-        self.dim, self.nlist, self.m, self.bits = encoder.d, encoder.nlist, encoder.pq.M, 4
+        self.dim, self.nlist = encoder.d, encoder.nlist
+        self.m, self.bits = encoder.pq.M, encoder.pq.nbits
         self.first_size = self.mean_query.code_size
         self.second_size = self.second.sa_code_size()
         self.code_size = self.first_size + self.second_size + 1
